@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs into .venv itself.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch; pip would otherwise pick a CUDA build with several GB of dependencies.
+TORCH_FIND_LINKS ?= /opt/wheels
+PIP_FLAGS := -q -c constraints.txt $(if $(wildcard $(TORCH_FIND_LINKS)),--find-links $(TORCH_FIND_LINKS),)
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test check lint typecheck unit notebooks bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip setuptools wheel
+	$(BIN)/pip install $(PIP_FLAGS) torch==2.13.0
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/transitnet demo --out demo-output
+
+lint: $(STAMP)
+	$(BIN)/ruff check transitnet data_pipelines tests benchmarks
+	$(BIN)/ruff format --check transitnet data_pipelines tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+check: lint typecheck
+
+test: check unit
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Scheduled jobs: they only schedule and configure ``transitnet.*``."""

@@ -1,0 +1,73 @@
+"""The ``transitnet`` command: one entry point for every job.
+
+Each subcommand lives in its own module under :mod:`transitnet.cli` and exposes
+``register(subparsers)``. ``fit``/``validate``/``test``/``predict`` are handed to
+LightningCLI (see :mod:`transitnet.cli.lightning`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+#: Subcommand modules, in the order ``transitnet --help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "transitnet.cli.ingest",
+    "transitnet.cli.compact",
+    "transitnet.cli.replay",
+    "transitnet.cli.simulate",
+    "transitnet.cli.demo",
+)
+
+#: Subcommands handled by LightningCLI; listed in ``--help`` for discoverability.
+LIGHTNING_COMMANDS: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="transitnet",
+        description="Forecast where transit vehicles will be from GTFS-realtime feeds.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="Logging verbosity (default: INFO). Logs go to stderr.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in LIGHTNING_COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    """Send log records to stderr with UTC timestamps."""
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``transitnet`` command; returns the process exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in LIGHTNING_COMMANDS:
+        from transitnet.cli.lightning import run_lightning_cli
+
+        configure_logging("INFO")
+        run_lightning_cli(args_list)
+        return 0
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    configure_logging(args.log_level)
+    status: int = args.func(args)
+    return status

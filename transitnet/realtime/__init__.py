@@ -1,0 +1,1 @@
+"""GTFS-realtime: fetch, decode, validate and replay feeds (no torch here)."""
