@@ -1,0 +1,80 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from transitnet.datasets.windows import (
+    CONTEXT_FEATURES,
+    PAST_FEATURES,
+    WindowConfig,
+    build_windows,
+    interpolate_future,
+)
+
+
+def _matched(
+    n: int = 12, step_s: int = 30, speed: float = 10.0, vehicle: str = "v1"
+) -> pd.DataFrame:
+    t0 = pd.Timestamp("2024-05-06 08:00:00", tz="UTC")
+    times = [t0 + pd.Timedelta(seconds=step_s * i) for i in range(n)]
+    return pd.DataFrame(
+        {
+            "feed_id": "f",
+            "vehicle_id": vehicle,
+            "trip_id": "t1",
+            "start_date": "20240506",
+            "vehicle_timestamp": pd.Series(times, dtype="datetime64[us, UTC]"),
+            "line_key": "L1",
+            "shape_id": "s1",
+            "dist_along_m": np.arange(n) * step_s * speed,
+            "offset_m": 1.0,
+            "progress": np.linspace(0, 1, n),
+            "speed_along_mps": speed,
+            "match_status": "ok",
+            "is_stale": False,
+            "is_dwell": False,
+        }
+    )
+
+
+def test_targets_are_distance_travelled_and_masked_beyond_the_trip() -> None:
+    w = build_windows(_matched(), WindowConfig(past_fixes=4, horizons_s=(60, 120, 300)))
+    assert len(w) == 12
+    assert w.past.shape == (12, 4, len(PAST_FEATURES))
+    assert w.context.shape == (12, len(CONTEXT_FEATURES))
+    # 10 m/s: 60 s -> 600 m, 120 s -> 1200 m; the last fix is 330 s after the first.
+    np.testing.assert_allclose(w.targets[0, :2], [600.0, 1200.0])
+    assert w.target_mask[0].tolist() == [True, True, True]
+    assert w.target_mask[-1].tolist() == [False, False, False]
+    assert w.target_mask[-2].tolist() == [False, False, False]  # 30 s left, 60 s horizon
+    assert w.target_mask[-3].tolist() == [True, False, False]  # exactly 60 s left
+    np.testing.assert_allclose(w.targets[-3, 0], 600.0)
+
+
+def test_interpolation_between_irregular_fixes() -> None:
+    traj = np.array([0, 0, 0, 1, 1])
+    t = np.array([0.0, 50.0, 100.0, 0.0, 100.0])
+    d = np.array([0.0, 100.0, 400.0, 0.0, 10.0])
+    targets, mask = interpolate_future(traj, t, d, (60,))
+    np.testing.assert_allclose(targets[:, 0], [160.0, 0, 0, 6.0, 0], atol=1e-4)
+    assert mask[:, 0].tolist() == [True, False, False, True, False]
+    # 2nd fix: 50 + 60 = 110 is past the last fix (100) -> masked, not extrapolated.
+
+
+def test_windows_never_cross_trajectories_and_padding_is_zero() -> None:
+    df = pd.concat([_matched(5, vehicle="a"), _matched(5, vehicle="b")], ignore_index=True)
+    w = build_windows(df, WindowConfig(past_fixes=8, horizons_s=(60,)))
+    assert w.lengths.tolist() == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
+    assert np.all(w.past[0, 1:] == 0)
+    age = PAST_FEATURES.index("age_s")
+    assert w.past[4, 0, age] == pytest.approx(120.0)  # oldest fix is 4 steps back
+    assert w.past[4, 4, age] == 0.0  # the anchor itself
+    assert w.meta["trajectory"].nunique() == 2
+
+
+def test_unusable_rows_are_left_out_and_gaps_split_trajectories() -> None:
+    df = _matched(6)
+    df.loc[2, "match_status"] = "off_shape"
+    df.loc[3:, "vehicle_timestamp"] += pd.Timedelta(hours=1)
+    w = build_windows(df, WindowConfig(past_fixes=3, horizons_s=(60,), max_gap_s=600))
+    assert len(w) == 5
+    assert w.meta["trajectory"].nunique() == 2

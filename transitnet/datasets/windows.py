@@ -1,0 +1,320 @@
+"""Training windows from matched trajectories.
+
+A window is anchored at one fix of a vehicle on its trip. Its inputs are the last K
+fixes up to and including the anchor; its targets are the along-route distance the
+vehicle travels from the anchor over each horizon, interpolated between the two future
+fixes of the same trajectory that bracket ``anchor_time + horizon``. A target with no
+bracketing fixes is masked, never extrapolated.
+
+Input columns (from :func:`transitnet.gtfs.match.match_positions`): ``feed_id,
+vehicle_id, trip_id, start_date, vehicle_timestamp (UTC), line_key, shape_id,
+dist_along_m, offset_m, progress, speed_along_mps, match_status, is_stale, is_dwell``;
+optional ``delay_s``, ``start_time``, ``service_date``, ``next_stop_dist_m``,
+``shape_length_m``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+#: Match statuses whose distance along the shape is trusted for training.
+USABLE_STATUSES: tuple[str, ...] = (
+    "ok",
+    "fallback_suffix",
+    "fallback_headsign",
+    "fallback_variant",
+    "fallback_stops",
+)
+
+#: Per-fix input features, in order.
+PAST_FEATURES: tuple[str, ...] = (
+    "age_s",  # anchor time minus fix time
+    "dist_rel_m",  # fix distance minus anchor distance (<= 0 for past fixes)
+    "dt_s",  # time since the previous fix in the window
+    "speed_along_mps",
+    "offset_m",
+    "is_dwell",
+    "is_stale",
+    "delay_s",
+    "has_delay",
+)
+
+#: Per-window context features, in order.
+CONTEXT_FEATURES: tuple[str, ...] = (
+    "tod_sin",
+    "tod_cos",
+    "dow_sin",
+    "dow_cos",
+    "progress",
+    "remaining_m",
+    "next_stop_m",
+    "recent_speed_mps",
+    "delay_s",
+    "has_delay",
+)
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How windows are cut.
+
+    Attributes:
+        past_fixes: K, the number of fixes (anchor included) fed to the encoder.
+        horizons_s: Forecast horizons in seconds.
+        max_gap_s: A gap between fixes longer than this starts a new trajectory.
+        statuses: Match statuses used; other rows are left out of windows.
+        timezone: Agency timezone for time-of-day and day-of-week features.
+    """
+
+    past_fixes: int = 8
+    horizons_s: tuple[int, ...] = (60, 120, 300, 600, 900)
+    max_gap_s: float = 600.0
+    statuses: tuple[str, ...] = USABLE_STATUSES
+    timezone: str = "UTC"
+
+
+@dataclass
+class Windows:
+    """Windows as aligned arrays (N windows, K past fixes, H horizons).
+
+    Attributes:
+        past: (N, K, len(PAST_FEATURES)) float32, left-aligned; rows past ``lengths`` are 0.
+        lengths: (N,) int64 number of valid past fixes (1..K).
+        context: (N, len(CONTEXT_FEATURES)) float32.
+        targets: (N, H) float32 metres travelled from the anchor at each horizon.
+        target_mask: (N, H) bool, True where the target is observed.
+        meta: One row per window: ``feed_id, vehicle_id, trip_id, line_key, shape_id,
+            trajectory, anchor_time (UTC), service_date, dist_along_m, speed_along_mps,
+            delay_s``.
+        horizons_s: The horizons, in seconds.
+    """
+
+    past: np.ndarray
+    lengths: np.ndarray
+    context: np.ndarray
+    targets: np.ndarray
+    target_mask: np.ndarray
+    meta: pd.DataFrame
+    horizons_s: tuple[int, ...] = field(default=(60, 120, 300, 600, 900))
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def subset(self, index: np.ndarray) -> Windows:
+        """Return the windows at ``index`` (a bool mask or integer positions)."""
+        return Windows(
+            self.past[index],
+            self.lengths[index],
+            self.context[index],
+            self.targets[index],
+            self.target_mask[index],
+            self.meta.iloc[np.flatnonzero(index) if index.dtype == bool else index].reset_index(
+                drop=True
+            ),
+            self.horizons_s,
+        )
+
+
+def compute_service_date(
+    times: pd.Series, timezone: str, start_date: pd.Series | None
+) -> pd.Series:
+    """Return the service date (``YYYY-MM-DD``) of each fix.
+
+    Uses GTFS-rt ``start_date`` where set; otherwise the local date of the fix shifted back
+    by 3 h, so trips running past midnight stay on the day they started.
+    """
+    shifted = times.dt.tz_convert(timezone) - pd.Timedelta(hours=3)
+    local: pd.Series = shifted.dt.strftime("%Y-%m-%d")
+    if start_date is None:
+        return local
+    given = start_date.astype("string")
+    formatted = given.str.slice(0, 4) + "-" + given.str.slice(4, 6) + "-" + given.str.slice(6, 8)
+    valid = given.str.fullmatch(r"\d{8}").fillna(False).astype(bool)
+    result: pd.Series = formatted.where(valid, local).astype(str)
+    return result
+
+
+def prepare_trajectories(matched: pd.DataFrame, config: WindowConfig) -> pd.DataFrame:
+    """Keep usable fixes and order them by trajectory and time.
+
+    Input columns: see the module docstring. Output adds ``t_s`` (float seconds since the
+    epoch), ``service_date`` and ``trajectory`` (int id of vehicle + trip + service date,
+    split at gaps longer than ``max_gap_s``); rows without a line key, time or distance
+    are left out.
+    """
+    df = matched[matched["match_status"].isin(config.statuses)]
+    df = df[df["dist_along_m"].notna() & df["vehicle_timestamp"].notna()].copy()
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    df["t_s"] = (df["vehicle_timestamp"] - epoch) / pd.Timedelta("1s")
+    if "service_date" not in df.columns:
+        start = df["start_date"] if "start_date" in df.columns else None
+        df["service_date"] = compute_service_date(df["vehicle_timestamp"], config.timezone, start)
+    vehicle = df["vehicle_id"].astype("string").fillna("?")
+    trip = df["trip_id"].astype("string").fillna("?")
+    df["_traj_key"] = (
+        df["feed_id"].astype(str)
+        + "|"
+        + vehicle
+        + "|"
+        + trip
+        + "|"
+        + df["service_date"].astype(str)
+    )
+    df = df.sort_values(["_traj_key", "t_s"], kind="stable")
+    # One fix per (trajectory, timestamp): re-published fixes carry no new information.
+    df = df.drop_duplicates(["_traj_key", "t_s"], keep="first")
+    new_key = df["_traj_key"].ne(df["_traj_key"].shift())
+    gap = df["t_s"].diff().gt(config.max_gap_s)
+    df["trajectory"] = (new_key | gap).cumsum().astype(np.int64) - 1
+    return df.drop(columns="_traj_key").reset_index(drop=True)
+
+
+def interpolate_future(
+    traj: np.ndarray, t: np.ndarray, d: np.ndarray, horizons_s: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distance travelled from each fix at each horizon, by linear interpolation.
+
+    Args:
+        traj: (N,) trajectory id, sorted, with ``t`` increasing within a trajectory.
+        t: (N,) fix times in seconds.
+        d: (N,) distance along the shape in metres.
+        horizons_s: Horizons in seconds.
+
+    Returns:
+        (N, H) float32 targets and (N, H) bool mask (False where no future fix brackets
+        ``t + h`` within the same trajectory).
+    """
+    span = float(np.nanmax(t) - np.nanmin(t)) + 1e6 if len(t) else 1.0
+    key = traj.astype(np.float64) * span + (t - (np.nanmin(t) if len(t) else 0.0))
+    targets = np.zeros((len(t), len(horizons_s)), dtype=np.float32)
+    mask = np.zeros((len(t), len(horizons_s)), dtype=bool)
+    for j, h in enumerate(horizons_s):
+        q = key + h
+        hi = np.searchsorted(key, q, side="left")
+        lo = hi - 1
+        ok = (hi < len(t)) & (lo >= 0)
+        hi_c = np.clip(hi, 0, len(t) - 1)
+        lo_c = np.clip(lo, 0, len(t) - 1)
+        ok &= (traj[hi_c] == traj) & (traj[lo_c] == traj)
+        exact = ok & (key[hi_c] == q)
+        w = np.where(ok & ~exact, (q - key[lo_c]) / np.maximum(key[hi_c] - key[lo_c], 1e-9), 1.0)
+        value = np.where(exact, d[hi_c], d[lo_c] + w * (d[hi_c] - d[lo_c]))
+        targets[:, j] = np.where(ok, value - d, 0.0)
+        mask[:, j] = ok
+    return targets, mask
+
+
+def _past_features(df: pd.DataFrame) -> np.ndarray:
+    """(N, len(PAST_FEATURES)) per-fix features, before windowing (age/dist_rel filled later)."""
+    n = len(df)
+    delay = (
+        df["delay_s"].to_numpy(np.float64, na_value=np.nan)
+        if "delay_s" in df
+        else np.full(n, np.nan)
+    )
+    dt = df["t_s"].diff().to_numpy(np.float64, copy=True)
+    dt[df["trajectory"].ne(df["trajectory"].shift()).to_numpy()] = 0.0
+    cols = {
+        "age_s": np.zeros(n),
+        "dist_rel_m": np.zeros(n),
+        "dt_s": np.nan_to_num(dt),
+        "speed_along_mps": df["speed_along_mps"].to_numpy(np.float64, na_value=0.0),
+        "offset_m": df["offset_m"].to_numpy(np.float64, na_value=0.0),
+        "is_dwell": df["is_dwell"].to_numpy(np.float64, na_value=0.0),
+        "is_stale": df["is_stale"].to_numpy(np.float64, na_value=0.0),
+        "delay_s": np.nan_to_num(delay),
+        "has_delay": np.isfinite(delay).astype(np.float64),
+    }
+    return np.stack([np.nan_to_num(cols[c]) for c in PAST_FEATURES], axis=1)
+
+
+def _gather_past(
+    feats: np.ndarray, traj: np.ndarray, t: np.ndarray, d: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-aligned (N, K, F) windows of the last ``k`` fixes of each row's trajectory."""
+    n = len(traj)
+    idx = np.arange(n)
+    starts = np.zeros(n, dtype=np.int64)
+    new = np.ones(n, dtype=bool)
+    new[1:] = traj[1:] != traj[:-1]
+    starts[new] = idx[new]
+    starts = np.maximum.accumulate(starts)
+    lengths = np.minimum(idx - starts + 1, k)
+    first = idx - lengths + 1
+    pos = first[:, None] + np.arange(k)[None, :]
+    valid = np.arange(k)[None, :] < lengths[:, None]
+    pos = np.where(valid, pos, idx[:, None])
+    past = feats[pos].astype(np.float32)
+    a, r = PAST_FEATURES.index("age_s"), PAST_FEATURES.index("dist_rel_m")
+    past[:, :, a] = (t[:, None] - t[pos]).astype(np.float32)
+    past[:, :, r] = (d[pos] - d[:, None]).astype(np.float32)
+    past[~valid] = 0.0
+    return past, lengths.astype(np.int64)
+
+
+def _context(df: pd.DataFrame, past: np.ndarray, lengths: np.ndarray, tz: str) -> np.ndarray:
+    local = df["vehicle_timestamp"].dt.tz_convert(tz)
+    tod = (local.dt.hour * 3600 + local.dt.minute * 60 + local.dt.second).to_numpy(np.float64)
+    dow = local.dt.day_of_week.to_numpy(np.float64)
+    n = len(df)
+    length = (
+        df["shape_length_m"].to_numpy(np.float64, na_value=np.nan)
+        if ("shape_length_m" in df)
+        else np.full(n, np.nan)
+    )
+    dist = df["dist_along_m"].to_numpy(np.float64)
+    nxt = (
+        df["next_stop_dist_m"].to_numpy(np.float64, na_value=np.nan)
+        if ("next_stop_dist_m" in df)
+        else np.full(n, np.nan)
+    )
+    # The oldest fix in the window gives the recent along-route speed.
+    span_t = past[:, 0, PAST_FEATURES.index("age_s")]
+    span_d = -past[:, 0, PAST_FEATURES.index("dist_rel_m")]
+    recent = np.where(span_t > 0, span_d / np.maximum(span_t, 1e-6), 0.0)
+    anchor = past[np.arange(n), lengths - 1]
+    cols = {
+        "tod_sin": np.sin(2 * np.pi * tod / 86400),
+        "tod_cos": np.cos(2 * np.pi * tod / 86400),
+        "dow_sin": np.sin(2 * np.pi * dow / 7),
+        "dow_cos": np.cos(2 * np.pi * dow / 7),
+        "progress": df["progress"].to_numpy(np.float64, na_value=0.0),
+        "remaining_m": np.nan_to_num(length - dist),
+        "next_stop_m": np.nan_to_num(nxt - dist),
+        "recent_speed_mps": recent,
+        "delay_s": anchor[:, PAST_FEATURES.index("delay_s")],
+        "has_delay": anchor[:, PAST_FEATURES.index("has_delay")],
+    }
+    return np.stack([np.nan_to_num(cols[c]) for c in CONTEXT_FEATURES], axis=1).astype(np.float32)
+
+
+def build_windows(matched: pd.DataFrame, config: WindowConfig | None = None) -> Windows:
+    """Cut every usable fix of ``matched`` into a window with its future targets.
+
+    Args:
+        matched: Matched positions (columns in the module docstring).
+        config: Window settings; defaults to :class:`WindowConfig`.
+
+    Returns:
+        One window per usable fix, in trajectory/time order. Windows whose targets are all
+        masked are kept (they still serve prediction); training code filters them.
+    """
+    config = config or WindowConfig()
+    df = prepare_trajectories(matched, config)
+    traj = df["trajectory"].to_numpy(np.int64)
+    t = df["t_s"].to_numpy(np.float64)
+    d = df["dist_along_m"].to_numpy(np.float64)
+    feats = _past_features(df)
+    past, lengths = _gather_past(feats, traj, t, d, config.past_fixes)
+    targets, mask = interpolate_future(traj, t, d, config.horizons_s)
+    context = _context(df, past, lengths, config.timezone)
+    meta_cols = ["feed_id", "vehicle_id", "trip_id", "line_key", "shape_id", "trajectory",
+                 "service_date", "dist_along_m", "speed_along_mps"]  # fmt: skip
+    meta = df[meta_cols].copy()
+    meta["anchor_time"] = df["vehicle_timestamp"]
+    meta["delay_s"] = df["delay_s"] if "delay_s" in df else np.nan
+    return Windows(past, lengths, context, targets, mask, meta.reset_index(drop=True),
+                   tuple(config.horizons_s))  # fmt: skip
