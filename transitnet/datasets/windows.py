@@ -87,8 +87,8 @@ class Windows:
         targets: (N, H) float32 metres travelled from the anchor at each horizon.
         target_mask: (N, H) bool, True where the target is observed.
         meta: One row per window: ``feed_id, vehicle_id, trip_id, line_key, shape_id,
-            trajectory, anchor_time (UTC), service_date, dist_along_m, speed_along_mps,
-            delay_s``.
+            trajectory, anchor_time (UTC), local_hour, service_date, dist_along_m,
+            speed_along_mps, delay_s``.
         horizons_s: The horizons, in seconds.
     """
 
@@ -315,6 +315,7 @@ def build_windows(matched: pd.DataFrame, config: WindowConfig | None = None) -> 
                  "service_date", "dist_along_m", "speed_along_mps"]  # fmt: skip
     meta = df[meta_cols].copy()
     meta["anchor_time"] = df["vehicle_timestamp"]
+    meta["local_hour"] = df["vehicle_timestamp"].dt.tz_convert(config.timezone).dt.hour
     meta["delay_s"] = df["delay_s"] if "delay_s" in df else np.nan
     return Windows(past, lengths, context, targets, mask, meta.reset_index(drop=True),
                    tuple(config.horizons_s))  # fmt: skip
