@@ -11,17 +11,27 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import logging
 import zlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 from google.transit import gtfs_realtime_pb2
 
-from transitnet.schema import POSITION_FIELDS
+from transitnet.realtime.decode_fast import extract_columns_fast, load_extension
+from transitnet.realtime.decode_python import EntityColumns, extract_columns_python
+from transitnet.schema import POSITION_FIELDS, UTC_TS
+
+logger = logging.getLogger(__name__)
+
+#: Which extraction path decodes the entities (see :func:`decode_vehicle_positions`).
+Engine = Literal["auto", "c", "python"]
+
+POSITION_SCHEMA = pa.schema(POSITION_FIELDS)
 
 GZIP_MAGIC = b"\x1f\x8b"
 BZIP2_MAGIC = b"BZh"
@@ -57,7 +67,7 @@ class FeedHeader:
 
 @dataclass(frozen=True)
 class DecodedFeed:
-    """One decoded snapshot.
+    r"""One decoded snapshot.
 
     Attributes:
         header: The snapshot's FeedHeader.
@@ -67,6 +77,9 @@ class DecodedFeed:
         n_trip_updates: Entities carrying a TripUpdate.
         n_alerts: Entities carrying an Alert.
         message: The parsed FeedMessage, for rules that need more than the table.
+        n_invalid_utf8: String values that were not valid UTF-8; they are stored decoded
+            with ``errors="backslashreplace"`` (``b"\xff"`` becomes the text ``\xff``),
+            so distinct ids stay distinct, and a warning is logged.
     """
 
     header: FeedHeader
@@ -75,6 +88,7 @@ class DecodedFeed:
     n_trip_updates: int
     n_alerts: int
     message: Any
+    n_invalid_utf8: int = 0
 
 
 def decompress_body(body: bytes) -> bytes:
@@ -153,26 +167,50 @@ def decode_vehicle_positions(
     feed_id: str,
     fetched_at: datetime | None = None,
     source_file: str | None = None,
+    engine: Engine = "auto",
 ) -> DecodedFeed:
     """Decode one (possibly compressed) snapshot into positions rows.
+
+    The body is always parsed by protobuf (``ParseFromString`` + ``IsInitialized``), which
+    classifies bad bodies and reads the header. The per-entity columns then come from the
+    C extension (``engine="auto"`` or ``"c"``) or from the pure-Python reference path
+    (``"python"``, and ``"auto"`` when the extension is not built); both give identical
+    tables. Should the C walker reject bytes that protobuf accepted, ``"auto"`` logs a
+    warning and uses the Python path.
 
     Args:
         body: Raw bytes as fetched or archived; gzip/bzip2 is sniffed.
         feed_id: Written into the ``feed_id`` column.
         fetched_at: Our own fetch clock (tz-aware); null when unknown (backfills).
         source_file: Archive path of the raw bytes, kept for provenance.
+        engine: ``"auto"``, ``"c"`` or ``"python"`` (see above).
 
     Returns:
-        The decoded snapshot; ``positions`` has :data:`~transitnet.schema.POSITION_COLUMNS`.
+        The decoded snapshot; ``positions`` has exactly the columns and types of
+        :data:`~transitnet.schema.POSITION_FIELDS`, one row per VehiclePosition entity.
 
     Raises:
         FeedDecodeError: when the body cannot be decoded as a FeedMessage.
+        ValueError: when ``fetched_at`` is naive or ``engine`` is unknown.
+        RuntimeError: when ``engine="c"`` and the extension is not built.
     """
-    msg = parse_feed_message(decompress_body(body))
+    if fetched_at is not None and fetched_at.utcoffset() is None:
+        raise ValueError("fetched_at must be timezone-aware (UTC), got a naive datetime")
+    raw = decompress_body(body)
+    msg = parse_feed_message(raw)
     header = _read_header(msg)
-    cols, n_tu, n_alerts = _extract_columns(msg)
+    cols = _extract_columns(raw, msg, engine, source_file)
+    if cols.n_invalid_utf8:
+        logger.warning(
+            "%s: %d string value(s) were not valid UTF-8; stored backslash-escaped",
+            source_file or feed_id,
+            cols.n_invalid_utf8,
+        )
     table = _build_table(cols, header, feed_id, fetched_at, source_file)
-    return DecodedFeed(header, table, len(msg.entity), n_tu, n_alerts, msg)
+    return DecodedFeed(
+        header, table, cols.n_entities, cols.n_trip_updates, cols.n_alerts, msg,
+        cols.n_invalid_utf8,
+    )  # fmt: skip
 
 
 def _read_header(msg: Any) -> FeedHeader:
@@ -184,70 +222,50 @@ def _read_header(msg: Any) -> FeedHeader:
     )
 
 
-_TRIP = ("trip_id", "route_id", "direction_id", "start_time", "start_date",
-         "schedule_relationship")  # fmt: skip
-_VDESC = (("vehicle_id", "id"), ("vehicle_label", "label"))
-_POS = ("bearing", "speed", "odometer")
-_VP_SCALARS = (("stop_id", "stop_id"), ("current_stop_sequence", "current_stop_sequence"),
-               ("current_status", "current_status"), ("congestion_level", "congestion_level"),
-               ("occupancy_status", "occupancy_status"),
-               ("vehicle_timestamp_raw", "timestamp"))  # fmt: skip
+def _extract_columns(
+    raw: bytes, msg: Any, engine: Engine, source_file: str | None
+) -> EntityColumns:
+    """The entity columns by the chosen engine (see :func:`decode_vehicle_positions`)."""
+    if engine not in ("auto", "c", "python"):
+        raise ValueError(f"engine must be 'auto', 'c' or 'python', not {engine!r}")
+    module = load_extension() if engine != "python" else None
+    if module is None:
+        if engine == "c":
+            raise RuntimeError("engine='c' but transitnet.realtime._vpdecode is not built")
+        return extract_columns_python(msg)
+    try:
+        return extract_columns_fast(raw, module)
+    except ValueError as exc:
+        if engine == "c":
+            raise
+        logger.warning("%s: C decoder failed (%s); using the Python path", source_file, exc)
+        return extract_columns_python(msg)
 
 
-def _extract_columns(msg: Any) -> tuple[dict[str, list[Any]], int, int]:
-    """Read every VehiclePosition field with presence into Python lists (reference path)."""
-    names = ["entity_id", "is_deleted", *_TRIP, *(c for c, _ in _VDESC), "latitude",
-             "longitude", *_POS, *(c for c, _ in _VP_SCALARS)]  # fmt: skip
-    cols: dict[str, list[Any]] = {n: [] for n in names}
-    n_tu = n_alerts = 0
-    for entity in msg.entity:
-        n_tu += entity.HasField("trip_update")
-        n_alerts += entity.HasField("alert")
-        if not entity.HasField("vehicle"):
-            continue
-        cols["entity_id"].append(entity.id)
-        cols["is_deleted"].append(entity.is_deleted if entity.HasField("is_deleted") else None)
-        vp = entity.vehicle
-        _read_optional(vp.trip if vp.HasField("trip") else None, _TRIP, _TRIP, cols)
-        vdesc = vp.vehicle if vp.HasField("vehicle") else None
-        _read_optional(vdesc, [c for c, _ in _VDESC], [f for _, f in _VDESC], cols)
-        pos = vp.position if vp.HasField("position") else None
-        cols["latitude"].append(pos.latitude if pos is not None else None)
-        cols["longitude"].append(pos.longitude if pos is not None else None)
-        _read_optional(pos, _POS, _POS, cols)
-        _read_optional(vp, [c for c, _ in _VP_SCALARS], [f for _, f in _VP_SCALARS], cols)
-    return cols, n_tu, n_alerts
-
-
-def _read_optional(
-    sub: Any, columns: Any, fields: Any, cols: dict[str, list[Any]]
-) -> None:
-    for col, field in zip(columns, fields, strict=True):
-        cols[col].append(getattr(sub, field) if sub is not None and sub.HasField(field) else None)
+def _repeat(value: Any, n: int, dtype: pa.DataType) -> pa.Array:
+    """``n`` copies of one value (null when ``value`` is None)."""
+    if value is None:
+        return pa.nulls(n, type=dtype)
+    return pa.repeat(pa.scalar(value, type=dtype), n)
 
 
 def _build_table(
-    cols: dict[str, list[Any]],
+    cols: EntityColumns,
     header: FeedHeader,
     feed_id: str,
     fetched_at: datetime | None,
     source_file: str | None,
 ) -> pa.Table:
-    n = len(cols["entity_id"])
-    types = {f.name: f.type for f in POSITION_FIELDS}
-    arrays: dict[str, pa.Array] = {}
-    for name, values in cols.items():
-        arrays[name] = pa.array(values, type=types[name])
+    """Assemble POSITION_FIELDS: the entity columns plus header, feed and provenance ones."""
+    n = cols.n_rows
+    arrays = dict(cols.arrays)
     arrays["vehicle_timestamp"] = timestamps_from_raw(arrays["vehicle_timestamp_raw"])
-    h_raw = pa.array([header.timestamp_raw] * n, type=pa.uint64())
-    arrays["header_timestamp_raw"] = h_raw
-    arrays["header_timestamp"] = timestamps_from_raw(h_raw)
-    arrays["header_version"] = pa.array([header.version] * n, type=pa.string())
-    arrays["header_incrementality"] = pa.array([header.incrementality] * n, type=pa.int32())
-    arrays["feed_id"] = pa.array([feed_id] * n, type=pa.string())
-    fetched = fetched_at.astimezone(UTC) if fetched_at is not None else None
-    arrays["fetched_at"] = pa.array([fetched] * n, type=types["fetched_at"])
-    arrays["source_file"] = pa.array([source_file] * n, type=pa.string())
-    return pa.Table.from_arrays(
-        [arrays[f.name] for f in POSITION_FIELDS], schema=pa.schema(POSITION_FIELDS)
-    )
+    header_ts = timestamps_from_raw(pa.array([header.timestamp_raw], type=pa.uint64()))
+    arrays["header_timestamp"] = pa.repeat(header_ts[0], n)
+    arrays["header_timestamp_raw"] = _repeat(header.timestamp_raw, n, pa.uint64())
+    arrays["header_version"] = _repeat(header.version, n, pa.string())
+    arrays["header_incrementality"] = _repeat(header.incrementality, n, pa.int32())
+    arrays["feed_id"] = _repeat(feed_id, n, pa.string())
+    arrays["fetched_at"] = _repeat(fetched_at, n, UTC_TS)
+    arrays["source_file"] = _repeat(source_file, n, pa.string())
+    return pa.Table.from_arrays([arrays[f.name] for f in POSITION_FIELDS], schema=POSITION_SCHEMA)
