@@ -1,0 +1,254 @@
+"""Stop positions along shapes and scheduled stop times in seconds.
+
+Stop distances (``dist_m``) are computed once per distinct (shape, stop pattern):
+
+1. ``shape_dist_traveled`` when both ``stop_times.txt`` and ``shapes.txt`` carry it: the
+   stop's value is interpolated between the shape vertices' values onto the metric
+   ``cum_m`` (unit-free, exact at vertices);
+2. ``shape_dist_traveled`` only in ``stop_times.txt``: converted to metres with the unit
+   detected by comparing its maximum to the metric shape length (m, km, mi or ft);
+3. otherwise a loop-safe projection in stop order (:func:`locate_in_order`).
+
+A result whose median stop offset exceeds :data:`MAX_MEDIAN_OFFSET_M` is rejected for the
+next method, so inconsistent ``shape_dist_traveled`` never silently wins. The method used
+is recorded per row in ``dist_source``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from transitnet.gtfs.shapes import ShapeTable, interpolate_xy, project_lonlat
+
+logger = logging.getLogger(__name__)
+
+#: Metres per unit of ``shape_dist_traveled`` that unit detection snaps to (m, km, mi, ft).
+KNOWN_UNITS_M: tuple[float, ...] = (1.0, 1000.0, 1609.344, 0.3048)
+#: A stop-distance method whose median stop offset is larger than this is rejected.
+MAX_MEDIAN_OFFSET_M = 100.0
+#: Tie-breaker: metres of cost per metre of progress, so ties go to the earliest position.
+_PROGRESS_PENALTY = 1e-4
+
+STOP_DIST_COLUMNS: tuple[str, ...] = (
+    "shape_id",
+    "pattern_id",
+    "stop_index",
+    "stop_sequence",
+    "stop_id",
+    "dist_m",
+    "offset_m",
+    "dist_source",
+)
+
+
+def parse_gtfs_times(times: pd.Series) -> np.ndarray:
+    """Parse GTFS ``H:MM:SS`` times to float64 seconds after service-day noon minus 12 h.
+
+    Times past 24:00 stay as they are (e.g. ``25:10:00`` is 90600). Missing values and
+    malformed strings give NaN; malformed ones are counted in a warning.
+    """
+    text = times.astype("string").str.strip()
+    parts = text.str.extract(r"^(\d{1,3}):([0-5]\d):([0-5]\d)$")
+    nums = parts.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    seconds = nums[:, 0] * 3600 + nums[:, 1] * 60 + nums[:, 2]
+    malformed = text.notna().to_numpy() & (text != "").fillna(False).to_numpy() & np.isnan(seconds)
+    if malformed.any():
+        examples = text[malformed].unique()[:3].tolist()
+        logger.warning(
+            "stop_times.txt: %d malformed times read as missing, e.g. %s",
+            int(malformed.sum()),
+            examples,
+        )
+    return np.asarray(seconds, dtype=np.float64)
+
+
+def locate_in_order(
+    px: np.ndarray, py: np.ndarray, sx: np.ndarray, sy: np.ndarray, scum: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Place points visited in order on one polyline, keeping distance non-decreasing.
+
+    A dynamic programme picks one segment per point, segment indices non-decreasing,
+    minimising the summed cross-track offsets: the last stop of a loop lands at its end
+    and the inbound stops of an out-and-back on the inbound leg.
+
+    Args:
+        px: (n,) point eastings, metres (NaN points are skipped and give NaN).
+        py: (n,) point northings.
+        sx: (m+1,) shape vertex eastings.
+        sy: (m+1,) shape vertex northings.
+        scum: (m+1,) cumulative distance at each vertex.
+
+    Returns:
+        ``(dist_m, offset_m)`` per point.
+    """
+    ax, ay, dx, dy = sx[:-1], sy[:-1], np.diff(sx), np.diff(sy)
+    len2 = dx * dx + dy * dy
+    rx, ry = px[:, None] - ax, py[:, None] - ay
+    t = np.clip((rx * dx + ry * dy) / np.where(len2 > 0, len2, 1.0), 0.0, 1.0)
+    off = np.hypot(rx - t * dx, ry - t * dy)
+    pos = scum[:-1] + t * np.diff(scum)
+    valid = np.isfinite(px) & np.isfinite(py)
+    cost_matrix = np.where(valid[:, None], off + _PROGRESS_PENALTY * pos, 0.0)
+    seg = _monotone_path(cost_matrix)
+    rows = np.arange(len(px))
+    dist = np.fmax.accumulate(np.where(valid, pos[rows, seg], np.nan))
+    return np.where(valid, dist, np.nan), np.where(valid, off[rows, seg], np.nan)
+
+
+def _monotone_path(cost: np.ndarray) -> np.ndarray:
+    n, m = cost.shape
+    idx = np.arange(m)
+    back = np.zeros((n, m), dtype=np.int64)
+    total = cost[0].copy()
+    for i in range(1, n):
+        prefix = np.minimum.accumulate(total)
+        first = np.ones(m, dtype=bool)
+        first[1:] = total[1:] < prefix[:-1]
+        back[i] = np.maximum.accumulate(np.where(first, idx, 0))
+        total = cost[i] + prefix
+    path = np.empty(n, dtype=np.int64)
+    path[-1] = int(np.argmin(total))
+    for i in range(n - 1, 0, -1):
+        path[i - 1] = back[i, path[i]]
+    return path
+
+
+def _offsets(
+    table: ShapeTable, s: int, dist: np.ndarray, px: np.ndarray, py: np.ndarray
+) -> np.ndarray:
+    qx, qy = interpolate_xy(table, np.full(len(dist), s), dist)
+    return np.asarray(np.hypot(qx - px, qy - py), dtype=np.float64)
+
+
+def _acceptable(offsets: np.ndarray) -> bool:
+    finite = offsets[np.isfinite(offsets)]
+    return bool(len(finite)) and float(np.median(finite)) <= MAX_MEDIAN_OFFSET_M
+
+
+def _from_dist_traveled(table: ShapeTable, s: int, sdt: np.ndarray) -> np.ndarray | None:
+    lo, hi = table.offsets[s], table.offsets[s + 1]
+    length = float(table.cum_m[hi - 1])
+    if not np.isfinite(sdt).all() or not len(sdt):
+        return None
+    shape_sdt = None if table.dist_traveled is None else table.dist_traveled[lo:hi]
+    if shape_sdt is not None and np.isfinite(shape_sdt).all() and (np.diff(shape_sdt) >= 0).all():
+        return np.asarray(np.interp(sdt, shape_sdt, table.cum_m[lo:hi]), dtype=np.float64)
+    top = float(np.max(sdt))
+    if top <= 0:
+        return None
+    ratio = length / top
+    unit = min(KNOWN_UNITS_M, key=lambda u: abs(np.log(ratio / u)))
+    if abs(np.log(ratio / unit)) > np.log(1.15):
+        return None
+    return np.asarray(np.clip(sdt * unit, 0.0, length), dtype=np.float64)
+
+
+def _locate_group(
+    table: ShapeTable, s: int, px: np.ndarray, py: np.ndarray, sdt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, str]:
+    if s < 0:
+        nan = np.full(len(px), np.nan)
+        return nan, nan, "no_shape"
+    dist = _from_dist_traveled(table, s, sdt)
+    if dist is not None:
+        off = _offsets(table, s, dist, px, py)
+        if _acceptable(off):
+            return dist, off, "shape_dist_traveled"
+    lo, hi = table.offsets[s], table.offsets[s + 1]
+    dist, off = locate_in_order(px, py, table.x[lo:hi], table.y[lo:hi], table.cum_m[lo:hi])
+    return dist, off, "stops_polyline" if table.from_stops[s] else "projection"
+
+
+def compute_stop_distances(
+    ordered: pd.DataFrame, trips: pd.DataFrame, stops: pd.DataFrame, table: ShapeTable
+) -> pd.DataFrame:
+    """Place every stop of every distinct (shape, stop pattern) along its shape.
+
+    Args:
+        ordered: Stop times from :func:`transitnet.gtfs.shapes.order_stop_times`
+            (``trip_id, stop_index, stop_sequence, stop_id[, shape_dist_traveled]``).
+        trips: ``trip_id, shape_id, pattern_id``.
+        stops: ``stop_id, lat, lon``.
+        table: The feed's shapes.
+
+    Returns:
+        :data:`STOP_DIST_COLUMNS`: one row per stop of each (shape_id, pattern_id), with
+        ``dist_m`` and ``offset_m`` in metres (NaN when the stop has no coordinates or the
+        shape is unknown) and ``dist_source`` in {``shape_dist_traveled``, ``projection``,
+        ``stops_polyline``, ``no_shape``}.
+    """
+    reps = trips.dropna(subset=["shape_id", "pattern_id"]).drop_duplicates(
+        ["shape_id", "pattern_id"]
+    )
+    cols = ["trip_id", "stop_index", "stop_sequence", "stop_id"]
+    has_sdt = "shape_dist_traveled" in ordered.columns
+    rows = ordered[cols + (["shape_dist_traveled"] if has_sdt else [])]
+    rows = rows.merge(reps[["trip_id", "shape_id", "pattern_id"]], on="trip_id")
+    rows = rows.merge(stops[["stop_id", "lat", "lon"]], on="stop_id", how="left")
+    rows = rows.sort_values(["shape_id", "pattern_id", "stop_index"], kind="stable").reset_index(
+        drop=True
+    )
+    px, py = project_lonlat(
+        table.crs,
+        rows["lon"].to_numpy(np.float64, na_value=np.nan),
+        rows["lat"].to_numpy(np.float64, na_value=np.nan),
+    )
+    sdt = (
+        rows["shape_dist_traveled"].to_numpy(np.float64, na_value=np.nan)
+        if has_sdt
+        else np.full(len(rows), np.nan)
+    )
+    dist, off = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    source = np.empty(len(rows), dtype=object)
+    groups = rows.groupby(["shape_id", "pattern_id"], sort=False).indices
+    shape_rows = table.index_of(np.array([cast(tuple[str, str], k)[0] for k in groups], object))
+    for s, ix in tqdm(
+        zip(shape_rows, groups.values(), strict=True),
+        total=len(groups),
+        desc="stop distances",
+        disable=len(groups) < 500,
+    ):
+        dist[ix], off[ix], source[ix] = _locate_group(table, int(s), px[ix], py[ix], sdt[ix])
+    out = rows[["shape_id", "pattern_id", "stop_index", "stop_sequence", "stop_id"]].copy()
+    out["dist_m"], out["offset_m"] = dist, off
+    out["dist_source"] = pd.array(source, dtype="string")
+    return out[list(STOP_DIST_COLUMNS)]
+
+
+def build_stop_times(
+    ordered: pd.DataFrame, trips: pd.DataFrame, stop_dist: pd.DataFrame
+) -> pd.DataFrame:
+    """Return scheduled stop times in seconds with each stop's distance along the shape.
+
+    Args:
+        ordered: Stop times from :func:`transitnet.gtfs.shapes.order_stop_times`
+            (``trip_id, stop_index, stop_sequence, stop_id, arrival_time, departure_time``).
+        trips: ``trip_id, shape_id, pattern_id``.
+        stop_dist: Output of :func:`compute_stop_distances`.
+
+    Returns:
+        ``trip_id, stop_sequence, stop_index, stop_id, arrival_s, departure_s, dist_m``;
+        times are float64 seconds after service-day noon minus 12 h (NaN when not given,
+        trips past 24:00 kept), ``dist_m`` NaN when the trip has no shape.
+    """
+    out = pd.DataFrame(
+        {
+            "trip_id": ordered["trip_id"].astype("string"),
+            "stop_sequence": ordered["stop_sequence"].astype("Int64"),
+            "stop_index": ordered["stop_index"].astype(np.int64),
+            "stop_id": ordered["stop_id"].astype("string"),
+            "arrival_s": parse_gtfs_times(ordered["arrival_time"]),
+            "departure_s": parse_gtfs_times(ordered["departure_time"]),
+        }
+    )
+    keys = trips[["trip_id", "shape_id", "pattern_id"]]
+    dists = stop_dist[["shape_id", "pattern_id", "stop_index", "dist_m"]]
+    out = out.merge(keys, on="trip_id", how="left").merge(
+        dists, on=["shape_id", "pattern_id", "stop_index"], how="left"
+    )
+    return out.drop(columns=["shape_id", "pattern_id"]).reset_index(drop=True)
