@@ -1,0 +1,179 @@
+"""Compaction: merge a day partition's many per-tick part files into one file.
+
+For each closed ``feed=<id>/date=<day>`` partition of ``positions`` and ``fetch_log``:
+
+1. part files already listed in ``part-compacted.parquet``'s metadata (left behind by a
+   crash between publish and delete) are deleted: their rows are in the compacted file;
+2. the compacted file and the remaining parts are read, positions are deduplicated
+   (:func:`~transitnet.store.dedup.dedup_positions`) and sorted by vehicle and time;
+3. the result is published atomically onto ``part-compacted.parquet`` with the merged part
+   names in its metadata, and only then are those parts deleted.
+
+A crash at any point leaves either the old state or a compacted file whose merged parts
+readers skip, so no row is lost or counted twice. Running it again changes nothing
+(idempotent). A lock file stops two compactions of one store from running at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from transitnet.schema import POSITIONS_SCHEMA
+from transitnet.store.dedup import dedup_positions, sort_positions
+from transitnet.store.layout import (
+    COMPACTED_NAME,
+    FETCH_LOG_DIR,
+    POSITIONS_DIR,
+    STATE_DIR,
+    list_partitions,
+    list_parts,
+)
+from transitnet.store.log import FETCH_LOG_SCHEMA_EXT
+from transitnet.store.parquet import (
+    MERGED_PARTS_KEY,
+    open_dataset,
+    read_merged_parts,
+    write_parquet_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+_SCHEMAS = {POSITIONS_DIR: POSITIONS_SCHEMA, FETCH_LOG_DIR: FETCH_LOG_SCHEMA_EXT}
+
+
+class CompactionLockedError(RuntimeError):
+    """Another compaction holds the store's lock."""
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """What compaction did to one partition.
+
+    Attributes:
+        kind: ``positions`` or ``fetch_log``.
+        feed_id: Feed id.
+        day: Partition date.
+        parts_merged: Part files merged (and then deleted).
+        stale_removed: Leftover parts already contained in the compacted file.
+        rows_in: Rows read (compacted file plus parts).
+        rows_out: Rows in the new compacted file (after dedup).
+        error: Why the partition was left untouched, if it was.
+    """
+
+    kind: str
+    feed_id: str
+    day: date
+    parts_merged: int = 0
+    stale_removed: int = 0
+    rows_in: int = 0
+    rows_out: int = 0
+    error: str | None = None
+
+
+@contextlib.contextmanager
+def compaction_lock(store: Path) -> Iterator[None]:
+    """Hold ``state/compact.lock`` exclusively.
+
+    Raises:
+        CompactionLockedError: when another process holds it.
+    """
+    path = store / STATE_DIR / "compact.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise CompactionLockedError(f"another compaction is running on {store}") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def compact_partition(folder: Path, kind: str, feed_id: str, day: date) -> CompactResult:
+    """Compact one partition folder (see the module docstring). Never raises for bad files.
+
+    Columns in/out: the table's schema (positions: POSITIONS_SCHEMA; fetch_log:
+    FETCH_LOG_SCHEMA_EXT); positions are deduplicated and sorted by vehicle and time.
+    """
+    compacted = folder / COMPACTED_NAME
+    try:
+        merged = read_merged_parts(compacted) if compacted.is_file() else set()
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        return CompactResult(kind, feed_id, day, error=f"unreadable {compacted.name}: {exc}")
+    parts = [p for p in list_parts(folder) if p.name != COMPACTED_NAME]
+    stale = [p for p in parts if p.name in merged]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    fresh = [p for p in parts if p.name not in merged]
+    if not fresh:
+        return CompactResult(kind, feed_id, day, stale_removed=len(stale))
+    inputs = ([compacted] if compacted.is_file() else []) + fresh
+    try:
+        table = _read_inputs(folder, kind, inputs)
+    except (OSError, pa.ArrowException) as exc:
+        logger.error("not compacting %s: %s", folder, exc)
+        return CompactResult(kind, feed_id, day, stale_removed=len(stale), error=str(exc))
+    out = _dedup_and_sort(kind, table)
+    names = json.dumps(sorted(p.name for p in fresh)).encode()
+    write_parquet_atomic(compacted, out, metadata={MERGED_PARTS_KEY: names})
+    for path in fresh:
+        path.unlink(missing_ok=True)
+    return CompactResult(kind, feed_id, day, len(fresh), len(stale), table.num_rows, out.num_rows)
+
+
+def _read_inputs(folder: Path, kind: str, files: list[Path]) -> pa.Table:
+    schema = _SCHEMAS[kind]
+    root = folder.parent.parent
+    table = open_dataset(root, files, schema).to_table(columns=schema.names)
+    return table.cast(schema).replace_schema_metadata(None)
+
+
+def _dedup_and_sort(kind: str, table: pa.Table) -> pa.Table:
+    if kind == POSITIONS_DIR:
+        return sort_positions(dedup_positions(table))
+    return table.sort_by([("started_at", "ascending"), ("attempt", "ascending")])
+
+
+def compact_store(
+    store: Path,
+    *,
+    feed_ids: Sequence[str] | None = None,
+    before: date | None = None,
+    kinds: Sequence[str] = (POSITIONS_DIR, FETCH_LOG_DIR),
+) -> list[CompactResult]:
+    """Compact every closed day partition of the store.
+
+    Args:
+        store: Store root.
+        feed_ids: Only these feeds (None: all).
+        before: Compact partitions dated strictly before this UTC date (default: today,
+            i.e. every closed day).
+        kinds: Tables to compact.
+
+    Returns:
+        One result per partition looked at.
+
+    Raises:
+        CompactionLockedError: when another compaction is running.
+    """
+    cutoff = before if before is not None else datetime.now(UTC).date()
+    results: list[CompactResult] = []
+    with compaction_lock(store):
+        for kind in kinds:
+            for feed_id, day, folder in list_partitions(store, kind):
+                if day >= cutoff or (feed_ids is not None and feed_id not in feed_ids):
+                    continue
+                result = compact_partition(folder, kind, feed_id, day)
+                logger.info("compacted %s %s %s: %s", kind, feed_id, day, result)
+                results.append(result)
+    return results

@@ -1,0 +1,144 @@
+"""Row deduplication for positions.
+
+A fix is identified by :data:`transitnet.schema.DEDUP_KEY`: (feed, vehicle key, raw vehicle
+timestamp, trip_id, start_time), where the vehicle key is ``vehicle.id``, else
+``vehicle.label``, else the entity id (prefixed ``id:``/``label:``/``entity:`` so the three
+never collide; empty strings count as missing). Feeds re-publish unchanged fixes on every
+poll, so most rows of a snapshot repeat the previous one's.
+
+Rules (nothing is dropped for a validator flag):
+
+- only rows of a *later* snapshot are dropped: rows of one snapshot never knock each other
+  out (two entities with the same vehicle id are flagged E052, and both kept);
+- a row without a vehicle timestamp or vehicle key is never dropped (it cannot be told
+  apart from a new fix);
+- a snapshot is identified by (``fetched_at``, header timestamp, ``source_file``); rows
+  with neither fetch time nor source file count as their own snapshot each, in table
+  order (backfills);
+- a second copy of the same entity (same entity id and key) within one snapshot is
+  dropped: that is the same snapshot stored twice (e.g. a file imported twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+#: Seconds after which a vehicle not seen again is forgotten by :func:`filter_new_fixes`.
+FORGET_AFTER_S = 86_400
+
+
+def compute_vehicle_key(table: pa.Table) -> pa.ChunkedArray:
+    """The vehicle key per row: ``id:<vehicle_id>``, else ``label:…``, else ``entity:…``.
+
+    Columns in: ``vehicle_id``, ``vehicle_label``, ``entity_id``. Null when all three are
+    null or empty.
+    """
+    parts = []
+    for column, prefix in (("vehicle_id", "id:"), ("vehicle_label", "label:"),
+                           ("entity_id", "entity:")):  # fmt: skip
+        col = table.column(column).cast(pa.string())
+        empty = pc.fill_null(pc.equal(col, ""), True)
+        prefixed = pc.binary_join_element_wise(pa.scalar(prefix), col, "")
+        parts.append(pc.if_else(empty, pa.scalar(None, pa.string()), prefixed))
+    return pc.coalesce(*parts)
+
+
+def _snapshot_ids(table: pa.Table) -> np.ndarray:
+    """Snapshot ordinal per row, ordered by (fetched_at, header timestamp, source_file)."""
+    frame = pd.DataFrame(
+        {
+            "f": pd.array(pc.cast(table.column("fetched_at"), pa.int64()).to_pylist(), "Int64"),
+            "h": pd.array(table.column("header_timestamp_raw").to_pylist(), "UInt64"),
+            "s": pd.array(table.column("source_file").to_pylist(), "string"),
+        }
+    )
+    ids = frame.groupby(["f", "h", "s"], dropna=False, sort=True).ngroup().to_numpy(np.int64)
+    anonymous = (frame["f"].isna() & frame["s"].isna()).to_numpy()
+    if anonymous.any():
+        ids[anonymous] = ids.max() + 1 + np.arange(int(anonymous.sum()))
+    return ids
+
+
+def dedup_positions(table: pa.Table) -> pa.Table:
+    """Drop rows that repeat a fix already seen in an earlier snapshot.
+
+    Columns in: ``feed_id``, ``entity_id``, ``vehicle_id``, ``vehicle_label``,
+    ``vehicle_timestamp_raw``, ``trip_id``, ``start_time``, ``fetched_at``,
+    ``header_timestamp_raw``, ``source_file`` (plus any others, passed through).
+    Columns out: the same; row order is kept.
+    """
+    if table.num_rows == 0:
+        return table
+    key_cols = {
+        "feed": table.column("feed_id").to_pylist(),
+        "vk": compute_vehicle_key(table).to_pylist(),
+        "ts": pd.array(table.column("vehicle_timestamp_raw").to_pylist(), "UInt64"),
+        "trip": table.column("trip_id").to_pylist(),
+        "start": table.column("start_time").to_pylist(),
+    }
+    keys = pd.DataFrame(key_cols)
+    snap = pd.Series(_snapshot_ids(table))
+    first = snap.groupby([keys[c] for c in keys.columns], dropna=False, sort=False).transform("min")
+    copies = keys.assign(entity=table.column("entity_id").to_pylist(), snap=snap).duplicated()
+    keep = ((snap == first) & ~copies).to_numpy()
+    keep |= keys["ts"].isna().to_numpy() | keys["vk"].isna().to_numpy()
+    if keep.all():
+        return table
+    return table.filter(pa.array(keep))
+
+
+def sort_positions(table: pa.Table) -> pa.Table:
+    """Sort by feed, vehicle key, vehicle time, then fetch time (nulls last).
+
+    Columns in: those of :func:`compute_vehicle_key` plus ``feed_id``,
+    ``vehicle_timestamp``, ``fetched_at``. Columns out: unchanged.
+    """
+    keyed = table.append_column("__vk", compute_vehicle_key(table))
+    order = [("feed_id", "ascending"), ("__vk", "ascending"),
+             ("vehicle_timestamp", "ascending"), ("fetched_at", "ascending")]  # fmt: skip
+    return keyed.sort_by(order).drop_columns(["__vk"])
+
+
+def filter_new_fixes(
+    table: pa.Table, last_keys: dict[str, list[Any]]
+) -> tuple[pa.Table, dict[str, list[Any]]]:
+    """Keep rows whose fix differs from the vehicle's fix in the previous snapshot.
+
+    Args:
+        table: One snapshot's positions (one feed). Columns in: those of
+            :func:`compute_vehicle_key` plus ``vehicle_timestamp_raw``, ``trip_id``,
+            ``start_time``.
+        last_keys: Vehicle key → ``[vehicle_timestamp_raw, trip_id, start_time]`` of the
+            previous snapshots (JSON-ready; from the feed state).
+
+    Returns:
+        The new rows (same columns), and the updated ``last_keys``; vehicles not seen
+        for :data:`FORGET_AFTER_S` are forgotten.
+    """
+    vks = compute_vehicle_key(table).to_pylist()
+    ts = table.column("vehicle_timestamp_raw").to_pylist()
+    trips = table.column("trip_id").to_pylist()
+    starts = table.column("start_time").to_pylist()
+    keep: list[bool] = []
+    updated = dict(last_keys)
+    for vk, t, trip, start in zip(vks, ts, trips, starts, strict=True):
+        if vk is None or t is None:
+            keep.append(True)
+            continue
+        key = [t, trip, start]
+        keep.append(last_keys.get(vk) != key)
+        updated[vk] = key
+    return table.filter(pa.array(keep, pa.bool_())), _forget_old(updated)
+
+
+def _forget_old(keys: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    stamps = [k[0] for k in keys.values() if isinstance(k[0], int)]
+    if not stamps:
+        return keys
+    horizon = max(stamps) - FORGET_AFTER_S
+    return {vk: k for vk, k in keys.items() if not isinstance(k[0], int) or k[0] >= horizon}
