@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
-from tests.faultserver import FaultServer, Reply
 
+from tests.faultserver import FaultServer, Reply
 from transitnet.realtime.fetch import (
     REDACTED,
     FeedEndpoint,

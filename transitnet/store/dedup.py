@@ -57,8 +57,9 @@ def _snapshot_ids(table: pa.Table) -> np.ndarray:
             "s": pd.array(table.column("source_file").to_pylist(), "string"),
         }
     )
-    ids = frame.groupby(["f", "h", "s"], dropna=False, sort=True).ngroup().to_numpy(np.int64)
-    anonymous = (frame["f"].isna() & frame["s"].isna()).to_numpy()
+    grouped = frame.groupby(["f", "h", "s"], dropna=False, sort=True).ngroup()
+    ids = np.array(grouped.to_numpy(np.int64), copy=True)
+    anonymous = (frame["f"].isna() & frame["s"].isna()).to_numpy(dtype=bool)
     if anonymous.any():
         ids[anonymous] = ids.max() + 1 + np.arange(int(anonymous.sum()))
     return ids
@@ -85,8 +86,8 @@ def dedup_positions(table: pa.Table) -> pa.Table:
     snap = pd.Series(_snapshot_ids(table))
     first = snap.groupby([keys[c] for c in keys.columns], dropna=False, sort=False).transform("min")
     copies = keys.assign(entity=table.column("entity_id").to_pylist(), snap=snap).duplicated()
-    keep = ((snap == first) & ~copies).to_numpy()
-    keep |= keys["ts"].isna().to_numpy() | keys["vk"].isna().to_numpy()
+    unkeyed = keys["ts"].isna() | keys["vk"].isna()
+    keep = ((snap == first) & ~copies | unkeyed).to_numpy(dtype=bool)
     if keep.all():
         return table
     return table.filter(pa.array(keep))

@@ -1,0 +1,274 @@
+"""Rule flags for flattened rows, streaming row dedup, and partitioned writing for imports.
+
+Flags for flattened tables (no FeedMessage, often no header): the row rules of
+:mod:`transitnet.realtime.validate_vehicle` are evaluated (W002, E026, E027, W004, W001,
+E001, E012, W006, W009, E020, E021), E052 per header-timestamp snapshot, E050 against the
+row's header timestamp (the recording clock is unknown), each only when the source has
+the columns it reads (:data:`RULE_INPUTS`; e.g. no W009 for a CSV without a
+schedule_relationship column), static rules through a
+:class:`~transitnet.realtime.validate.StaticChecker` when given. Feed-level rules stay
+null ("not evaluated"): there is no header to judge. An exact (0, 0) position, which
+flattened exports write for an unset Position, is flagged E026 and kept as given.
+
+Row dedup (:class:`SeenKeys`) follows :mod:`transitnet.store.dedup`: a row whose
+:data:`~transitnet.schema.DEDUP_KEY` was seen in an *earlier* snapshot (or is already in
+the store) is dropped; rows of one snapshot never knock each other out; rows without a
+vehicle timestamp or vehicle key are always kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transitnet.realtime.validate import StaticChecker
+from transitnet.realtime.validate_header import (
+    IN_FUTURE_TOLERANCE_S,
+    MAX_POSIX_TIME,
+    MIN_POSIX_TIME,
+)
+from transitnet.realtime.validate_vehicle import (
+    Flags,
+    compute_trip_flags,
+    compute_vehicle_flags,
+    is_present,
+)
+from transitnet.schema import POSITIONS_SCHEMA, flag_column
+from transitnet.store.dedup import compute_vehicle_key
+from transitnet.store.layout import POSITIONS_DIR, check_feed_id
+from transitnet.store.parquet import conform_positions, positions_dataset, write_partitioned
+
+logger = logging.getLogger(__name__)
+
+_TRIP_COLUMNS = ("trip_id", "route_id", "direction_id", "start_time", "start_date",
+                 "schedule_relationship")  # fmt: skip
+#: Source columns a row rule reads; without them in the source, its flag stays null.
+RULE_INPUTS: dict[str, tuple[str, ...]] = {
+    "W002": ("vehicle_id",), "E052": ("vehicle_id",), "E026": ("latitude", "longitude"),
+    "E027": ("bearing",), "W004": ("speed",), "W001": ("vehicle_timestamp_raw",),
+    "E001": ("vehicle_timestamp_raw",), "E012": ("vehicle_timestamp_raw", "header_timestamp_raw"),
+    "E050": ("vehicle_timestamp_raw", "header_timestamp_raw"), "W006": ("trip_id",),
+    "W009": ("schedule_relationship",), "E020": ("start_time",), "E021": ("start_date",),
+}  # fmt: skip
+_KEY_INPUTS = ("feed_id", "entity_id", "vehicle_id", "vehicle_label", "vehicle_timestamp_raw",
+               "trip_id", "start_time")  # fmt: skip
+
+
+def split_extras(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Split a table into stored-schema columns and extra columns (e.g. ``trip_headsign``)."""
+    core = [c for c in table.column_names if c in POSITIONS_SCHEMA.names]
+    extra = [c for c in table.column_names if c not in POSITIONS_SCHEMA.names]
+    return table.select(core), table.select(extra)
+
+
+def flag_flat_rows(
+    table: pa.Table, zero_positions: np.ndarray, static_checker: StaticChecker | None = None
+) -> pa.Table:
+    """Conform flattened rows to the stored schema and fill the rule flags they allow.
+
+    Args:
+        table: Positions columns (any subset, ``feed_id`` set) plus extra columns.
+        zero_positions: Row mask of (0, 0) coordinates to flag E026.
+        static_checker: Evaluates the static rules when given.
+
+    Returns:
+        :data:`~transitnet.schema.POSITIONS_SCHEMA` columns (flags filled as described in
+        the module doc, others null) followed by the extra columns.
+    """
+    core, extras = split_extras(table)
+    positions = conform_positions(core)
+    flags = _compute_flags(positions, zero_positions)
+    for rule, needed in RULE_INPUTS.items():
+        if rule in flags and not set(needed) <= set(core.column_names):
+            del flags[rule]  # the source never had that field: not evaluated (null)
+    if static_checker is not None:
+        flags.update(
+            {r: np.asarray(v, dtype=bool) for r, v in static_checker.check(positions).items()}
+        )
+    for rule, values in flags.items():
+        index = positions.schema.get_field_index(flag_column(rule))
+        array = values if isinstance(values, pa.Array) else pa.array(values, pa.bool_())
+        positions = positions.set_column(index, flag_column(rule), array)
+    for name in extras.column_names:
+        positions = positions.append_column(name, extras.column(name))
+    return positions
+
+
+def _compute_flags(
+    positions: pa.Table, zero_positions: np.ndarray
+) -> dict[str, np.ndarray | pa.Array]:
+    flags: dict[str, np.ndarray | pa.Array] = {}
+    vehicle = _compute_vehicle_flags_per_snapshot(positions)
+    flags.update(vehicle)
+    flags["E026"] = vehicle["E026"] | zero_positions
+    flags.update(_compute_timestamp_flags(positions))
+    has_trip = np.zeros(positions.num_rows, dtype=bool)
+    for name in _TRIP_COLUMNS:
+        has_trip |= is_present(positions.column(name).combine_chunks())
+    flags.update(compute_trip_flags(positions, has_trip))
+    return flags
+
+
+def _compute_vehicle_flags_per_snapshot(positions: pa.Table) -> Flags:
+    header = positions.column("header_timestamp_raw")
+    flags = compute_vehicle_flags(positions)
+    if header.null_count == positions.num_rows:
+        flags.pop("E052")  # no snapshots to compare vehicle ids within: not evaluated
+        return flags
+    e052 = np.zeros(positions.num_rows, dtype=bool)
+    codes = pc.dictionary_encode(header.combine_chunks()).indices.to_numpy(zero_copy_only=False)
+    for code in np.unique(codes[~np.isnan(codes.astype(float))].astype(np.int64)):
+        rows = np.flatnonzero(codes == code)
+        e052[rows] = compute_vehicle_flags(positions.take(pa.array(rows)))["E052"]
+    flags["E052"] = e052
+    return flags
+
+
+def _compute_timestamp_flags(positions: pa.Table) -> dict[str, np.ndarray | pa.Array]:
+    ts = _uint_as_int(positions.column("vehicle_timestamp_raw"))
+    header = _uint_as_int(positions.column("header_timestamp_raw"))
+    has_header = header != 0
+    set_ = ts != 0
+    posix = (ts >= MIN_POSIX_TIME) & (ts <= MAX_POSIX_TIME)
+    e050 = set_ & posix & has_header & (ts - header > IN_FUTURE_TOLERANCE_S)
+    return {
+        "W001": ~set_,
+        "E001": set_ & ~posix,
+        "E012": set_ & has_header & (ts > header),
+        "E050": pa.array(e050, mask=~has_header, type=pa.bool_()),
+    }
+
+
+def _uint_as_int(values: pa.ChunkedArray) -> np.ndarray:
+    filled = pc.fill_null(values, 0).to_numpy()
+    return np.asarray(filled, dtype=np.uint64).view(np.int64)
+
+
+def build_dedup_keys(table: pa.Table) -> pa.Array:
+    """One exact text key per row from DEDUP_KEY; null for rows that are never dropped.
+
+    Columns in: ``feed_id``, ``entity_id``, ``vehicle_id``, ``vehicle_label``,
+    ``vehicle_timestamp_raw``, ``trip_id``, ``start_time``. Each part is length-prefixed
+    (``<n>:<text>``, ``-`` for null), so different keys never produce the same text.
+    """
+    vehicle_key = compute_vehicle_key(table)
+    parts = [table.column("feed_id"), vehicle_key, table.column("vehicle_timestamp_raw"),
+             table.column("trip_id"), table.column("start_time")]  # fmt: skip
+    encoded = [_length_prefixed(p) for p in parts]
+    key = pc.binary_join_element_wise(*encoded, "|")
+    never_drop = pc.or_(pc.is_null(vehicle_key), pc.is_null(table.column("vehicle_timestamp_raw")))
+    return pc.if_else(never_drop, pa.scalar(None, pa.string()), key).combine_chunks()
+
+
+def _length_prefixed(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    text = pc.cast(values, pa.string())
+    length = pc.cast(pc.utf8_length(text), pa.string())
+    joined = pc.binary_join_element_wise(length, text, ":")
+    return pc.fill_null(joined, "-")
+
+
+class SeenKeys:
+    """Keys of the fixes already stored or imported; drops repeats in later snapshots."""
+
+    def __init__(self) -> None:
+        self._chunks: list[pa.Array] = []
+        self._seen: pa.Array = pa.array([], pa.string())
+
+    def __len__(self) -> int:
+        return len(self._seen) + sum(len(c) for c in self._chunks)
+
+    def add(self, keys: pa.Array) -> None:
+        """Remember ``keys`` (nulls ignored)."""
+        self._chunks.append(pc.drop_null(keys))
+
+    def _consolidate(self) -> pa.Array:
+        if self._chunks:
+            self._seen = pc.unique(pa.concat_arrays([self._seen, *self._chunks]))
+            self._chunks = []
+        return self._seen
+
+    def select_new(self, table: pa.Table, snapshot_ids: np.ndarray) -> np.ndarray:
+        """Row mask of ``table`` to keep, and remember the kept keys.
+
+        Args:
+            table: Rows with the key input columns (see :func:`build_dedup_keys`).
+            snapshot_ids: Non-decreasing snapshot ordinal per row; rows sharing an
+                ordinal never drop each other.
+        """
+        keys = build_dedup_keys(table)
+        keep = ~np.asarray(pc.fill_null(pc.is_in(keys, value_set=self._consolidate()), False)
+                           .to_numpy(zero_copy_only=False), dtype=bool)  # fmt: skip
+        keep &= _first_snapshot_of_key(keys, snapshot_ids)
+        self.add(pc.filter(keys, pa.array(keep)))
+        return keep
+
+    def load_store(self, store: Path, feed_id: str) -> None:
+        """Remember the keys of every row already stored for ``feed_id``."""
+        root = store / POSITIONS_DIR / f"feed={check_feed_id(feed_id)}"
+        if not root.is_dir():
+            return
+        table = positions_dataset(store, [feed_id]).to_table(columns=list(_KEY_INPUTS))
+        self.add(build_dedup_keys(table))
+        logger.info("feed %s: %d fixes already stored are skipped if imported again",
+                    feed_id, table.num_rows)  # fmt: skip
+
+
+def _first_snapshot_of_key(keys: pa.Array, snapshot_ids: np.ndarray) -> np.ndarray:
+    """True where the row belongs to the first snapshot that carries its key."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=bool)
+    codes = pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False)
+    valid = ~np.asarray(pc.is_null(keys).to_numpy(zero_copy_only=False), dtype=bool)
+    codes = np.where(valid, codes, -1).astype(np.int64)
+    first = np.full(int(codes.max(initial=-1)) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, codes[valid], snapshot_ids[valid])
+    keep = np.ones(len(keys), dtype=bool)
+    keep[valid] = snapshot_ids[valid] == first[codes[valid]]
+    return keep
+
+
+def compute_partition_days(table: pa.Table, source: str) -> pa.Array:
+    """UTC partition date per row: fetched_at, else vehicle_timestamp, else header_timestamp.
+
+    Rows with none of the three (a backfill row without any time) go to the earliest date
+    of the other rows of the same batch, which is logged; they keep their null times.
+
+    Raises:
+        ValueError: when no row of the batch has any time.
+    """
+    moments = pc.coalesce(*(table.column(c) for c in ("fetched_at", "vehicle_timestamp",
+                                                      "header_timestamp")))  # fmt: skip
+    days = pc.cast(moments, pa.date32())
+    missing = days.null_count
+    if missing == 0:
+        return days.combine_chunks()
+    if missing == len(days):
+        raise ValueError(f"{source}: no row has a vehicle or header timestamp: cannot choose a "
+                         "date partition (map a time column with --columns)")  # fmt: skip
+    fallback = pc.min(days)
+    logger.info("%s: %d rows without any timestamp stored in the %s partition", source, missing,
+                fallback.as_py())  # fmt: skip
+    return pc.fill_null(days, fallback).combine_chunks()
+
+
+def write_rows(store: Path, table: pa.Table, source: str) -> list[Path]:
+    """Write flagged rows (stored schema + extras) as new part files, one per (feed, day).
+
+    Args:
+        store: Store root.
+        table: :data:`~transitnet.schema.POSITIONS_SCHEMA` columns then extra columns.
+        source: Name for log lines and errors.
+
+    Returns:
+        The part files written.
+    """
+    if table.num_rows == 0:
+        return []
+    days = compute_partition_days(table, source)
+    now = datetime.now(UTC)
+    return write_partitioned(store, POSITIONS_DIR, table, days, now)
