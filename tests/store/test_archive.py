@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from transitnet.store import archive as archive_mod
-from transitnet.store.atomic import atomic_path
 from transitnet.store.archive import (
     RawMeta,
     archive_body,
@@ -16,6 +15,7 @@ from transitnet.store.archive import (
     relative_to_store,
     write_meta,
 )
+from transitnet.store.atomic import atomic_path
 
 T = datetime(2024, 3, 1, 9, 30, 5, tzinfo=UTC)
 

@@ -58,7 +58,7 @@ def test_reserved_stems_stay_unique_and_sorted(tmp_path: Path) -> None:
     later.with_name(later.name + ".pb").write_bytes(b"y")
     names = [p.name for p in iter_raw_files(tmp_path, "akl")]
     assert names == ["akl-2019-08-13T23-59-58Z.pb", "akl-2019-08-13T23-59-59Z.pb"]
-    assert sorted(stems + [later.name]) == stems + [later.name]
+    assert sorted([*stems, later.name]) == [*stems, later.name]
 
 
 def test_partitions_and_parts(tmp_path: Path) -> None:

@@ -17,8 +17,16 @@ def test_state_round_trip(tmp_path: Path) -> None:
     assert load_feed_state(tmp_path, "other") == FeedState("other")
 
 
-@pytest.mark.parametrize("text", ["{oops", "[]", '{"version": 99}', '{"version": 1, "feed_id": "g"}',
-                                  '{"version": 1, "feed_id": "f", "surprise": 1}'])  # fmt: skip
+BAD_STATES = [
+    "{oops",
+    "[]",
+    '{"version": 99}',
+    '{"version": 1, "feed_id": "g"}',
+    '{"version": 1, "feed_id": "f", "surprise": 1}',
+]
+
+
+@pytest.mark.parametrize("text", BAD_STATES)
 def test_corrupt_state_is_set_aside(
     tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
 ) -> None:
