@@ -23,7 +23,12 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 #: Subcommands handled by LightningCLI; listed in ``--help`` for discoverability.
-LIGHTNING_COMMANDS: dict[str, str] = {}
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "Train a model (LightningCLI; see `transitnet fit --help` and transitnet/configs/).",
+    "validate": "Run a model on the validation split (LightningCLI).",
+    "test": "Run a model on the test split (LightningCLI).",
+    "predict": "Write predictions for the predict period (LightningCLI).",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

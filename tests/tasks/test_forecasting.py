@@ -1,0 +1,58 @@
+import pytorch_lightning as pl
+import torch
+
+from tests.synthetic import make_matched, write_matched_store
+from transitnet.datamodules import TransitDataModule
+from transitnet.tasks import ForecastingTask
+
+
+def _dm(tmp_path, **kw):
+    store = write_matched_store(
+        tmp_path,
+        __import__("pandas").concat([make_matched(day=f"2024-05-0{d}", seed=d) for d in (6, 7, 8)]),
+    )
+    return TransitDataModule(
+        str(store),
+        train_dates=["2024-05-06"],
+        val_dates=["2024-05-07"],
+        test_dates=["2024-05-08"],
+        horizons_s=[60, 120],
+        past_fixes=4,
+        batch_size=32,
+        **kw,
+    )
+
+
+def test_fit_validate_and_checkpoint_round_trip(tmp_path) -> None:
+    pl.seed_everything(0)
+    dm = _dm(tmp_path)
+    task = ForecastingTask(hidden_dim=16, line_dim=4)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, dm)
+    assert task.line_keys == ("<unknown>", "A", "B", "C")
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    loaded = ForecastingTask.load_from_checkpoint(ckpt)
+    loaded.eval()
+    task.eval()
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        assert torch.equal(task(batch), loaded(batch))
+    state = torch.load(ckpt, weights_only=False)["TransitDataModule"]
+    assert state["vocab"] and "past_scale" in state
+
+
+def test_unseen_line_goes_to_unknown_row(tmp_path) -> None:
+    dm = _dm(tmp_path, exclude_lines=["C"])
+    dm.setup("fit")
+    assert "C" not in dm.vocab
+    ds = dm.dataset("val")
+    lines = dm.windows["val"].meta["line_key"].to_numpy()
+    assert (ds.line_ids[torch.from_numpy(lines == "C")] == 0).all()
+    assert (ds.line_ids[torch.from_numpy(lines != "C")] > 0).all()

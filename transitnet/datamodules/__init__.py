@@ -1,0 +1,5 @@
+"""LightningDataModules: the store → batches."""
+
+from transitnet.datamodules.transit import TransitDataModule
+
+__all__ = ["TransitDataModule"]

@@ -1,0 +1,184 @@
+"""Load matched positions for periods and cut them into per-split windows.
+
+A period spec is a list of service dates (``YYYY-MM-DD``), service-date ranges
+(``start..end``) or local-time ranges (``YYYY-MM-DDTHH:MM..YYYY-MM-DDTHH:MM``, e.g. an
+Auckland morning for training and the evening of the same day for testing). Splits
+must not overlap; a window's targets never reach past the end of its own period.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+
+from transitnet.datasets.splits import expand_dates, select_dates, select_time_range
+from transitnet.datasets.windows import WindowConfig, Windows, build_windows
+
+logger = logging.getLogger(__name__)
+
+MATCHED_DIR = "matched"
+
+
+@dataclass(frozen=True)
+class Period:
+    """Service dates, or one local-time range ``[start, end)`` (tz-aware UTC bounds)."""
+
+    dates: tuple[str, ...] = ()
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None
+
+    def utc_dates(self) -> set[str]:
+        """UTC partition dates that can hold this period's fixes."""
+        if self.start is not None and self.end is not None:
+            days = pd.date_range(self.start.normalize(), self.end.normalize(), freq="D")
+            return {d.strftime("%Y-%m-%d") for d in days}
+        out: set[str] = set()
+        for d in self.dates:
+            day = dt.date.fromisoformat(d)
+            out |= {str(day + dt.timedelta(days=k)) for k in (-1, 0, 1)}
+        return out
+
+
+def parse_period(spec: Sequence[str], timezone: str) -> Period:
+    """Parse a period spec (see module docstring).
+
+    Raises:
+        ValueError: on a malformed item, or on mixing time ranges with dates.
+    """
+    items = list(spec)
+    timed = [s for s in items if "T" in s]
+    if not timed:
+        return Period(dates=tuple(expand_dates(items)))
+    if len(items) != 1 or ".." not in items[0]:
+        raise ValueError(f"a local-time period must be one 'start..end' range, got {items}")
+    start_s, end_s = items[0].split("..", 1)
+    try:
+        start = pd.Timestamp(start_s).tz_localize(timezone).tz_convert("UTC")
+        end = pd.Timestamp(end_s).tz_localize(timezone).tz_convert("UTC")
+    except ValueError as exc:
+        raise ValueError(f"bad local-time range {items[0]!r}: {exc}") from exc
+    if end <= start:
+        raise ValueError(f"period {items[0]!r} ends before it starts")
+    return Period(start=start, end=end)
+
+
+def read_matched(store: Path, feed_ids: Sequence[str] | None, utc_dates: set[str]) -> pd.DataFrame:
+    """Read ``store/matched/feed=*/date=*/`` partitions for the given UTC dates.
+
+    Returns:
+        The matched columns (see :func:`transitnet.gtfs.match.match_positions`).
+    """
+    root = store / MATCHED_DIR
+    if not root.exists():
+        return pd.DataFrame()
+    files = [
+        p
+        for p in sorted(root.glob("feed=*/date=*/*.parquet"))
+        if not p.name.startswith(".")
+        and p.parent.name.removeprefix("date=") in utc_dates
+        and (feed_ids is None or p.parent.parent.name.removeprefix("feed=") in feed_ids)
+    ]
+    if not files:
+        return pd.DataFrame()
+    dataset = ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(root))
+    frame: pd.DataFrame = dataset.to_table().to_pandas()
+    return frame
+
+
+def ensure_matched(
+    store: Path, static: str | None, feed_ids: Sequence[str] | None, utc_dates: set[str]
+) -> pd.DataFrame:
+    """Matched positions for ``utc_dates``, matching stored positions first if needed."""
+    if static is not None:
+        from transitnet.gtfs.match import match_store
+
+        feeds = list(feed_ids) if feed_ids else [None]
+        for feed in feeds:
+            match_store(store, static, feed_id=feed, dates=sorted(utc_dates), skip_existing=True)
+    matched = read_matched(store, feed_ids, utc_dates)
+    if matched.empty:
+        raise ValueError(
+            f"no matched positions in {store}/{MATCHED_DIR} for UTC dates {sorted(utc_dates)}; "
+            "give a static feed (--data.static) or run `transitnet match` first"
+        )
+    return matched
+
+
+def filter_lines(
+    matched: pd.DataFrame, include: Sequence[str] | None, exclude: Sequence[str] | None
+) -> pd.DataFrame:
+    """Keep rows whose ``line_key`` is in ``include`` (if given) and not in ``exclude``."""
+    keep = pd.Series(True, index=matched.index)
+    if include:
+        keep &= matched["line_key"].isin(list(include))
+    if exclude:
+        keep &= ~matched["line_key"].isin(list(exclude))
+    return matched[keep]
+
+
+def select_period(windows: Windows, period: Period) -> Windows:
+    """The windows of one period (time ranges mask targets past the period's end)."""
+    if period.dates:
+        return select_dates(windows, period.dates)
+    return select_time_range(windows, period.start, period.end)
+
+
+def check_order(periods: Mapping[str, Period]) -> None:
+    """Refuse overlapping splits (train, val, test must be disjoint in time)."""
+    spans: dict[str, tuple[pd.Timestamp | None, pd.Timestamp | None]] = {}
+    for name, p in periods.items():
+        lo: pd.Timestamp | None
+        hi: pd.Timestamp | None
+        if p.dates:
+            lo = pd.Timestamp(min(p.dates), tz="UTC")
+            hi = pd.Timestamp(max(p.dates), tz="UTC") + pd.Timedelta(days=1)
+        else:
+            lo, hi = p.start, p.end
+        spans[name] = (lo, hi)
+    names = [n for n in ("train", "val", "test") if n in spans]
+    for a, b in itertools.pairwise(names):
+        start_b, end_a = spans[b][0], spans[a][1]
+        if start_b is not None and end_a is not None and start_b < end_a:
+            raise ValueError(f"the {b} period must start after the {a} period ends (no leakage)")
+
+
+def load_windows(
+    store: Path,
+    static: str | None,
+    specs: Mapping[str, Sequence[str]],
+    config: WindowConfig,
+    *,
+    feed_ids: Sequence[str] | None = None,
+    timezone: str | None = None,
+    line_key_mode: str = "route",
+    include_lines: Sequence[str] | None = None,
+    exclude_lines: Sequence[str] | None = None,
+) -> dict[str, Windows]:
+    """Windows per split name for the given period specs.
+
+    ``exclude_lines`` applies to the training split only: held-out lines still appear in
+    validation and test, where they meet the unknown row (or their added row).
+    """
+    tz = timezone or "UTC"
+    periods = {name: parse_period(spec, tz) for name, spec in specs.items()}
+    check_order(periods)
+    utc_dates: set[str] = set().union(*(p.utc_dates() for p in periods.values()))
+    matched = filter_lines(ensure_matched(store, static, feed_ids, utc_dates), include_lines, None)
+    if line_key_mode != "route" and "line_key" in matched:
+        logger.info("line keys as stored by the matcher (mode %s)", line_key_mode)
+    windows = build_windows(matched, WindowConfig(**{**config.__dict__, "timezone": tz}))
+    out: dict[str, Windows] = {}
+    for name, period in periods.items():
+        split = select_period(windows, period)
+        if name == "train" and exclude_lines:
+            split = split.subset(~split.meta["line_key"].isin(list(exclude_lines)).to_numpy())
+        logger.info("%s: %d windows, %d lines", name, len(split), split.meta["line_key"].nunique())
+        out[name] = split
+    return out

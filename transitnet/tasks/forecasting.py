@@ -1,0 +1,180 @@
+"""``ForecastingTask``: the LightningModule around :class:`~transitnet.models.ForecastNet`.
+
+The network's size depends on the data (lines in the vocabulary, feature widths), so
+it is built in :meth:`configure_model` from the attached DataModule, or in
+:meth:`on_load_checkpoint` from what the checkpoint recorded. The checkpoint records
+the line keys of the embedding rows, so a checkpoint can later be grown by key.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from transitnet.datasets.batches import ForecastBatch
+from transitnet.models.embedding import dropout_ids
+from transitnet.models.forecaster import ForecastNet
+from transitnet.models.losses import pinball_loss
+from transitnet.tasks.base import BaseTask
+
+logger = logging.getLogger(__name__)
+
+CKPT_KEY = "transitnet_forecaster"
+
+
+class ForecastingTask(BaseTask):
+    """Multi-horizon quantile forecasts of along-route distance travelled.
+
+    Args:
+        line_dim: Line embedding size.
+        hidden_dim: Encoder and trunk width.
+        encoder: ``gru`` (default), ``transformer`` or ``tcn``.
+        num_layers: Encoder layers.
+        dropout: Dropout in encoder and trunk.
+        quantiles: Quantile levels; the middle one is the point forecast.
+        line_dropout: Probability a training window's line becomes the unknown row.
+        loss_scale_m: Metres per loss unit (keeps the pinball loss near 1).
+        lr: AdamW learning rate for the network.
+        weight_decay: AdamW weight decay.
+        new_row_lr: Learning rate of new embedding rows (default: ``lr``).
+        max_epochs_hint: Epochs the cosine schedule spans (the trainer may stop earlier).
+    """
+
+    def __init__(
+        self,
+        line_dim: int = 16,
+        hidden_dim: int = 64,
+        encoder: str = "gru",
+        num_layers: int = 1,
+        dropout: float = 0.1,
+        quantiles: list[float] | None = None,
+        line_dropout: float = 0.05,
+        loss_scale_m: float = 500.0,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        new_row_lr: float | None = None,
+        max_epochs_hint: int = 20,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.quantiles = tuple(quantiles or (0.1, 0.5, 0.9))
+        self.net: ForecastNet | None = None
+        self.line_keys: tuple[str, ...] = ()
+        self.horizons_s: tuple[int, ...] = ()
+        self.trainable: list[nn.Parameter] | None = None
+
+    # -- building ------------------------------------------------------------------
+    def build_net(
+        self,
+        line_keys: tuple[str, ...],
+        n_features: int,
+        n_context: int,
+        horizons_s: tuple[int, ...],
+    ) -> None:
+        """Create the network for a vocabulary of ``line_keys`` (row order)."""
+        hp: Any = self.hparams
+        self.line_keys, self.horizons_s = tuple(line_keys), tuple(int(h) for h in horizons_s)
+        self.net = ForecastNet(
+            num_lines=len(line_keys),
+            line_dim=hp.line_dim,
+            n_features=n_features,
+            horizons=[float(h) for h in horizons_s],
+            quantiles=self.quantiles,
+            encoder=hp.encoder,  # type: ignore[arg-type]
+            hidden_dim=hp.hidden_dim,
+            n_context=n_context,
+            num_layers=hp.num_layers,
+            dropout=hp.dropout,
+            output_scale=hp.loss_scale_m / 10.0,
+        )
+
+    def configure_model(self) -> None:
+        """Build the network from the attached DataModule (after its setup).
+
+        Without a trainer (``load_from_checkpoint``), :meth:`on_load_checkpoint` builds it.
+        """
+        if self.net is not None or self._trainer is None:
+            return
+        dm: Any = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            raise RuntimeError("ForecastingTask needs a TransitDataModule to size its network")
+        self.build_net(tuple(dm.vocab.keys), dm.n_features, dm.n_context, dm.horizons_s)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the row keys and shapes the weights belong to."""
+        if self.net is None:
+            raise RuntimeError("cannot checkpoint a task whose network was never built")
+        checkpoint[CKPT_KEY] = {
+            "line_keys": list(self.line_keys),
+            "n_features": self.net.encoder.n_features,
+            "n_context": self.net.n_context,
+            "horizons_s": list(self.horizons_s),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Build the network at the checkpoint's size before its weights load."""
+        meta = checkpoint.get(CKPT_KEY)
+        if meta is None:
+            raise ValueError("this checkpoint was not written by transitnet's ForecastingTask")
+        if self.net is None:
+            self.build_net(tuple(meta["line_keys"]), meta["n_features"], meta["n_context"],
+                           tuple(meta["horizons_s"]))  # fmt: skip
+
+    # -- steps ---------------------------------------------------------------------
+    def forward(self, batch: ForecastBatch, line_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, H, Q)`` forecasts of metres travelled."""
+        if self.net is None:
+            raise RuntimeError("the network is not built: attach a datamodule or load a checkpoint")
+        ids = batch.line_ids if line_ids is None else line_ids
+        out: torch.Tensor = self.net(batch.past, batch.lengths, ids, batch.context)
+        return out
+
+    def _loss(self, pred: torch.Tensor, batch: ForecastBatch) -> torch.Tensor:
+        scale = float(self.hparams["loss_scale_m"])
+        target = torch.where(batch.target_mask, batch.targets, 0.0)
+        return pinball_loss(pred / scale, target / scale, batch.target_mask, self.quantiles)
+
+    def training_step(self, batch: ForecastBatch, batch_idx: int) -> torch.Tensor:
+        """Pinball loss with line-id dropout."""
+        ids = dropout_ids(batch.line_ids, float(self.hparams["line_dropout"]))
+        loss = self._loss(self(batch, ids), batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def _eval_step(self, batch: ForecastBatch, split: str) -> None:
+        pred = self(batch)
+        self.log(f"{split}_loss", self._loss(pred, batch), batch_size=len(batch), prog_bar=True)
+        self.update_metrics(split, pred, batch)
+
+    def validation_step(self, batch: ForecastBatch, batch_idx: int) -> None:
+        """Loss and MAE per horizon on the validation split."""
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: ForecastBatch, batch_idx: int) -> None:
+        """Loss and MAE per horizon on the test split."""
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: ForecastBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Quantile forecasts with the window positions they belong to."""
+        return {"index": batch.index, "pred": self(batch)}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimizer groups: network weights, and new embedding rows at ``new_row_lr``.
+
+        When :attr:`trainable` is set (row-only or partial extension), only those
+        parameters enter the optimizer; frozen ones are in no group at all.
+        """
+        if self.net is None:
+            raise RuntimeError("the network is not built")
+        hp: Any = self.hparams
+        new_rows = {id(p) for p in self.net.line_embedding.new_parameters()}
+        params = self.trainable if self.trainable is not None else list(self.net.parameters())
+        base = [p for p in params if id(p) not in new_rows and p.requires_grad]
+        new = [p for p in params if id(p) in new_rows and p.requires_grad and p.numel()]
+        groups = [{"params": base, "lr": hp.lr, "weight_decay": hp.weight_decay}] if base else []
+        if new:
+            groups.append({"params": new, "lr": hp.new_row_lr or hp.lr, "weight_decay": 0.0})
+        return groups
