@@ -171,7 +171,12 @@ class ExtensibleClassifier(nn.Module):
         return gamma
 
     def migrate_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *, allow_drop: bool = False
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        *,
+        allow_drop: bool = False,
+        allow_reorder: bool = False,
     ) -> list[str]:
         """Rewrite a checkpoint's entries under ``prefix`` to this head's classes, by name.
 
@@ -189,7 +194,12 @@ class ExtensibleClassifier(nn.Module):
             ("active", self.active),
         ):
             state_dict[prefix + key] = migrate_rows(
-                state_dict[prefix + key], old, self._names, rows, allow_drop=allow_drop
+                state_dict[prefix + key],
+                old,
+                self._names,
+                rows,
+                allow_drop=allow_drop,
+                allow_reorder=allow_reorder,
             )
             touched.append(prefix + key)
         state_dict[prefix + "_extra_state"] = self.get_extra_state()

@@ -15,12 +15,13 @@ line key is :func:`transitnet.models.migrate.migrate_rows`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from transitnet.models.migrate import InitSpec, compute_init_rows
+from transitnet.models.migrate import InitSpec, compute_init_rows, migrate_rows
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +245,45 @@ class LineEmbedding(nn.Module):
     def new_parameters(self) -> list[nn.Parameter]:
         """The parameter holding the new (and spare) rows, for the optimizer."""
         return [self.table.new]
+
+    def migrate_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        old_keys: Sequence[str],
+        new_keys: Sequence[str],
+        *,
+        allow_drop: bool = False,
+        allow_reorder: bool = False,
+    ) -> list[str]:
+        """Rewrite a checkpoint's entries under ``prefix`` from ``old_keys`` to this table.
+
+        Call from ``on_load_checkpoint`` with the saved and the current vocabulary keys.
+        Old lines keep their rows; lines the checkpoint lacks (and spare rows) take this
+        table's current rows, as initialised by :meth:`resize`.
+
+        Returns:
+            The state-dict keys rewritten.
+
+        Raises:
+            ValueError: Keys that do not match the row counts, truncation or re-ordering.
+        """
+        rows_key, count_key = prefix + "table.rows", prefix + "row_count"
+        if len(new_keys) != self.num_lines or int(state_dict[count_key]) != len(old_keys):
+            raise ValueError(
+                f"{len(old_keys)} old / {len(new_keys)} new keys for a checkpoint "
+                f"with {int(state_dict[count_key])} and a table with {self.num_lines} rows"
+            )
+        state_dict[rows_key] = migrate_rows(
+            state_dict[rows_key],
+            old_keys,
+            new_keys,
+            self.table.full(),
+            allow_drop=allow_drop,
+            allow_reorder=allow_reorder,
+        )
+        state_dict[count_key] = self.row_count.clone()
+        return [rows_key, count_key]
 
     def _load_from_state_dict(
         self,
