@@ -188,3 +188,25 @@ def _send(handler: BaseHTTPRequestHandler, reply: Reply, request: RecordedReques
         handler.connection.shutdown(socket.SHUT_RDWR)
         return
     handler.wfile.write(body)
+
+
+def build_feed(vehicles: int = 2, timestamp: int = 1565683200, start: int = 0) -> bytes:
+    """A small valid GTFS-rt VehiclePositions FeedMessage (for fast unit tests).
+
+    Vehicle ``v<i>`` sits near Auckland with vehicle timestamp ``timestamp - 5``.
+    """
+    from google.transit import gtfs_realtime_pb2
+
+    msg = gtfs_realtime_pb2.FeedMessage()
+    msg.header.gtfs_realtime_version = "2.0"
+    msg.header.incrementality = gtfs_realtime_pb2.FeedHeader.FULL_DATASET
+    msg.header.timestamp = timestamp
+    for i in range(start, start + vehicles):
+        entity = msg.entity.add(id=f"e{i}")
+        vp = entity.vehicle
+        vp.vehicle.id = f"v{i}"
+        vp.trip.trip_id = f"trip{i}"
+        vp.position.latitude = -36.85 + i * 1e-3
+        vp.position.longitude = 174.76
+        vp.timestamp = timestamp - 5
+    return bytes(msg.SerializeToString())

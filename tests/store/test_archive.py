@@ -15,7 +15,7 @@ from transitnet.store.archive import (
     relative_to_store,
     write_meta,
 )
-from transitnet.store.atomic import atomic_path
+from transitnet.store.layout import publish_path
 
 T = datetime(2024, 3, 1, 9, 30, 5, tzinfo=UTC)
 
@@ -62,11 +62,11 @@ def test_failure_inside_the_write_leaves_no_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def exploding_write(path: Path, data: bytes) -> None:
-        with atomic_path(path) as tmp:
+        with publish_path(path) as tmp:
             tmp.write_bytes(data[: len(data) // 2])
             raise OSError("disk full")
 
-    monkeypatch.setattr(archive_mod, "write_bytes_atomic", exploding_write)
+    monkeypatch.setattr(archive_mod, "write_bytes_published", exploding_write)
     with pytest.raises(OSError, match="disk full"):
         archive_body(tmp_path, "f", T, b"x" * 1000, snapshot=True)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -22,11 +22,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from transitnet.store.atomic import write_bytes_atomic, write_text_atomic
 from transitnet.store.layout import (
     ERROR_BODY_SUFFIX,
     RAW_SUFFIX,
     meta_path_for,
+    publish_path,
     reserve_raw_stem,
     to_utc,
 )
@@ -146,14 +146,20 @@ def archive_body(
     if not snapshot and not body:
         return ArchivedBody(stem, None, digest, None)
     path = stem.with_name(stem.name + (RAW_SUFFIX if snapshot else ERROR_BODY_SUFFIX))
-    write_bytes_atomic(path, body)
+    write_bytes_published(path, body)
     return ArchivedBody(stem, path, digest, None)
+
+
+def write_bytes_published(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, invisible to globs until complete."""
+    with publish_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_meta(stem: Path, meta: RawMeta) -> Path:
     """Atomically write ``stem.meta.json``; returns its path."""
     path = meta_path_for(stem)
-    write_text_atomic(path, meta.to_json())
+    write_bytes_published(path, meta.to_json().encode("utf-8"))
     return path
 
 

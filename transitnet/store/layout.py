@@ -16,12 +16,15 @@ names in chronological order when sorted.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from transitnet.store.atomic import TEMP_PREFIX
+from transitnet.store.atomic import TEMP_PREFIX, atomic_path
 
 RAW_DIR = "raw"
 POSITIONS_DIR = "positions"
@@ -35,6 +38,22 @@ ERROR_BODY_SUFFIX = ".body"
 COMPACTED_NAME = "part-compacted.parquet"
 
 _FEED_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@contextlib.contextmanager
+def publish_path(path: Path) -> Iterator[Path]:
+    """Like :func:`~transitnet.store.atomic.atomic_path`, but the temporary file never
+    matches a ``*.pb``/``*.parquet`` glob.
+
+    ``atomic_path`` keeps the final suffix on its temporary file, so a DuckDB glob such as
+    ``positions/**/*.parquet`` would see a half-written ``.tmp-*.parquet``. Here the bytes
+    go to ``.tmp-<name>.staged`` (atomically, fsynced) and are then renamed onto ``path``.
+    A crash leaves at most ``.tmp-*`` files, which ``cleanup_temp_files`` removes.
+    """
+    staged = path.with_name(f"{TEMP_PREFIX}{path.name}.staged")
+    with atomic_path(staged) as tmp:
+        yield tmp
+    os.replace(staged, path)
 
 
 class InvalidFeedIdError(ValueError):

@@ -27,7 +27,6 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from transitnet.schema import POSITIONS_SCHEMA
-from transitnet.store.atomic import atomic_path
 from transitnet.store.dedup import dedup_positions
 from transitnet.store.layout import (
     COMPACTED_NAME,
@@ -36,6 +35,7 @@ from transitnet.store.layout import (
     list_parts,
     new_part_name,
     partition_dir,
+    publish_path,
 )
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def write_parquet_atomic(
     """Write ``table`` as zstd Parquet to ``path`` atomically (optional schema metadata)."""
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    with atomic_path(path) as tmp:
+    with publish_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 
