@@ -42,12 +42,12 @@ _FEED_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 @contextlib.contextmanager
 def publish_path(path: Path) -> Iterator[Path]:
-    """Like :func:`~transitnet.store.atomic.atomic_path`, but the temporary file never
-    matches a ``*.pb``/``*.parquet`` glob.
+    """Yield a temporary path that is published onto ``path`` atomically on success.
 
-    ``atomic_path`` keeps the final suffix on its temporary file, so a DuckDB glob such as
-    ``positions/**/*.parquet`` would see a half-written ``.tmp-*.parquet``. Here the bytes
-    go to ``.tmp-<name>.staged`` (atomically, fsynced) and are then renamed onto ``path``.
+    Like :func:`~transitnet.store.atomic.atomic_path`, but the temporary file never matches
+    a ``*.pb``/``*.parquet`` glob: ``atomic_path`` keeps the final suffix on its temporary
+    file, so a DuckDB glob such as ``positions/**/*.parquet`` would see a half-written
+    ``.tmp-*.parquet``. Here the bytes go to ``.tmp-<name>.staged`` (atomically, fsynced) and are then renamed onto ``path``.
     A crash leaves at most ``.tmp-*`` files, which ``cleanup_temp_files`` removes.
     """
     staged = path.with_name(f"{TEMP_PREFIX}{path.name}.staged")
