@@ -33,6 +33,8 @@ KNOWN_UNITS_M: tuple[float, ...] = (1.0, 1000.0, 1609.344, 0.3048)
 MAX_MEDIAN_OFFSET_M = 100.0
 #: Tie-breaker: metres of cost per metre of progress, so ties go to the earliest position.
 _PROGRESS_PENALTY = 1e-4
+#: Consecutive stops must lie this share of their straight-line distance apart along the shape.
+_MIN_PROGRESS_SHARE = 0.5
 
 STOP_DIST_COLUMNS: tuple[str, ...] = (
     "shape_id",
@@ -70,11 +72,13 @@ def parse_gtfs_times(times: pd.Series) -> np.ndarray:
 def locate_in_order(
     px: np.ndarray, py: np.ndarray, sx: np.ndarray, sy: np.ndarray, scum: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Place points visited in order on one polyline, keeping distance non-decreasing.
+    """Place points visited in order on one polyline, keeping distance increasing.
 
-    A dynamic programme picks one segment per point, segment indices non-decreasing,
-    minimising the summed cross-track offsets: the last stop of a loop lands at its end
-    and the inbound stops of an out-and-back on the inbound leg.
+    A dynamic programme picks one position per point, minimising the summed cross-track
+    offsets, such that each point lies at least half its straight-line distance from the
+    previous point further along the shape (falling back to mere non-decreasing order
+    when no placement satisfies that). The last stop of a loop lands at its end, and the
+    inbound stops of an out-and-back on the inbound leg, even opposite an outbound stop.
 
     Args:
         px: (n,) point eastings, metres (NaN points are skipped and give NaN).
@@ -86,31 +90,45 @@ def locate_in_order(
     Returns:
         ``(dist_m, offset_m)`` per point.
     """
+    dist, off = np.full(len(px), np.nan), np.full(len(px), np.nan)
+    valid = np.isfinite(px) & np.isfinite(py)
+    if not valid.any():
+        return dist, off
+    qx, qy = px[valid], py[valid]
     ax, ay, dx, dy = sx[:-1], sy[:-1], np.diff(sx), np.diff(sy)
     len2 = dx * dx + dy * dy
-    rx, ry = px[:, None] - ax, py[:, None] - ay
+    rx, ry = qx[:, None] - ax, qy[:, None] - ay
     t = np.clip((rx * dx + ry * dy) / np.where(len2 > 0, len2, 1.0), 0.0, 1.0)
-    off = np.hypot(rx - t * dx, ry - t * dy)
+    offsets = np.hypot(rx - t * dx, ry - t * dy)
     pos = scum[:-1] + t * np.diff(scum)
-    valid = np.isfinite(px) & np.isfinite(py)
-    cost_matrix = np.where(valid[:, None], off + _PROGRESS_PENALTY * pos, 0.0)
-    seg = _monotone_path(cost_matrix)
-    rows = np.arange(len(px))
-    dist = np.fmax.accumulate(np.where(valid, pos[rows, seg], np.nan))
-    return np.where(valid, dist, np.nan), np.where(valid, off[rows, seg], np.nan)
+    gaps = _MIN_PROGRESS_SHARE * np.concatenate([[0.0], np.hypot(np.diff(qx), np.diff(qy))])
+    cost = offsets + _PROGRESS_PENALTY * pos
+    seg = _monotone_path(cost, pos, gaps)
+    if seg is None:
+        seg = _monotone_path(cost, pos, np.zeros(len(gaps)))
+    rows = np.arange(len(qx))
+    chosen = pos[rows, seg] if seg is not None else np.full(len(qx), np.nan)
+    dist[valid] = np.fmax.accumulate(chosen)
+    off[valid] = offsets[rows, seg] if seg is not None else np.nan
+    return dist, off
 
 
-def _monotone_path(cost: np.ndarray) -> np.ndarray:
+def _monotone_path(cost: np.ndarray, pos: np.ndarray, gaps: np.ndarray) -> np.ndarray | None:
+    """Return the min-cost segment per row with ``pos`` advancing by ``gaps``; None if none."""
     n, m = cost.shape
-    idx = np.arange(m)
     back = np.zeros((n, m), dtype=np.int64)
     total = cost[0].copy()
     for i in range(1, n):
         prefix = np.minimum.accumulate(total)
         first = np.ones(m, dtype=bool)
         first[1:] = total[1:] < prefix[:-1]
-        back[i] = np.maximum.accumulate(np.where(first, idx, 0))
-        total = cost[i] + prefix
+        argmin = np.maximum.accumulate(np.where(first, np.arange(m), 0))
+        last_ok = np.searchsorted(pos[i - 1], pos[i] - gaps[i], side="right") - 1
+        k = np.maximum(last_ok, 0)
+        back[i] = argmin[k]
+        total = cost[i] + np.where(last_ok >= 0, prefix[k], np.inf)
+    if not np.isfinite(total).any():
+        return None
     path = np.empty(n, dtype=np.int64)
     path[-1] = int(np.argmin(total))
     for i in range(n - 1, 0, -1):
