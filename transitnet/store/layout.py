@@ -48,7 +48,8 @@ def publish_path(path: Path) -> Iterator[Path]:
     a ``*.pb``/``*.parquet`` glob: ``atomic_path`` keeps the final suffix on its temporary
     file, so a DuckDB glob such as ``positions/**/*.parquet`` would see a half-written
     ``.tmp-*.parquet``. Here the bytes go to ``.tmp-<name>.staged`` (atomically, fsynced)
-    and are then renamed onto ``path``. A crash leaves at most ``.tmp-*`` files, which ``cleanup_temp_files`` removes.
+    and are then renamed onto ``path``. A crash leaves at most ``.tmp-*`` files, which
+    ``cleanup_temp_files`` removes.
     """
     staged = path.with_name(f"{TEMP_PREFIX}{path.name}.staged")
     with atomic_path(staged) as tmp:
