@@ -56,3 +56,31 @@ def test_unseen_line_goes_to_unknown_row(tmp_path) -> None:
     lines = dm.windows["val"].meta["line_key"].to_numpy()
     assert (ds.line_ids[torch.from_numpy(lines == "C")] == 0).all()
     assert (ds.line_ids[torch.from_numpy(lines != "C")] > 0).all()
+
+
+def test_evaluate_writes_metrics_for_model_and_every_baseline(tmp_path) -> None:
+    import json
+
+    from transitnet.cli.evaluate import register  # noqa: F401  (the CLI module imports)
+    from transitnet.evaluate import run_evaluation, summarise, write_metrics
+
+    pl.seed_everything(0)
+    dm = _dm(tmp_path)
+    task = ForecastingTask(hidden_dim=16, line_dim=4)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, dm)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    metrics = summarise(run_evaluation(ckpt))
+    path = write_metrics(metrics, tmp_path / "out")
+    data = json.loads(path.read_text())
+    assert set(data) == {"model", "persistence", "constant_speed", "historical_mean"}
+    assert set(data["model"]["mae_m"]) == {"60", "120"}
+    assert data["model"]["per_line"]["A"]["n"] > 0
+    assert 0.0 <= data["model"]["coverage"]["by_horizon"]["60"] <= 1.0

@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transitnet.cli.compact",
     "transitnet.cli.replay",
     "transitnet.cli.simulate",
+    "transitnet.cli.match",
+    "transitnet.cli.evaluate",
     "transitnet.cli.demo",
 )
 

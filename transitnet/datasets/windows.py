@@ -16,6 +16,7 @@ optional ``delay_s``, ``start_time``, ``service_date``, ``next_stop_dist_m``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,17 +104,17 @@ class Windows:
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
 
-    def subset(self, index: np.ndarray) -> Windows:
+    def subset(self, index: Any) -> Windows:
         """Return the windows at ``index`` (a bool mask or integer positions)."""
+        idx = np.asarray(index)
+        rows = np.flatnonzero(idx) if idx.dtype == bool else idx
         return Windows(
-            self.past[index],
-            self.lengths[index],
-            self.context[index],
-            self.targets[index],
-            self.target_mask[index],
-            self.meta.iloc[np.flatnonzero(index) if index.dtype == bool else index].reset_index(
-                drop=True
-            ),
+            self.past[rows],
+            self.lengths[rows],
+            self.context[rows],
+            self.targets[rows],
+            self.target_mask[rows],
+            self.meta.iloc[rows].reset_index(drop=True),
             self.horizons_s,
         )
 

@@ -1,0 +1,68 @@
+"""``transitnet evaluate``: score a checkpoint and every baseline on the same windows."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``evaluate`` subcommand."""
+    p = sub.add_parser(
+        "evaluate",
+        help="Score a forecasting checkpoint against the baselines; write metrics.json + report.",
+        description=(
+            "Rebuilds the checkpoint's DataModule (optionally on other data or dates), fits the "
+            "baselines on the checkpoint's training period, and scores model and baselines on "
+            "the same test windows. Writes OUT/metrics.json, OUT/report.md and PNG plots."
+        ),
+    )
+    p.add_argument("--ckpt", required=True, type=Path, help="Checkpoint written by `fit`.")
+    p.add_argument("--store", help="Store folder (default: the one the model was trained on).")
+    p.add_argument("--static", help="Static GTFS for matching (default: the training one).")
+    p.add_argument(
+        "--dates",
+        nargs="+",
+        help="Test period: service dates, start..end ranges, or one local-time range "
+        "YYYY-MM-DDTHH:MM..YYYY-MM-DDTHH:MM (default: the checkpoint's test period).",
+    )
+    p.add_argument("--out", required=True, type=Path, help="Output folder for the report.")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and write the report; returns the exit status."""
+    from transitnet.evaluate import run_evaluation, summarise, write_metrics
+    from transitnet.report import (
+        format_mae_table,
+        plot_mae_by_horizon,
+        plot_per_line,
+        save_figure,
+        write_report,
+    )
+
+    evaluation = run_evaluation(args.ckpt, store=args.store, static=args.static, dates=args.dates)
+    metrics = summarise(evaluation)
+    out: Path = args.out
+    write_metrics(metrics, out)
+    save_figure(plot_mae_by_horizon(metrics), out / "mae_by_horizon.png")
+    horizons = list(metrics["model"]["mae_m"])
+    focus = "300" if "300" in horizons else horizons[len(horizons) // 2]
+    save_figure(plot_per_line(metrics, focus), out / "per_line.png")
+    cov = metrics["model"]["coverage"]
+    cov_rows = " | ".join(f"{int(h) // 60} min: {v:.1%}" for h, v in cov["by_horizon"].items())
+    write_report(
+        out / "report.md",
+        f"Forecast evaluation: {args.ckpt.name}",
+        [
+            ("MAE along route (m)", format_mae_table(metrics) + "\n\n![](mae_by_horizon.png)"),
+            (f"P{int(cov['band'][0] * 100)}–P{int(cov['band'][1] * 100)} coverage", cov_rows),
+            ("Per line", "![](per_line.png)"),
+            ("Windows", f"{len(evaluation.windows):,} test windows with at least one target."),
+        ],
+    )
+    logger.info("wrote %s (metrics.json, report.md, plots)", out)
+    return 0

@@ -1,0 +1,142 @@
+"""Evaluate a forecasting checkpoint against every baseline on the same windows.
+
+The checkpoint carries the DataModule's hyperparameters (store, periods, horizons) and
+state (vocabulary, scalers). Evaluation rebuilds that DataModule, optionally pointed at
+other data or dates, fits the baselines on the checkpoint's own training period, and
+scores model and baselines on exactly the same test windows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transitnet.baselines import compute_baselines
+from transitnet.datamodules.transit import TransitDataModule
+from transitnet.datasets.batches import ForecastBatch
+from transitnet.datasets.windows import Windows
+from transitnet.metrics import (
+    compute_coverage,
+    compute_mae,
+    compute_per_line_mae,
+    compute_rmse,
+    summarise_by_horizon,
+)
+from transitnet.store.atomic import write_text_atomic
+from transitnet.tasks.forecasting import ForecastingTask
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """Predictions of the model and baselines on one set of windows.
+
+    Attributes:
+        windows: The evaluated windows.
+        model: ``(N, H, Q)`` model quantile forecasts (metres travelled).
+        baselines: Baseline name → ``(N, H)`` point forecasts.
+        quantiles: The model's quantile levels.
+    """
+
+    windows: Windows
+    model: np.ndarray
+    baselines: dict[str, np.ndarray]
+    quantiles: tuple[float, ...]
+
+    def point(self) -> np.ndarray:
+        """``(N, H)`` median forecasts of the model."""
+        return self.model[..., len(self.quantiles) // 2]
+
+
+def load_datamodule(ckpt: dict[str, Any], **overrides: Any) -> TransitDataModule:
+    """Rebuild the checkpoint's DataModule with ``overrides`` and restore its state."""
+    hparams = dict(ckpt.get("datamodule_hyper_parameters", {}))
+    hparams.update({k: v for k, v in overrides.items() if v is not None})
+    hparams.pop("_class_path", None)
+    dm = TransitDataModule(**hparams)
+    state = ckpt.get(TransitDataModule.__qualname__)
+    if state is None:
+        raise ValueError("the checkpoint holds no TransitDataModule state (vocabulary, scalers)")
+    dm.load_state_dict(state)
+    return dm
+
+
+@torch.no_grad()
+def predict_windows(task: ForecastingTask, dm: TransitDataModule, split: str) -> np.ndarray:
+    """``(N, H, Q)`` forecasts for every window of ``split``, in window order."""
+    task.eval()
+    dataset = dm.dataset(split)
+    out = []
+    for start in range(0, len(dataset), 4096):
+        batch: ForecastBatch = dataset.__getitems__(range(start, min(start + 4096, len(dataset))))
+        out.append(task(batch).numpy())
+    n_h, n_q = len(dm.horizons_s), len(task.quantiles)
+    return np.concatenate(out) if out else np.zeros((0, n_h, n_q), dtype=np.float32)
+
+
+def run_evaluation(
+    ckpt_path: Path,
+    *,
+    store: str | None = None,
+    static: str | None = None,
+    dates: list[str] | None = None,
+) -> Evaluation:
+    """Score a checkpoint and the baselines on the test period (or ``dates``)."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    task = ForecastingTask.load_from_checkpoint(ckpt_path, map_location="cpu")
+    dm = load_datamodule(ckpt, store=store, static=static, test_dates=dates)
+    dm.setup("test")
+    test = dm.windows["test"]
+    test = test.subset(test.target_mask.any(axis=1))
+    dm.windows["test"] = test
+    train_spec = dm.hparams.get("train_dates")
+    if not train_spec:
+        raise ValueError("the checkpoint's DataModule has no training period for the baselines")
+    from transitnet.datamodules.loading import load_windows
+
+    train = load_windows(
+        dm.store, dm.static, {"train": train_spec}, dm.window_config,
+        feed_ids=dm.hparams.get("feed_ids"), timezone=dm.hparams.get("timezone"),
+        include_lines=dm.hparams.get("include_lines"),
+        exclude_lines=dm.hparams.get("exclude_lines"),
+    )["train"]  # fmt: skip
+    pred = predict_windows(task, dm, "test")
+    return Evaluation(test, pred, compute_baselines(train, test), task.quantiles)
+
+
+def summarise(evaluation: Evaluation) -> dict[str, Any]:
+    """The ``metrics.json`` content: model and every baseline, per horizon and line."""
+    w = evaluation.windows
+    h = w.horizons_s
+    lines = w.meta["line_key"].astype(str).to_numpy()
+    out: dict[str, Any] = {}
+    candidates = {"model": evaluation.point(), **evaluation.baselines}
+    for name, pred in candidates.items():
+        out[name] = {
+            "mae_m": summarise_by_horizon(compute_mae(pred, w.targets, w.target_mask), h),
+            "rmse_m": summarise_by_horizon(compute_rmse(pred, w.targets, w.target_mask), h),
+            "per_line": compute_per_line_mae(pred, w.targets, w.target_mask, lines, h),
+            "n": summarise_by_horizon(w.target_mask.sum(axis=0), h),
+        }
+    cov = compute_coverage(evaluation.model[..., 0], evaluation.model[..., -1], w.targets,
+                           w.target_mask)  # fmt: skip
+    out["model"]["coverage"] = {
+        "band": [evaluation.quantiles[0], evaluation.quantiles[-1]],
+        "by_horizon": summarise_by_horizon(cov, h),
+    }
+    return out
+
+
+def write_metrics(metrics: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``out_dir/metrics.json`` atomically (NaN as null)."""
+    path = out_dir / "metrics.json"
+    text = json.dumps(metrics, indent=2, sort_keys=True, allow_nan=True).replace("NaN", "null")
+    write_text_atomic(path, text + "\n")
+    return path
