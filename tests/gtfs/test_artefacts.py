@@ -25,6 +25,7 @@ from transitnet.gtfs.feeds import StaticFeedError
 
 def assert_same(a: StaticArtefacts, b: StaticArtefacts) -> None:
     assert a.version == b.version and a.line_key_mode == b.line_key_mode
+    assert a.timezone == b.timezone
     for name in ("trips", "stop_dist", "stops", "routes"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
     if a.stop_times is None:
@@ -79,6 +80,7 @@ def test_austin_artefacts_and_cache_hit(
     directory = tmp_path / "static" / "Jan_20170306123854"
     meta = json.loads((directory / META_FILE).read_text())
     assert meta["version"] == cold.version and meta["crs"] == "EPSG:32614"
+    assert cold.timezone == "America/Chicago"
     forbid_building(monkeypatch)
     warm = load_or_build_artefacts(folder, tmp_path)
     assert_same(cold, warm)
@@ -92,6 +94,7 @@ def test_auckland_artefacts_round_trip(shared_data: Path, tmp_path: Path) -> Non
     folder = shared_data / "auckland-2019-08-13" / "static_subset_2019-06"
     cold = load_or_build_artefacts(folder, tmp_path, line_key_mode="short_name")
     assert cold.version.startswith("sha256-")
+    assert cold.timezone == "Pacific/Auckland"
     used = cold.routes[cold.routes["route_id"].isin(cold.trips["route_id"])]
     assert set(used["line_key"]) == {"70", "75", "25B", "25L", "27H", "27W"}
     assert cold.stop_times is not None and len(cold.stop_times) == 569

@@ -44,7 +44,7 @@ from transitnet.store.atomic import write_text_atomic, write_with_atomic
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the cached layout or its meaning changes; older caches are rebuilt.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 META_FILE = "artefacts.json"
 TRIP_COLUMNS: tuple[str, ...] = (
     "trip_id",
@@ -86,6 +86,7 @@ class StaticArtefacts:
         stops: ``stop_id, stop_name, lat, lon, location_type, parent_station``.
         routes: :data:`ROUTE_COLUMNS`.
         line_key_mode: The mode of the ``line_key`` columns (see :mod:`transitnet.gtfs.lines`).
+        timezone: The feed's IANA time zone (agency.txt ``agency_timezone``), or None.
     """
 
     version: str
@@ -96,6 +97,7 @@ class StaticArtefacts:
     stops: pd.DataFrame
     routes: pd.DataFrame
     line_key_mode: str = "route"
+    timezone: str | None = None
 
 
 def _column(df: pd.DataFrame, name: str, dtype: Any) -> pd.Series:
@@ -201,7 +203,10 @@ def build_artefacts(
     if ordered is not None:
         stop_dist = compute_stop_distances(ordered, trips, stops, shapes)
         stop_times = build_stop_times(ordered, trips, stop_dist)
-    art = StaticArtefacts(version, shapes, trips, stop_dist, stop_times, stops, _build_routes(feed))
+    art = StaticArtefacts(
+        version, shapes, trips, stop_dist, stop_times, stops, _build_routes(feed),
+        timezone=read_timezone(feed),
+    )  # fmt: skip
     logger.info(
         "static %s: %d shapes (%d from stops), %d trips, %d stop distances",
         version,
@@ -211,6 +216,18 @@ def build_artefacts(
         len(stop_dist),
     )
     return assign_line_keys(art, line_key_mode)
+
+
+def read_timezone(feed: Any) -> str | None:
+    """Return the feed's ``agency_timezone`` (the first; a warning when agencies disagree)."""
+    agency = feed.agency
+    if agency is None or "agency_timezone" not in agency.columns:
+        return None
+    zones = agency["agency_timezone"].dropna().astype(str).str.strip()
+    zones = zones[zones != ""].unique().tolist()
+    if len(zones) > 1:
+        logger.warning("agencies disagree on agency_timezone %s; using %s", zones, zones[0])
+    return str(zones[0]) if zones else None
 
 
 def _empty_stop_dist() -> pd.DataFrame:
@@ -281,6 +298,7 @@ def write_artefacts(
         "content_hash": content_hash,
         "crs": art.shapes.crs,
         "line_key_mode": art.line_key_mode,
+        "timezone": art.timezone,
         "has_stop_times": art.stop_times is not None,
         "n_shapes": len(art.shapes),
         "n_trips": len(art.trips),
@@ -323,6 +341,7 @@ def read_artefacts(directory: Path) -> StaticArtefacts:
         read("stops"),
         read("routes"),
         str(meta["line_key_mode"]),
+        meta.get("timezone"),
     )
 
 
