@@ -140,6 +140,15 @@ def test_rules_depend_on_geometry() -> None:
     assert "E029" not in StaticRuleChecker(tiny_feed(shapes=None)).rules
 
 
+def test_optional_tables_may_be_absent() -> None:
+    bare = StaticRuleChecker(tiny_feed(frequencies=None, stop_times=None, shapes=None))
+    flags = check(
+        bare, vp(trip={"trip_id": "F1", "start_time": "07:05:00"}), vp(lat=40.0, lon=-73.0)
+    )
+    assert flags["E019"] == [False, False] and flags["E006"] == [False, False]
+    assert flags["E023"] == [False, False] and flags["E028"] == [False, True]  # stops' box
+
+
 def test_missing_required_table_or_column_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"no trips\.txt"):
         StaticRuleChecker(tiny_feed(trips=None))

@@ -47,6 +47,9 @@ BASE_RULES: frozenset[str] = frozenset(
      "W005"}
 )  # fmt: skip
 _SEP = "\x1f"
+_INPUT_COLUMNS = ("trip_id", "route_id", "direction_id", "start_time", "start_date",
+                  "schedule_relationship", "stop_id", "vehicle_id", "latitude",
+                  "longitude")  # fmt: skip
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "trips": ("trip_id", "route_id"),
     "routes": ("route_id",),
@@ -113,7 +116,7 @@ class StaticRuleChecker:
         Returns:
             Rule id -> boolean array aligned with the rows (True = raised).
         """
-        cols = {name: positions.column(name).combine_chunks() for name in positions.column_names}
+        cols = {name: _column(positions, name) for name in _INPUT_COLUMNS}
         flags = self._check_trips(cols)
         flags.update(self._check_frequencies(cols))
         flags.update(self._check_stops(cols))
@@ -213,7 +216,7 @@ def _numbers(values: pd.Series | None, n: int) -> pd.Series:
 def _read_frequencies(freq: pd.DataFrame | None) -> pd.DataFrame:
     """Return ``trip_id``, ``exact_times`` (missing = 0), ``start_s``, ``end_s``, ``headway_s``."""
     if not isinstance(freq, pd.DataFrame) or "trip_id" not in freq.columns:
-        return pd.DataFrame({"trip_id": pd.Series([], dtype="string"), "exact_times": []})
+        freq = pd.DataFrame({"trip_id": pd.Series([], dtype="string")})
     out = pd.DataFrame({"trip_id": freq["trip_id"].astype("string")})
     out["exact_times"] = _numbers(freq.get("exact_times"), len(freq)).fillna(0).to_numpy()
     out["start_s"] = parse_gtfs_seconds(freq.get("start_time"), len(freq))
@@ -268,6 +271,11 @@ def _first_arrivals(
     by_trip = pd.Series(clock, index=first["trip_id"].to_numpy(), dtype="string")
     aligned = by_trip.reindex(trip_ids.astype("string").to_numpy())
     return _strings(aligned.mask(aligned.index.isin(list(skip))))
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    chunked = table.column(name)
+    return chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
 
 
 def _valid(array: pa.Array) -> np.ndarray:

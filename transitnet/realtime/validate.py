@@ -265,15 +265,21 @@ def _assemble(
     n = positions.num_rows
     counts: dict[str, int] = {}
     arrays = list(positions.columns)
+    constant = {
+        None: pa.nulls(n, pa.bool_()),
+        False: pa.array(np.zeros(n, dtype=bool)),
+        True: pa.array(np.ones(n, dtype=bool)),
+    }
     for rule in VP_RULES:
         row_flags = flags.get(rule)
-        row_count = int(row_flags.sum()) if row_flags is not None else 0
+        row_count = int(np.count_nonzero(row_flags)) if row_flags is not None else 0
         feed_level = rule in snapshot_rules
         if row_count or feed_level:
             counts[rule] = row_count + int(feed_level)
-        if row_flags is None and not feed_level and rule in STATIC_DEPENDENT_RULES:
-            arrays.append(pa.nulls(n, pa.bool_()))
-            continue
-        values = np.zeros(n, dtype=bool) if row_flags is None else row_flags
-        arrays.append(pa.array(values | feed_level, type=pa.bool_()))
+        if row_flags is None and rule in STATIC_DEPENDENT_RULES:
+            arrays.append(constant[None])
+        elif feed_level or row_count == 0:
+            arrays.append(constant[feed_level])
+        else:
+            arrays.append(pa.array(row_flags, type=pa.bool_()))
     return pa.Table.from_arrays(arrays, schema=POSITIONS_SCHEMA), counts

@@ -21,6 +21,7 @@ reads as 0, and a uint64 above 2**63 wraps to a negative number (which then fail
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -95,6 +96,7 @@ def parse_java_float(text: str | None) -> float | None:
         return float(np.float32(value))
 
 
+@functools.lru_cache(maxsize=64)
 def is_v2_or_higher(version: str | None) -> bool | None:
     """Return whether the header version parses to >= 2.0; None where Java's parse throws."""
     value = parse_java_float(version)

@@ -39,6 +39,12 @@ from transitnet.realtime.validate_header import (
 MAX_REALISTIC_SPEED_MPS = 26.0
 #: E020: start_time accepted by the reference (``TimestampUtils.isValidTimeFormat``).
 START_TIME_PATTERN = r"^[0-2]?[0-9]:[0-5][0-9]:[0-5][0-9]$"
+#: E021: a strict ``yyyyMMdd`` as Java's parser accepts it: year 0001+, month 01-12, day 01-31
+#: (Java's SMART resolver clamps 31 to the month's last day rather than rejecting it).
+START_DATE_PATTERN = (
+    r"^([0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})"
+    r"(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])$"
+)
 #: FULL_DATASET in ``FeedHeader.Incrementality``.
 FULL_DATASET = 0
 
@@ -47,18 +53,23 @@ Flags = dict[str, np.ndarray]
 
 def column(table: pa.Table, name: str) -> pa.Array:
     """Return one column of ``table`` as a single contiguous Array."""
-    return table.column(name).combine_chunks()
+    chunked = table.column(name)
+    return chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
 
 
 def to_bool(array: pa.Array, *, null: bool = False) -> np.ndarray:
     """Return a boolean pyarrow array as numpy, with nulls read as ``null``."""
-    filled = pc.fill_null(array, null)
+    filled = array if array.null_count == 0 else pc.fill_null(array, null)
     return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def is_present(array: pa.Array) -> np.ndarray:
     """Return True where the (nullable) column holds a value."""
-    return to_bool(pc.is_valid(array))
+    if array.null_count == 0:
+        return np.ones(len(array), dtype=bool)
+    if array.null_count == len(array):
+        return np.zeros(len(array), dtype=bool)
+    return to_bool(array.is_valid())
 
 
 def compute_vehicle_flags(positions: pa.Table) -> Flags:
@@ -126,13 +137,11 @@ def compute_trip_flags(positions: pa.Table, has_trip: np.ndarray) -> Flags:
     Returns:
         Boolean arrays for W006, W009, E020, E021.
     """
-    start_time = column(positions, "start_time")
-    good_time = to_bool(pc.match_substring_regex(start_time, START_TIME_PATTERN), null=True)
     return {
         "W006": has_trip & ~is_present(column(positions, "trip_id")),
         "W009": has_trip & ~is_present(column(positions, "schedule_relationship")),
-        "E020": ~good_time,
-        "E021": ~_valid_dates(column(positions, "start_date")),
+        "E020": ~_matches(column(positions, "start_time"), START_TIME_PATTERN),
+        "E021": ~_matches(column(positions, "start_date"), START_DATE_PATTERN),
     }
 
 
@@ -173,18 +182,12 @@ def _repeated_after_first(values: pa.Array, eligible: np.ndarray) -> np.ndarray:
     return out
 
 
-def _valid_dates(start_date: pa.Array) -> np.ndarray:
-    """True where start_date is null or a strict ``yyyyMMdd`` (month 1-12, day 1-31, year > 0)."""
-    digits = to_bool(pc.match_substring_regex(start_date, r"^[0-9]{8}$"))
-    safe = pc.if_else(pa.array(digits), start_date, pa.scalar("00010101"))
-    year = _ints(pc.utf8_slice_codeunits(safe, 0, 4))
-    month = _ints(pc.utf8_slice_codeunits(safe, 4, 6))
-    day = _ints(pc.utf8_slice_codeunits(safe, 6, 8))
-    valid = digits & (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)
-    result: np.ndarray = valid | ~is_present(start_date)
+def _matches(strings: pa.Array, pattern: str) -> np.ndarray:
+    """True where the string matches ``pattern`` or is null; the regex runs once per value."""
+    if strings.null_count == len(strings):
+        return np.ones(len(strings), dtype=bool)
+    encoded = pc.dictionary_encode(strings)
+    per_value = to_bool(pc.match_substring_regex(encoded.dictionary, pattern))
+    indices = np.asarray(pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False))
+    result: np.ndarray = np.append(per_value, True)[indices]
     return result
-
-
-def _ints(strings: pa.Array) -> np.ndarray:
-    values = pc.cast(pc.fill_null(strings, "0"), pa.int32())
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int32)
