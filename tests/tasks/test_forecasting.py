@@ -84,3 +84,44 @@ def test_evaluate_writes_metrics_for_model_and_every_baseline(tmp_path) -> None:
     assert set(data["model"]["mae_m"]) == {"60", "120"}
     assert data["model"]["per_line"]["A"]["n"] > 0
     assert 0.0 <= data["model"]["coverage"]["by_horizon"]["60"] <= 1.0
+
+
+def test_checkpoint_at_n_lines_loads_into_n_plus_k_by_key(tmp_path) -> None:
+    from transitnet.datasets.vocab import LineVocabulary
+    from transitnet.models.forecaster import add_lines
+
+    pl.seed_everything(0)
+    dm = _dm(tmp_path, exclude_lines=["C"])
+    task = ForecastingTask(hidden_dim=16, line_dim=4)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, dm)
+    ckpt = tmp_path / "n.ckpt"
+    trainer.save_checkpoint(ckpt)
+    # a grown model: same architecture, vocabulary + "C" (and a line the ckpt never saw)
+    grown = ForecastingTask(hidden_dim=16, line_dim=4)
+    vocab = LineVocabulary(list(task.line_keys[1:]))
+    grown.build_net(task.line_keys, dm.n_features, dm.n_context, dm.horizons_s)
+    add_lines(grown.net, vocab, ["C", "Z"], init="unknown")
+    grown.line_keys = ("<unknown>", *vocab.line_keys)
+    state = torch.load(ckpt, weights_only=False)
+    grown.on_load_checkpoint(state)
+    grown.load_state_dict(state["state_dict"])
+    task.eval()
+    grown.eval()
+    batch = next(iter(dm.val_dataloader()))
+    old = batch.line_ids <= 2  # rows of "<unknown>", "A", "B" are the same in both
+    with torch.no_grad():
+        assert torch.equal(task(batch)[old], grown(batch)[old])
+    # refuses a re-ordered vocabulary
+    bad = ForecastingTask(hidden_dim=16, line_dim=4)
+    bad.build_net(("<unknown>", "B", "A"), dm.n_features, dm.n_context, dm.horizons_s)
+    import pytest
+
+    with pytest.raises(ValueError, match="re-order"):
+        bad.on_load_checkpoint(torch.load(ckpt, weights_only=False))

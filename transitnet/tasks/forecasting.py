@@ -115,13 +115,36 @@ class ForecastingTask(BaseTask):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Build the network at the checkpoint's size before its weights load."""
+        """Build the network at the checkpoint's size, or migrate the checkpoint by key.
+
+        When this task already has a network for more lines (a grown vocabulary), the
+        checkpoint's embedding rows are moved to this network's rows by line key: old
+        lines keep their trained rows, new lines keep this network's initialised rows,
+        and a checkpoint whose keys would be dropped or re-ordered is refused. The
+        optimizer state is then deliberately reset (a warm start, not a resume: the
+        parameter groups differ once new rows exist), with a warning.
+        """
         meta = checkpoint.get(CKPT_KEY)
         if meta is None:
             raise ValueError("this checkpoint was not written by transitnet's ForecastingTask")
+        saved = tuple(meta["line_keys"])
         if self.net is None:
-            self.build_net(tuple(meta["line_keys"]), meta["n_features"], meta["n_context"],
+            self.build_net(saved, meta["n_features"], meta["n_context"],
                            tuple(meta["horizons_s"]))  # fmt: skip
+            return
+        if saved == self.line_keys:
+            return
+        self.net.line_embedding.migrate_state_dict(
+            checkpoint["state_dict"], "net.line_embedding.", saved, self.line_keys
+        )
+        if checkpoint.get("optimizer_states"):
+            logger.warning(
+                "checkpoint has %d lines, this model %d: optimizer state reset (warm start)",
+                len(saved), len(self.line_keys),
+            )  # fmt: skip
+            fresh = torch.optim.AdamW(self.parameter_groups())
+            checkpoint["optimizer_states"] = [fresh.state_dict()]
+            checkpoint["lr_schedulers"] = []
 
     # -- steps ---------------------------------------------------------------------
     def forward(self, batch: ForecastBatch, line_ids: torch.Tensor | None = None) -> torch.Tensor:
