@@ -268,3 +268,26 @@ def test_group_matches_reference(corpus: Path, name: str) -> None:
 def _results_path(corpus: Path, name: str, item: dict[str, Any]) -> Path:
     folder = corpus / "jar" if name == "jar" else corpus / "conformance" / name
     return folder / item["results"]
+
+
+def test_decode_failures_are_classified(corpus: Path) -> None:
+    kinds = {}
+    for name in ("bullrunner", "jar"):
+        for item, outcome, payload in _run_group(corpus, name):
+            if outcome == "decode":
+                kinds[item["name"]] = payload.kind
+    assert kinds == {
+        "13-truncated.pb": "truncated",
+        "14-empty-file.pb": "empty",
+        "06-truncated.pb": "truncated",
+        "07-empty.pb": "empty",
+    }
+    with pytest.raises(FeedDecodeError) as info:
+        decode_vehicle_positions((corpus / "jar" / "not-protobuf.pb").read_bytes(), feed_id="j")
+    assert info.value.kind == "not_protobuf"
+
+
+def test_every_corpus_file_is_replayed(corpus: Path) -> None:
+    listed = {g["dir"] / item["name"] for g in _groups(corpus) for item in g["inputs"]}
+    on_disk = set((corpus / "conformance").glob("*/*.pb")) | set((corpus / "jar").glob("*.pb"))
+    assert on_disk - listed == {corpus / "jar" / "not-protobuf.pb"}

@@ -79,20 +79,9 @@ class StaticRuleChecker:
     ) -> None:
         trips, routes, stops = (_require(feed, name) for name in ("trips", "routes", "stops"))
         trips = trips.drop_duplicates("trip_id", keep="last")
-        self._trip_ids = _strings(trips["trip_id"])
-        self._trip_route = _strings(trips["route_id"])
-        self._trip_direction = _java_strings(trips.get("direction_id"), len(trips))
-        self._route_ids = _strings(routes["route_id"].drop_duplicates())
         stops = stops.drop_duplicates("stop_id", keep="last")
-        self._stop_ids = _strings(stops["stop_id"])
-        location = _numbers(stops.get("location_type"), len(stops)).fillna(0)
-        self._stop_is_platform = pa.array(location.to_numpy() == 0)
-        freq = _read_frequencies(getattr(feed, "frequencies", None))
-        self._exact_zero = _strings(freq.loc[freq["exact_times"] == 0, "trip_id"].drop_duplicates())
-        exact_one = freq[freq["exact_times"] == 1]
-        self._exact_one = _strings(exact_one["trip_id"].drop_duplicates())
-        self._grid_keys = _build_grid_keys(exact_one, vehicle_quirk=java_compatible)
-        frequency_trips = set(freq.loc[freq["exact_times"].isin([0, 1]), "trip_id"])
+        self._index_ids(trips, routes, stops)
+        frequency_trips = self._index_frequencies(feed, java_compatible)
         self._first_arrival = _first_arrivals(
             getattr(feed, "stop_times", None), trips["trip_id"], frequency_trips
         )
@@ -104,6 +93,26 @@ class StaticRuleChecker:
             | ({"E028"} if self._box is not None else set())
             | ({"E029"} if self._shapes is not None else set())
         )
+
+    def _index_ids(self, trips: pd.DataFrame, routes: pd.DataFrame, stops: pd.DataFrame) -> None:
+        """Index trips (route, direction), routes and stops (is location_type 0)."""
+        self._trip_ids = _strings(trips["trip_id"])
+        self._trip_route = _strings(trips["route_id"])
+        self._trip_direction = _java_strings(trips.get("direction_id"), len(trips))
+        self._route_ids = _strings(routes["route_id"].drop_duplicates())
+        self._stop_ids = _strings(stops["stop_id"])
+        location = _numbers(stops.get("location_type"), len(stops)).fillna(0)
+        self._stop_is_platform = pa.array(location.to_numpy() == 0)
+
+    def _index_frequencies(self, feed: Any, java_compatible: bool) -> set[str]:
+        """Index exact_times = 0 and = 1 trips; return every frequency-based trip_id."""
+        freq = _read_frequencies(getattr(feed, "frequencies", None))
+        zero = freq.loc[freq["exact_times"] == 0, "trip_id"]
+        exact_one = freq[freq["exact_times"] == 1]
+        self._exact_zero = _strings(zero.drop_duplicates())
+        self._exact_one = _strings(exact_one["trip_id"].drop_duplicates())
+        self._grid_keys = _build_grid_keys(exact_one, vehicle_quirk=java_compatible)
+        return set(zero) | set(exact_one["trip_id"])
 
     def check(self, positions: pa.Table) -> dict[str, np.ndarray]:
         """Flag each row for every rule in :attr:`rules`.

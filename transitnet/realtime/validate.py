@@ -237,10 +237,11 @@ def read_detour_exemptions(decoded: DecodedFeed, positions: pa.Table) -> np.ndar
     return exempt
 
 
-def _vehicle_entities(decoded: DecodedFeed) -> list[Any]:
+def _vehicle_entities(decoded: DecodedFeed) -> Any:
+    """The VehiclePosition entities, indexable by row (no copy when every entity is one)."""
     entities = decoded.message.entity
     if len(entities) == decoded.positions.num_rows:
-        return list(entities)
+        return entities
     return [e for e in entities if e.HasField("vehicle")]
 
 
