@@ -408,3 +408,19 @@ def test_testagency2_text_typed_tables(shared_data: Path) -> None:
     assert flags["E023"] == [False, False, True, False, False, False]
     assert flags["E019"] == [False, False, False, False, True, False]
     assert flags["E015"] == [False, False, False, False, False, True]
+
+
+@pytest.mark.real_data
+def test_caltrain_real_feed_against_its_static_feed(shared_data: Path) -> None:
+    folder = shared_data / "feeds" / "caltrain"
+    checker = StaticRuleChecker(read_static_feed(folder / "ct.zip"))
+    assert {"E028", "E029"} <= checker.rules
+    body = (folder / "ct-vehicle-positions.pb").read_bytes()
+    decoded = decode_vehicle_positions(body, feed_id="caltrain")
+    now = datetime.fromtimestamp(decoded.header.timestamp_raw or 0, UTC)
+    snap = FeedValidator("caltrain", checker).validate(
+        decoded, now=now, sha256=hashlib.sha256(body).hexdigest()
+    )
+    assert snap.positions.num_rows == decoded.positions.num_rows == 14
+    assert snap.rule_counts == {"W009": 14}  # on their shapes, known trips, no static error
+    assert snap.positions.column(flag_column("E029")).null_count == 0
