@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -28,6 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from transitnet.schema import POSITIONS_SCHEMA
+from transitnet.store.atomic import TEMP_PREFIX
 from transitnet.store.dedup import dedup_positions, sort_positions
 from transitnet.store.layout import (
     COMPACTED_NAME,
@@ -177,3 +179,23 @@ def compact_store(
                 logger.info("compacted %s %s %s: %s", kind, feed_id, day, result)
                 results.append(result)
     return results
+
+
+def remove_stale_temp_files(root: Path, *, older_than_s: float = 3600.0) -> int:
+    """Delete ``.tmp-*`` files below ``root`` untouched for ``older_than_s`` (killed writers).
+
+    Younger ones may belong to a writer that is still running, so they are left alone.
+
+    Returns:
+        How many files were removed.
+    """
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in root.rglob(f"{TEMP_PREFIX}*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # its writer published or removed it meanwhile
+            continue
+    return removed
