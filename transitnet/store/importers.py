@@ -35,6 +35,7 @@ from tqdm import tqdm
 from transitnet.realtime.validate import FeedValidator, StaticChecker
 from transitnet.store.importers_flat import LayoutError, is_table_path, read_flat_table
 from transitnet.store.importers_pb import (
+    RawSnapshot,
     SnapshotImporter,
     count_raw_snapshots,
     is_raw_source,
@@ -212,22 +213,26 @@ class _ImportRun:
 
     def _import_snapshots(self, path: Path) -> None:
         self.result.layouts[str(path)] = "raw_pb"
-        total = count_raw_snapshots(path)
-        bar = tqdm(iter_raw_snapshots(path), total=total, desc=f"import {path.name}",
-                   unit="snap", disable=not self.progress)  # fmt: skip
-        for snap in bar:
-            outcome = self.snapshots.import_snapshot(snap)
-            self.result.snapshots += 1
-            self.result.duplicate_snapshots += outcome.outcome == "duplicate"
-            self.result.decode_failures += outcome.outcome == "decode_error"
-            self.rules.update(outcome.rule_counts or {})
-            if outcome.positions is not None:
-                ids = np.full(outcome.positions.num_rows, self.snapshot_ordinal, dtype=np.int64)
-                self.snapshot_ordinal += 1
-                self._add(outcome.positions, ids)
+        bar = tqdm(iter_raw_snapshots(path), total=count_raw_snapshots(path),
+                   desc=f"import {path.name}", unit="snap", disable=not self.progress)  # fmt: skip
+        try:
+            for snap in bar:
+                self._import_snapshot(snap)
                 if self.pending_rows >= FLUSH_ROWS:
                     self.flush(source=str(path))
-        self.flush(source=str(path))
+        finally:
+            self.flush(source=str(path))
+
+    def _import_snapshot(self, snap: RawSnapshot) -> None:
+        outcome = self.snapshots.import_snapshot(snap)
+        self.result.snapshots += 1
+        self.result.duplicate_snapshots += outcome.outcome == "duplicate"
+        self.result.decode_failures += outcome.outcome == "decode_error"
+        self.rules.update(outcome.rule_counts or {})
+        if outcome.positions is not None:
+            ids = np.full(outcome.positions.num_rows, self.snapshot_ordinal, dtype=np.int64)
+            self.snapshot_ordinal += 1
+            self._add(outcome.positions, ids)
 
     def _add(self, table: pa.Table, snapshot_ids: np.ndarray) -> None:
         self.result.rows_read += table.num_rows
@@ -242,7 +247,8 @@ class _ImportRun:
                     self.rules[name.removeprefix("flag_").upper()] += count
 
     def flush(self, source: str = "import") -> None:
-        """Deduplicate and write the pending rows."""
+        """Publish the archived raw files, then deduplicate and write the pending rows."""
+        self.snapshots.publish()
         if not self.pending:
             self.result.rule_counts = dict(sorted(self.rules.items()))
             return

@@ -17,12 +17,19 @@ Snapshots are processed in name order (relative path or tar member name). A snap
 byte-identical to any earlier one of the import is not written again (``duplicate_of``)
 nor decoded; one already in ``raw/`` under the same name and hash is not rewritten, so
 importing twice adds nothing.
+
+Raw files are published in batches (:class:`BatchPublisher`): each file is written under
+a ``.tmp-*`` name, the batch is flushed to disk with one ``syncfs`` (instead of one
+``fsync`` per file, which dominated a day's import), and only then renamed onto its final
+name. Readers never see a partial file; a crash leaves only ``.tmp-*`` files.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
+import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,16 +39,18 @@ from pathlib import Path
 import pyarrow as pa
 
 from transitnet.realtime.decode import FeedDecodeError, decode_vehicle_positions
-from transitnet.realtime.replay import is_snapshot_name, is_tar_path
+from transitnet.realtime.replay import is_snapshot_name, is_tar_path, read_header_timestamp
 from transitnet.realtime.validate import FeedValidator
-from transitnet.store.archive import (
-    ArchivedBody,
-    RawMeta,
-    archive_body,
-    relative_to_store,
-    write_meta,
+from transitnet.store.archive import RawMeta, relative_to_store
+from transitnet.store.atomic import TEMP_PREFIX
+from transitnet.store.layout import (
+    ERROR_BODY_SUFFIX,
+    META_SUFFIX,
+    RAW_SUFFIX,
+    raw_dir,
+    raw_stem,
+    to_utc,
 )
-from transitnet.store.layout import RAW_SUFFIX, raw_dir, raw_stem
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +81,11 @@ def is_raw_source(path: Path) -> bool:
     return is_tar_path(path) or is_snapshot_name(path.name)
 
 
-def count_raw_snapshots(path: Path) -> int:
-    """Number of snapshot files in a folder/tar/file (for the progress bar)."""
+def count_raw_snapshots(path: Path) -> int | None:
+    """Number of snapshot files in a folder or file; None for a tar (not read twice)."""
     if path.is_dir():
         return sum(1 for p in path.rglob("*") if p.is_file() and is_snapshot_name(p.name))
-    if is_tar_path(path):
-        with tarfile.open(path) as tar:
-            return sum(1 for m in tar.getmembers() if m.isfile() and is_snapshot_name(m.name))
-    return 1
+    return None if is_tar_path(path) else 1
 
 
 def iter_raw_snapshots(path: Path) -> Iterator[RawSnapshot]:
@@ -101,18 +107,88 @@ def iter_raw_snapshots(path: Path) -> Iterator[RawSnapshot]:
 
 
 def _iter_tar(path: Path) -> Iterator[RawSnapshot]:
+    """Stream a tar in one pass; members out of name order are held back and sorted."""
     try:
-        with tarfile.open(path) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and is_snapshot_name(m.name)]
-            ordered = sorted(members, key=lambda m: m.name)
-            if ordered != members:
-                logger.info("%s: members are not in name order; sorting them", path)
-            for member in ordered:
+        with tarfile.open(path, mode="r|*") as tar:
+            held: list[RawSnapshot] = []
+            last = ""
+            for member in tar:
+                if not member.isfile() or not is_snapshot_name(member.name):
+                    continue
                 handle = tar.extractfile(member)
                 body = handle.read() if handle is not None else b""
-                yield RawSnapshot(f"{path}!{member.name}", member.name, body, float(member.mtime))
+                snap = RawSnapshot(f"{path}!{member.name}", member.name, body, float(member.mtime))
+                if held or member.name < last:
+                    held.append(snap)
+                else:
+                    yield snap
+                last = max(last, member.name)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ValueError(f"{path}: cannot read the tar archive: {exc}") from exc
+    if held:
+        logger.warning(
+            "%s: %d members come after a later name; imported last, sorted", path, len(held)
+        )
+        yield from sorted(held, key=lambda s: s.name)
+
+
+def sync_filesystem(folder: Path) -> None:
+    """Flush every dirty page of the filesystem holding ``folder`` (``syncfs``, else ``sync``)."""
+    syncfs = getattr(_LIBC, "syncfs", None) if _LIBC is not None else None
+    if syncfs is not None:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            if syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    os.sync()
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+class BatchPublisher:
+    """Writes files under ``.tmp-*`` names and publishes them together, durably.
+
+    :meth:`publish` syncs the filesystem once, then renames every pending file onto its
+    final name; :meth:`discard` removes them (e.g. on an error).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pending: list[tuple[Path, Path]] = []
+        self.reserved: set[Path] = set()
+
+    def add(self, path: Path, data: bytes) -> None:
+        """Stage ``data`` for ``path`` (invisible to ``*.pb``/``*.json`` globs until published)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f"{TEMP_PREFIX}{path.name}.staged")
+        staged.write_bytes(data)
+        self.pending.append((staged, path))
+        self.reserved.add(path)
+
+    def publish(self) -> None:
+        """Make every staged file durable, then visible under its final name."""
+        if not self.pending:
+            return
+        sync_filesystem(self.root)
+        for staged, final in self.pending:
+            os.replace(staged, final)
+        self.pending = []
+
+    def discard(self) -> None:
+        """Remove every staged file."""
+        for staged, _ in self.pending:
+            staged.unlink(missing_ok=True)
+        self.pending = []
 
 
 @dataclass
@@ -135,6 +211,9 @@ class SnapshotOutcome:
 class SnapshotImporter:
     """Archives, decodes and validates a stream of recorded snapshots of one feed.
 
+    Call :meth:`publish` to make the archived files visible (the import does so before
+    every positions write and at the end).
+
     Args:
         store: Store root.
         feed_id: Feed id.
@@ -143,27 +222,30 @@ class SnapshotImporter:
 
     def __init__(self, store: Path, feed_id: str, validator: FeedValidator) -> None:
         self.store, self.feed_id, self.validator = store, feed_id, validator
+        self.publisher = BatchPublisher(store)
         self.seen_sha: dict[str, str] = {}
         self.clock: datetime | None = None
+
+    def publish(self) -> None:
+        """Publish the raw files and metadata archived so far."""
+        self.publisher.publish()
 
     def import_snapshot(self, snap: RawSnapshot) -> SnapshotOutcome:
         """Archive one snapshot raw, then decode and validate it (never raises for bad bytes)."""
         digest = hashlib.sha256(snap.body).hexdigest()
-        archive_time = self._archive_time(snap)
-        archived = self._archive(snap, digest, archive_time)
-        meta = RawMeta(feed_id=self.feed_id, fetched_at=archive_time.isoformat(),
+        when = self._archive_time(snap)
+        stem, path, duplicate_of = self._archive(snap, digest, when)
+        meta = RawMeta(feed_id=self.feed_id, fetched_at=when.isoformat(),
                        final_url=f"file://{snap.origin}", bytes=len(snap.body), sha256=digest,
                        headers={"X-Transitnet-Archive-Clock": ARCHIVE_CLOCK_NOTE},
-                       file=relative_to_store(self.store, archived.path),
-                       duplicate_of=archived.duplicate_of)  # fmt: skip
-        result = self._decode(snap, digest, archive_time, archived, meta)
+                       file=relative_to_store(self.store, path),
+                       duplicate_of=duplicate_of)  # fmt: skip
+        result = self._decode(snap, digest, when, meta)
         meta.outcome, meta.error_class = result.outcome, result.error_class
-        write_meta(archived.stem, meta)
+        self.publisher.add(stem.with_name(stem.name + META_SUFFIX), meta.to_json().encode())
         return result
 
     def _archive_time(self, snap: RawSnapshot) -> datetime:
-        from transitnet.realtime.replay import read_header_timestamp
-
         ts = read_header_timestamp(snap.body)
         if ts is not None and 1_000_000_000 <= ts < 100_000_000_000:
             self.clock = datetime.fromtimestamp(ts, UTC)
@@ -173,33 +255,37 @@ class SnapshotImporter:
             logger.info("%s: no usable header timestamp; archived at its file time", snap.origin)
         return self.clock
 
-    def _archive(self, snap: RawSnapshot, digest: str, when: datetime) -> ArchivedBody:
+    def _archive(
+        self, snap: RawSnapshot, digest: str, when: datetime
+    ) -> tuple[Path, Path | None, str | None]:
+        """Stage the raw bytes; returns ``(stem, raw file or None, duplicate_of)``."""
+        folder, base = raw_dir(self.store, self.feed_id, when), raw_stem(self.feed_id, to_utc(when))
         earlier = self.seen_sha.get(digest)
+        for n in range(100_000):
+            stem = folder / (base if n == 0 else f"{base}_{n}")
+            raw = stem.with_name(stem.name + RAW_SUFFIX)
+            if earlier is None and raw.is_file() and _sha256_file(raw) == digest:
+                self.seen_sha[digest] = relative_to_store(self.store, raw) or ""
+                return stem, raw, None  # archived by an earlier import of the same data
+            if not self._taken(stem):
+                break
         if earlier is not None:
-            return archive_body(self.store, self.feed_id, when, snap.body, snapshot=True,
-                                previous_sha256=digest, previous_file=earlier)  # fmt: skip
-        archived = self._find_archived(when, digest)
-        if archived is None:
-            archived = archive_body(self.store, self.feed_id, when, snap.body, snapshot=True)
-        self.seen_sha[digest] = relative_to_store(self.store, archived.path) or ""
-        return archived
+            self.publisher.reserved.add(stem.with_name(stem.name + META_SUFFIX))
+            return stem, None, earlier
+        self.publisher.add(raw, snap.body)
+        self.seen_sha[digest] = relative_to_store(self.store, raw) or ""
+        return stem, raw, None
 
-    def _find_archived(self, when: datetime, digest: str) -> ArchivedBody | None:
-        """The same bytes already archived under this time's name (an earlier import)."""
-        folder, stem = raw_dir(self.store, self.feed_id, when), raw_stem(self.feed_id, when)
-        for n in range(1_000):
-            name = stem if n == 0 else f"{stem}_{n}"
-            path = folder / (name + RAW_SUFFIX)
-            if not path.is_file():
-                return None
-            if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
-                return ArchivedBody(folder / name, path, digest, None)
-        return None
+    def _taken(self, stem: Path) -> bool:
+        names = [
+            stem.with_name(stem.name + s) for s in (RAW_SUFFIX, META_SUFFIX, ERROR_BODY_SUFFIX)
+        ]
+        return any(p in self.publisher.reserved or p.exists() for p in names)
 
     def _decode(
-        self, snap: RawSnapshot, digest: str, when: datetime, archived: ArchivedBody, meta: RawMeta
+        self, snap: RawSnapshot, digest: str, when: datetime, meta: RawMeta
     ) -> SnapshotOutcome:
-        if archived.duplicate_of is not None:
+        if meta.duplicate_of is not None:
             return SnapshotOutcome(None, "duplicate")
         try:
             decoded = decode_vehicle_positions(
@@ -217,3 +303,7 @@ class SnapshotImporter:
         meta.header_timestamp_raw = decoded.header.timestamp_raw
         meta.header_timestamp = when.isoformat() if decoded.header.timestamp_raw else None
         return SnapshotOutcome(validated.positions, "ok", None, validated.rule_counts)
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -149,62 +149,81 @@ def _uint_as_int(values: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(filled, dtype=np.uint64).view(np.int64)
 
 
-def build_dedup_keys(table: pa.Table) -> pa.Array:
-    """One exact text key per row from DEDUP_KEY; null for rows that are never dropped.
-
-    Columns in: ``feed_id``, ``entity_id``, ``vehicle_id``, ``vehicle_label``,
-    ``vehicle_timestamp_raw``, ``trip_id``, ``start_time``. Each part is length-prefixed
-    (``<n>:<text>``, ``-`` for null), so different keys never produce the same text.
-    """
-    vehicle_key = compute_vehicle_key(table)
-    parts = [table.column("feed_id"), vehicle_key, table.column("vehicle_timestamp_raw"),
-             table.column("trip_id"), table.column("start_time")]  # fmt: skip
-    encoded = [_length_prefixed(p) for p in parts]
-    key = pc.binary_join_element_wise(*encoded, "|")
-    never_drop = pc.or_(pc.is_null(vehicle_key), pc.is_null(table.column("vehicle_timestamp_raw")))
-    return pc.if_else(never_drop, pa.scalar(None, pa.string()), key).combine_chunks()
-
-
-def _length_prefixed(values: pa.ChunkedArray) -> pa.ChunkedArray:
-    text = pc.cast(values, pa.string())
-    length = pc.cast(pc.utf8_length(text), pa.string())
-    joined = pc.binary_join_element_wise(length, text, ":")
-    return pc.fill_null(joined, "-")
-
-
 class SeenKeys:
-    """Keys of the fixes already stored or imported; drops repeats in later snapshots."""
+    """The fixes of one feed already stored or imported; drops repeats in later snapshots.
+
+    A fix is (vehicle key, vehicle_timestamp_raw, trip_id, start_time) — DEDUP_KEY within
+    one feed. Strings are mapped to integer codes through dictionaries that grow with the
+    distinct values seen (vehicles, trips, start times: small), so the key set holds four
+    integers per fix and membership is an Arrow hash semi-join: exact, no hashing collisions.
+    """
+
+    _KEY_COLUMNS = ("v", "t", "s", "ts")
 
     def __init__(self) -> None:
-        self._chunks: list[pa.Array] = []
-        self._seen: pa.Array = pa.array([], pa.string())
+        self._codes: dict[str, dict[str, int]] = {"v": {}, "t": {}, "s": {}}
+        self._seen = pa.table({c: pa.array([], pa.int64()) for c in self._KEY_COLUMNS})
+        self._pending: list[pa.Table] = []
 
     def __len__(self) -> int:
-        return len(self._seen) + sum(len(c) for c in self._chunks)
+        return int(self._seen.num_rows) + sum(int(t.num_rows) for t in self._pending)
 
-    def add(self, keys: pa.Array) -> None:
-        """Remember ``keys`` (nulls ignored)."""
-        self._chunks.append(pc.drop_null(keys))
+    def encode(self, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """Integer key columns ``v, t, s, ts`` per row, and the mask of rows with a key.
 
-    def _consolidate(self) -> pa.Array:
-        if self._chunks:
-            self._seen = pc.unique(pa.concat_arrays([self._seen, *self._chunks]))
-            self._chunks = []
+        Columns in: ``entity_id``, ``vehicle_id``, ``vehicle_label``,
+        ``vehicle_timestamp_raw``, ``trip_id``, ``start_time``. Rows without a vehicle
+        key or vehicle timestamp have no key (they are never dropped).
+        """
+        vehicle = compute_vehicle_key(table)
+        ts = table.column("vehicle_timestamp_raw")
+        keyed = ~np.asarray(pc.or_(pc.is_null(vehicle), pc.is_null(ts)).to_numpy(), dtype=bool)
+        columns = {
+            "v": self._encode_strings(vehicle, self._codes["v"]),
+            "t": self._encode_strings(table.column("trip_id"), self._codes["t"]),
+            "s": self._encode_strings(table.column("start_time"), self._codes["s"]),
+            "ts": np.asarray(pc.fill_null(ts, 0).to_numpy(), dtype=np.uint64).view(np.int64),
+        }
+        return pa.table({k: pa.array(v, pa.int64()) for k, v in columns.items()}), keyed
+
+    @staticmethod
+    def _encode_strings(values: pa.ChunkedArray, book: dict[str, int]) -> np.ndarray:
+        encoded = pc.dictionary_encode(values.combine_chunks())
+        words = encoded.dictionary.to_pylist()
+        lookup = np.array([book.setdefault(w, len(book)) for w in words] + [-1], dtype=np.int64)
+        indices = pc.fill_null(encoded.indices, len(words)).to_numpy(zero_copy_only=False)
+        result: np.ndarray = lookup[np.asarray(indices, dtype=np.int64)]
+        return result
+
+    def add(self, keys: pa.Table) -> None:
+        """Remember key rows (columns ``v, t, s, ts``)."""
+        self._pending.append(keys)
+
+    def _consolidate(self) -> pa.Table:
+        if self._pending:
+            self._seen = pa.concat_tables([self._seen, *self._pending]).combine_chunks()
+            self._pending = []
         return self._seen
 
     def select_new(self, table: pa.Table, snapshot_ids: np.ndarray) -> np.ndarray:
         """Row mask of ``table`` to keep, and remember the kept keys.
 
         Args:
-            table: Rows with the key input columns (see :func:`build_dedup_keys`).
-            snapshot_ids: Non-decreasing snapshot ordinal per row; rows sharing an
-                ordinal never drop each other.
+            table: Rows with the key input columns (see :meth:`encode`).
+            snapshot_ids: Snapshot ordinal per row; rows sharing an ordinal never drop
+                each other.
         """
-        keys = build_dedup_keys(table)
-        keep = ~np.asarray(pc.fill_null(pc.is_in(keys, value_set=self._consolidate()), False)
-                           .to_numpy(zero_copy_only=False), dtype=bool)  # fmt: skip
-        keep &= _first_snapshot_of_key(keys, snapshot_ids)
-        self.add(pc.filter(keys, pa.array(keep)))
+        keys, keyed = self.encode(table)
+        rows = np.flatnonzero(keyed)
+        keyed_keys = keys.take(pa.array(rows))
+        indexed = keyed_keys.append_column("__row", pa.array(rows, pa.int64()))
+        known = indexed.join(
+            self._consolidate(), keys=list(self._KEY_COLUMNS), join_type="left semi"
+        )
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[np.asarray(known.column("__row").to_numpy(), dtype=np.int64)] = False
+        keep[rows] &= _first_snapshot_of_key(keyed_keys, snapshot_ids[rows])
+        self.add(keys.filter(pa.array(keep & keyed)))
         return keep
 
     def load_store(self, store: Path, feed_id: str) -> None:
@@ -213,23 +232,21 @@ class SeenKeys:
         if not root.is_dir():
             return
         table = positions_dataset(store, [feed_id]).to_table(columns=list(_KEY_INPUTS))
-        self.add(build_dedup_keys(table))
-        logger.info("feed %s: %d fixes already stored are skipped if imported again",
-                    feed_id, table.num_rows)  # fmt: skip
+        keys, keyed = self.encode(table)
+        self.add(keys.filter(pa.array(keyed)))
+        logger.info("feed %s: %d stored fixes will not be imported again", feed_id, table.num_rows)
 
 
-def _first_snapshot_of_key(keys: pa.Array, snapshot_ids: np.ndarray) -> np.ndarray:
+def _first_snapshot_of_key(keys: pa.Table, snapshot_ids: np.ndarray) -> np.ndarray:
     """True where the row belongs to the first snapshot that carries its key."""
-    if len(keys) == 0:
+    if keys.num_rows == 0:
         return np.zeros(0, dtype=bool)
-    codes = pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False)
-    valid = ~np.asarray(pc.is_null(keys).to_numpy(zero_copy_only=False), dtype=bool)
-    codes = np.where(valid, codes, -1).astype(np.int64)
-    first = np.full(int(codes.max(initial=-1)) + 1, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first, codes[valid], snapshot_ids[valid])
-    keep = np.ones(len(keys), dtype=bool)
-    keep[valid] = snapshot_ids[valid] == first[codes[valid]]
-    return keep
+    frame = keys.to_pandas()
+    group = frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy()
+    first = np.full(int(group.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, group, snapshot_ids)
+    result: np.ndarray = snapshot_ids == first[group]
+    return result
 
 
 def compute_partition_days(table: pa.Table, source: str) -> pa.Array:
