@@ -7,9 +7,10 @@
  * pyarrow.Array.from_buffers (see decode_fast.py).
  *
  * Messages and field numbers (gtfs-realtime.proto, proto2):
- *   FeedMessage       2 entity (repeated FeedEntity); everything else is skipped
- *   FeedEntity        1 id, 2 is_deleted, 3 trip_update*, 4 vehicle, 5 alert*
- *                     (* only counted)
+ *   FeedMessage       1 header (only checked for its required field), 2 entity
+ *   FeedHeader        1 gtfs_realtime_version (presence only)
+ *   FeedEntity        1 id, 2 is_deleted, 3 trip_update*, 4 vehicle, 5 alert*, 6 shape*,
+ *                     7 stop*, 8 trip_modifications* (* noted and skipped)
  *   VehiclePosition   1 trip, 8 vehicle, 2 position, 3 current_stop_sequence, 7 stop_id,
  *                     4 current_status, 5 timestamp, 6 congestion_level, 9 occupancy_status
  *   TripDescriptor    1 trip_id, 5 route_id, 6 direction_id, 2 start_time, 3 start_date,
@@ -33,6 +34,10 @@
  *   - Strings that are not valid UTF-8 (protobuf-python returns them as bytes) are decoded
  *     with errors="backslashreplace" and counted, exactly like the Python path.
  *
+ * It also reports whether every proto2 `required` field of a VehiclePositions-only feed is
+ * present (see Ctx.verified_initialized), so Python can skip the costly IsInitialized()
+ * walk when it is; anything else (a missing field, other entity parts) defers to it.
+ *
  * Every read is bound-checked: a truncated or hostile body raises ValueError, never
  * crashes. Python falls back to the reference path on ValueError.
  */
@@ -42,7 +47,7 @@
 #include <string.h>
 
 /* Bumped whenever the Python-visible interface changes; decode_fast.py checks it. */
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 /* Same nesting limit as upb's default; groups count as a level. */
 #define MAX_DEPTH 100
 
@@ -92,6 +97,7 @@ typedef struct {
     uint32_t has;     /* presence bits */
     int non_ascii;    /* some string had a byte >= 0x80 (UTF-8 is checked later) */
     int is_deleted;
+    int has_position; /* the VehiclePosition had a position (which requires lat/lon) */
     Str str[N_STR];
     int32_t i32[N_I32];
     double f64[N_F64];
@@ -103,6 +109,12 @@ typedef struct {
     Row *rows;
     Py_ssize_t n_rows, cap_rows;
     Py_ssize_t n_entities, n_trip_updates, n_alerts;
+    /* 1 while every proto2 `required` field of a VehiclePositions-only feed is present:
+     * header + its gtfs_realtime_version, every entity id, a position's lat and lon.
+     * 0 when one is missing or an entity has another part (trip_update, alert, shape,
+     * stop, trip_modifications), whose required fields are not checked here; Python then
+     * calls IsInitialized(). */
+    int verified_initialized;
     Py_ssize_t present[N_COLS];   /* rows where the column is not null */
     Py_ssize_t str_bytes[N_STR];  /* total bytes of each string column */
     uint64_t enum_masks[N_ENUM];
@@ -331,6 +343,7 @@ static const uint8_t *parse_vehicle_descriptor(Ctx *ctx, const uint8_t *p, const
 
 static const uint8_t *parse_position(Ctx *ctx, const uint8_t *p, const uint8_t *end, Row *row,
                                      int depth) {
+    row->has_position = 1;
     FOR_EACH_FIELD(ctx, p, end, depth,
         FLOAT_CASE(1, F_LATITUDE)
         FLOAT_CASE(2, F_LONGITUDE)
@@ -356,16 +369,26 @@ static const uint8_t *parse_vehicle_position(Ctx *ctx, const uint8_t *p, const u
     )
 }
 
-/* Parse one FeedEntity; *has_vehicle is set when it carries a VehiclePosition. */
+/* Which parts a FeedEntity carried (as sub-messages with the right wire type). */
+typedef struct {
+    int vehicle, trip_update, alert, other;
+} Parts;
+
+/* Parse one FeedEntity into `row` (used only when parts->vehicle ends up set). */
 static const uint8_t *parse_entity(Ctx *ctx, const uint8_t *p, const uint8_t *end, Row *row,
-                                   int depth, int *has_vehicle, int *has_tu, int *has_alert) {
+                                   int depth, Parts *parts) {
     FOR_EACH_FIELD(ctx, p, end, depth,
         STR_CASE(1, S_ENTITY_ID)
         VARINT_CASE(2, row->is_deleted = (v != 0); row->has |= HAS_IS_DELETED)
-        case 3:
+        case 3: /* trip_update, alert, shape, stop, trip_modifications: noted, skipped */
         case 5:
-            if (wt == WT_LEN) { /* counted only; its content is skipped below */
-                *(field == 3 ? has_tu : has_alert) = 1;
+        case 6:
+        case 7:
+        case 8:
+            if (wt == WT_LEN) {
+                parts->trip_update |= field == 3;
+                parts->alert |= field == 5;
+                parts->other = 1;
             }
             break;
         case 4:
@@ -374,10 +397,20 @@ static const uint8_t *parse_entity(Ctx *ctx, const uint8_t *p, const uint8_t *en
                 if ((p = read_len(ctx, p, end, &sub_end)) == NULL) return NULL;
                 if (parse_vehicle_position(ctx, p, sub_end, row, depth + 1) == NULL)
                     return NULL;
-                *has_vehicle = 1;
+                parts->vehicle = 1;
                 p = sub_end;
                 continue;
             }
+            break;
+    )
+}
+
+/* FeedHeader: only the presence of gtfs_realtime_version (required) is of interest. */
+static const uint8_t *parse_header(Ctx *ctx, const uint8_t *p, const uint8_t *end,
+                                   int *has_version, int depth) {
+    FOR_EACH_FIELD(ctx, p, end, depth,
+        case 1:
+            if (wt == WT_LEN) *has_version = 1;
             break;
     )
 }
@@ -400,18 +433,39 @@ static void count_row(Ctx *ctx, const Row *row) {
     ctx->n_rows++;
 }
 
+/* Count a parsed entity, keep its row when it has a vehicle, check its required fields. */
+static void finish_entity(Ctx *ctx, const Row *row, const Parts *parts) {
+    ctx->n_entities++;
+    ctx->n_trip_updates += parts->trip_update;
+    ctx->n_alerts += parts->alert;
+    if (parts->other || !(row->has & HAS_STR(S_ENTITY_ID))) ctx->verified_initialized = 0;
+    if (!parts->vehicle) return;
+    const uint32_t lat_lon = HAS_F64(F_LATITUDE) | HAS_F64(F_LONGITUDE);
+    if (row->has_position && (row->has & lat_lon) != lat_lon) ctx->verified_initialized = 0;
+    count_row(ctx, row);
+}
+
 /* Walk the FeedMessage: one row per entity that carries a VehiclePosition. Runs without
  * the GIL (touches no Python object). Returns 0, or -1 with ctx->error set. */
 static int parse_feed(Ctx *ctx, const uint8_t *p, const uint8_t *end) {
+    int has_header = 0, has_version = 0;
+    ctx->verified_initialized = 1;
     while (p < end) {
         uint32_t field;
         int wt;
+        const uint8_t *sub_end;
         if ((p = read_tag(ctx, p, end, &field, &wt)) == NULL) return -1;
+        if (field == 1 && wt == WT_LEN) { /* header (parsed again by protobuf in Python) */
+            if ((p = read_len(ctx, p, end, &sub_end)) == NULL) return -1;
+            if (parse_header(ctx, p, sub_end, &has_version, 1) == NULL) return -1;
+            has_header = 1;
+            p = sub_end;
+            continue;
+        }
         if (field != 2 || wt != WT_LEN) {
             if ((p = skip_field(ctx, p, end, field, wt, 0)) == NULL) return -1;
             continue;
         }
-        const uint8_t *sub_end;
         if ((p = read_len(ctx, p, end, &sub_end)) == NULL) return -1;
         if (ctx->n_rows == ctx->cap_rows && grow_rows(ctx) < 0) {
             fail(ctx, NULL, "out of memory");
@@ -419,15 +473,12 @@ static int parse_feed(Ctx *ctx, const uint8_t *p, const uint8_t *end) {
         }
         Row *row = &ctx->rows[ctx->n_rows];
         memset(row, 0, sizeof(Row));
-        int has_vehicle = 0, has_tu = 0, has_alert = 0;
-        if (parse_entity(ctx, p, sub_end, row, 1, &has_vehicle, &has_tu, &has_alert) == NULL)
-            return -1;
-        ctx->n_entities++;
-        ctx->n_trip_updates += has_tu;
-        ctx->n_alerts += has_alert;
-        if (has_vehicle) count_row(ctx, row);
+        Parts parts = {0, 0, 0, 0};
+        if (parse_entity(ctx, p, sub_end, row, 1, &parts) == NULL) return -1;
+        finish_entity(ctx, row, &parts);
         p = sub_end;
     }
+    if (!has_header || !has_version) ctx->verified_initialized = 0;
     return 0;
 }
 
@@ -580,9 +631,11 @@ PyDoc_STRVAR(decode_doc,
 "Extract VehiclePosition columns from a decompressed FeedMessage.\n\n"
 "enum_masks: valid values of (schedule_relationship, current_status, congestion_level,\n"
 "occupancy_status) as bit masks (bit v set = value v is in the enum).\n"
-"Returns (n_rows, n_entities, n_trip_updates, n_alerts, n_invalid_utf8, columns), where\n"
-"columns maps a column name to (null_count, validity | None, values_or_offsets,\n"
-"string_data | None). Raises ValueError on a malformed body.");
+"Returns (n_rows, n_entities, n_trip_updates, n_alerts, n_invalid_utf8, columns,\n"
+"verified_initialized), where columns maps a column name to (null_count,\n"
+"validity | None, values_or_offsets, string_data | None), and verified_initialized is\n"
+"True when every required field of a VehiclePositions-only feed is present (False: call\n"
+"IsInitialized()). Raises ValueError on a malformed body.");
 
 static PyObject *vp_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -611,8 +664,9 @@ static PyObject *vp_decode(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if ((keep = PyList_New(0)) == NULL) goto done;
     Py_ssize_t n_invalid = fix_invalid_utf8(&ctx, keep);
     if (n_invalid < 0 || (columns = build_columns(&ctx)) == NULL) goto done;
-    result = Py_BuildValue("(nnnnnN)", ctx.n_rows, ctx.n_entities, ctx.n_trip_updates,
-                           ctx.n_alerts, n_invalid, columns);
+    result = Py_BuildValue("(nnnnnNN)", ctx.n_rows, ctx.n_entities, ctx.n_trip_updates,
+                           ctx.n_alerts, n_invalid, columns,
+                           PyBool_FromLong(ctx.verified_initialized));
 done:
     Py_XDECREF(keep);
     PyMem_RawFree(ctx.rows);

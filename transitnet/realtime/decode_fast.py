@@ -17,8 +17,10 @@ import functools
 import importlib
 import logging
 from types import ModuleType
+from typing import Any
 
 import pyarrow as pa
+from google.protobuf import descriptor_pool
 from google.transit import gtfs_realtime_pb2
 
 from transitnet.realtime.decode_python import ENTITY_COLUMNS, EntityColumns
@@ -27,7 +29,7 @@ from transitnet.schema import POSITION_FIELDS
 logger = logging.getLogger(__name__)
 
 #: The interface version this wrapper expects (``ABI_VERSION`` in ``_vpdecode.c``).
-EXPECTED_ABI_VERSION = 1
+EXPECTED_ABI_VERSION = 2
 
 #: The closed (proto2) enums the C parser checks, in the order of its ``enum_masks``.
 _ENUMS = (
@@ -44,7 +46,7 @@ _TYPES: dict[str, pa.DataType] = {f.name: f.type for f in POSITION_FIELDS}
 def load_extension() -> ModuleType | None:
     """Import ``_vpdecode``; None (and one warning) when it is missing or stale."""
     try:
-        module = importlib.import_module("transitnet.realtime._vpdecode")
+        module = _import_extension()
     except ImportError as exc:
         logger.warning(
             "The C decoder transitnet.realtime._vpdecode is not built (%s); using the "
@@ -62,6 +64,10 @@ def load_extension() -> ModuleType | None:
         )
         return None
     return module
+
+
+def _import_extension() -> ModuleType:
+    return importlib.import_module("transitnet.realtime._vpdecode")
 
 
 @functools.cache
@@ -96,9 +102,31 @@ def extract_columns_fast(body: bytes, module: ModuleType) -> EntityColumns:
         ValueError: when the bytes are not a well-formed protobuf message.
     """
     masks = compute_enum_masks()
-    n_rows, n_entities, n_tu, n_alerts, n_invalid, buffers = module.decode(body, masks)
+    n_rows, n_entities, n_tu, n_alerts, n_invalid, buffers, verified = module.decode(body, masks)
     arrays = {name: _wrap_buffers(_TYPES[name], n_rows, *buffers[name]) for name in ENTITY_COLUMNS}
-    return EntityColumns(arrays, n_entities, n_tu, n_alerts, n_invalid)
+    verified = verified and not has_registered_extensions()
+    return EntityColumns(arrays, n_entities, n_tu, n_alerts, n_invalid, verified)
+
+
+#: Messages of a VehiclePositions-only feed: the C required-field check covers exactly
+#: these, and only while no extension of them is registered (one could add required fields).
+_VP_FEED_MESSAGES = (
+    gtfs_realtime_pb2.FeedMessage,
+    gtfs_realtime_pb2.FeedHeader,
+    gtfs_realtime_pb2.FeedEntity,
+    gtfs_realtime_pb2.VehiclePosition,
+    gtfs_realtime_pb2.VehiclePosition.CarriageDetails,
+    gtfs_realtime_pb2.TripDescriptor,
+    gtfs_realtime_pb2.TripDescriptor.ModifiedTripSelector,
+    gtfs_realtime_pb2.VehicleDescriptor,
+    gtfs_realtime_pb2.Position,
+)
+
+
+def has_registered_extensions() -> bool:
+    """True when some imported module registered an extension of a VehiclePositions message."""
+    pool: Any = descriptor_pool.Default()  # typeshed lacks the upb descriptor type
+    return any(pool.FindAllExtensions(m.DESCRIPTOR) for m in _VP_FEED_MESSAGES)
 
 
 def _wrap_buffers(

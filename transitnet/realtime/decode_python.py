@@ -59,6 +59,9 @@ class EntityColumns:
         n_trip_updates: Entities carrying a TripUpdate.
         n_alerts: Entities carrying an Alert.
         n_invalid_utf8: String values that were not valid UTF-8 (stored backslash-escaped).
+        verified_initialized: True when the extraction itself confirmed that every
+            ``required`` field is present (the C path, on VehiclePositions-only feeds), so
+            ``IsInitialized()`` need not run; False means "not checked here".
     """
 
     arrays: dict[str, pa.Array]
@@ -66,6 +69,7 @@ class EntityColumns:
     n_trip_updates: int
     n_alerts: int
     n_invalid_utf8: int
+    verified_initialized: bool = False
 
     @property
     def n_rows(self) -> int:

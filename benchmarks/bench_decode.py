@@ -1,0 +1,225 @@
+"""Throughput of VehiclePositions decoding, as ratios to baselines measured in the same run.
+
+Datasets (all real): the 5 TfNSW snapshots of 2020-09-01 (~5,000 buses each) and the
+Auckland day 2019-08-13 (2,280 snapshots; ``--quick``: the first 300). Bodies are read
+into memory and decompressed before timing, so every row below starts from the same
+protobuf bytes.
+
+Rows (rows/s = VehiclePosition rows per second, best of N passes, one process pinned to
+one core):
+
+- ``ParseFromString``: protobuf parse alone, nothing extracted (the ceiling);
+- ``parse + IsInitialized``: what ``parse_feed_message`` does before any extraction;
+- ``naive``: ParseFromString + ``MessageToDict`` + ``pandas.json_normalize`` (on every
+  10th snapshot when the set is large, normalised per row);
+- ``decode (C)``: ``decode_vehicle_positions`` with the C extension (the default);
+- ``decode (Python fallback)``: the same with ``engine="python"``;
+- ``decode + validate``: decode, sha256, then ``FeedValidator.validate`` (feed-only rules)
+  from :mod:`transitnet.realtime.validate`, when that module is present.
+
+Each row prints ``x ceiling`` (its speed over ParseFromString's) and ``x naive``.
+Bars: decode+validate >= 250k rows/s per core and >= 10x the naive path.
+
+Usage: ``.venv/bin/python benchmarks/bench_decode.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import logging
+import os
+import platform
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import google.protobuf
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from google.protobuf.internal import api_implementation
+from google.protobuf.json_format import MessageToDict
+from google.transit import gtfs_realtime_pb2
+
+from transitnet.realtime.decode import decode_vehicle_positions, parse_feed_message
+from transitnet.realtime.decode_fast import load_extension
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+BAR_ROWS_PER_S = 250_000
+BAR_VS_NAIVE = 10.0
+logger = logging.getLogger("bench_decode")
+
+Runner = Callable[[list[bytes]], int]
+
+
+def pin_to_one_core() -> str:
+    """Pin this process (and Arrow's pool) to one CPU; returns a description."""
+    pa.set_cpu_count(1)
+    if hasattr(os, "sched_setaffinity"):
+        cpu = sorted(os.sched_getaffinity(0))[-1]
+        os.sched_setaffinity(0, {cpu})
+        return f"pinned to cpu {cpu}"
+    return "not pinned (no sched_setaffinity)"
+
+
+def machine_facts() -> str:
+    """One line of machine and library facts for the log."""
+    cpu = platform.processor() or "?"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{platform.platform()} | {cpu} | cpus {os.cpu_count()} | load1 {load:.2f} | "
+        f"python {sys.version.split()[0]} | protobuf {google.protobuf.__version__} "
+        f"({api_implementation.Type()}) | pyarrow {pa.__version__} | pandas {pd.__version__} | "
+        f"numpy {np.__version__} | C extension {'built' if load_extension() else 'MISSING'}"
+    )
+
+
+def read_tfnsw() -> list[bytes]:
+    """The 5 TfNSW snapshots, decompressed."""
+    paths = sorted((DATA / "feeds" / "tfnsw-2020-09-01").glob("*.pb.gz"))
+    return [gzip.decompress(p.read_bytes()) for p in paths]
+
+
+def read_auckland(limit: int | None) -> list[bytes]:
+    """The Auckland day's snapshots in archive order (the first ``limit`` when given)."""
+    bodies: list[bytes] = []
+    with tarfile.open(DATA / "auckland-2019-08-13" / "vehicle_positions.tar.xz") as tar:
+        for member in tar:
+            handle = tar.extractfile(member) if member.isfile() else None
+            if handle is not None:
+                bodies.append(handle.read())
+            if limit is not None and len(bodies) >= limit:
+                break
+    return bodies
+
+
+def run_parse(bodies: list[bytes]) -> int:
+    for body in bodies:
+        gtfs_realtime_pb2.FeedMessage().ParseFromString(body)
+    return 0
+
+
+def run_parse_checked(bodies: list[bytes]) -> int:
+    for body in bodies:
+        parse_feed_message(body)
+    return 0
+
+
+def run_naive(bodies: list[bytes]) -> int:
+    """ParseFromString + MessageToDict + json_normalize; returns the vehicle rows."""
+    rows = 0
+    for body in bodies:
+        msg = gtfs_realtime_pb2.FeedMessage()
+        msg.ParseFromString(body)
+        entities = MessageToDict(msg).get("entity", [])
+        frame = pd.json_normalize([e for e in entities if "vehicle" in e])
+        rows += len(frame)
+    return rows
+
+
+def make_decode(engine: str) -> Runner:
+    def run(bodies: list[bytes]) -> int:
+        return sum(
+            decode_vehicle_positions(b, feed_id="bench", engine=engine).positions.num_rows  # type: ignore[arg-type]
+            for b in bodies
+        )
+
+    return run
+
+
+def make_decode_validate() -> Runner | None:
+    """Decode + sha256 + FeedValidator.validate, or None when the validator is absent."""
+    try:
+        from transitnet.realtime.validate import FeedValidator
+    except ImportError:
+        return None
+
+    def run(bodies: list[bytes]) -> int:
+        validator, rows = FeedValidator("bench"), 0
+        for body in bodies:
+            decoded = decode_vehicle_positions(body, feed_id="bench")
+            now = datetime.fromtimestamp(decoded.header.timestamp_raw or 0, UTC)
+            sha = hashlib.sha256(body).hexdigest()
+            rows += validator.validate(decoded, now=now, sha256=sha).positions.num_rows
+        return rows
+
+    return run
+
+
+def best_time(run: Runner, bodies: list[bytes], repeat: int) -> float:
+    """Best wall time over ``repeat`` passes."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run(bodies)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_dataset(name: str, bodies: list[bytes], repeat: int) -> dict[str, float]:
+    """Print one block of rows for a dataset; returns rows/s per method."""
+    rows = make_decode("python")(bodies)
+    naive_bodies = bodies if len(bodies) <= 50 else bodies[::10]
+    naive_rows = run_naive(naive_bodies)
+    speeds = {"naive": naive_rows / best_time(run_naive, naive_bodies, repeat)}
+    methods: dict[str, Runner | None] = {
+        "ParseFromString (ceiling)": run_parse,
+        "parse + IsInitialized": run_parse_checked,
+        "decode (C)": make_decode("c") if load_extension() else None,
+        "decode (Python fallback)": make_decode("python"),
+        "decode (C) + validate": make_decode_validate(),
+    }
+    for method, run in methods.items():
+        if run is not None:
+            speeds[method] = rows / best_time(run, bodies, repeat)
+    ceiling = speeds["ParseFromString (ceiling)"]
+    print(f"\n{name}: {len(bodies)} snapshots, {rows:,} rows "
+          f"(naive on {len(naive_bodies)} snapshots, {naive_rows:,} rows)")  # fmt: skip
+    print(f"  {'method':<28}{'rows/s':>13}{'x ceiling':>11}{'x naive':>9}")
+    for method, speed in speeds.items():
+        print(f"  {method:<28}{speed:>13,.0f}{speed / ceiling:>11.3f}"
+              f"{speed / speeds['naive']:>9.1f}")  # fmt: skip
+    return speeds
+
+
+def report_bars(results: dict[str, dict[str, float]]) -> None:
+    """Print PASS/FAIL against the issue's bars for decode and decode+validate."""
+    print()
+    for name, speeds in results.items():
+        for method in ("decode (C)", "decode (C) + validate"):
+            if method not in speeds:
+                print(f"  {name}: {method}: not measured")
+                continue
+            speed, ratio = speeds[method], speeds[method] / speeds["naive"]
+            ok = speed >= BAR_ROWS_PER_S and ratio >= BAR_VS_NAIVE
+            print(f"  {name}: {method}: {speed:,.0f} rows/s, {ratio:.1f}x naive -> "
+                  f"{'PASS' if ok else 'FAIL'} (bar {BAR_ROWS_PER_S:,} rows/s, "
+                  f"{BAR_VS_NAIVE:.0f}x naive)")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="300 Auckland snapshots, 1 pass")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    pinned = pin_to_one_core()
+    print(machine_facts(), "|", pinned)
+    repeat = 1 if args.quick else 3
+    results = {"tfnsw": measure_dataset("TfNSW 2020-09-01", read_tfnsw(), repeat + 2)}
+    auckland = read_auckland(300 if args.quick else None)
+    results["auckland"] = measure_dataset("Auckland 2019-08-13", auckland, repeat)
+    report_bars(results)
+
+
+if __name__ == "__main__":
+    main()
