@@ -1,0 +1,345 @@
+"""Vectorised projection of points onto metric polylines: the hot path of map matching.
+
+Shapes come as CSR arrays (the layout of :class:`transitnet.gtfs.shapes.ShapeTable`): the
+vertices of shape ``i`` are ``[offsets[i], offsets[i+1])`` of ``x``, ``y`` and ``cum_m``. A
+*segment* is named by the global index of its first vertex.
+
+Why not ``shapely.line_locate_point``: its cost grows with the vertex count of the whole
+line (about 62k points/s on Austin shapes, median 328 vertices), and it returns only the
+globally nearest point, which is the wrong leg of a loop or out-and-back shape.
+
+Instead, a grid (:class:`SegmentGrid`) lists, per (shape, cell), the segments that come
+within ``radius_m`` of that cell. :func:`find_candidates` looks each point's cell up once,
+projects the point onto those few segments with flat numpy arrays (no Python loop over
+points), and keeps only the *local minima* of the distance along the shape: one candidate
+per pass of the shape near the point (one per leg of an out-and-back). Choosing among them
+needs the trajectory's history: see :mod:`transitnet.gtfs.trajectory`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Offsets equal within this (metres) are ties when finding local minima.
+_TIE_M = 1e-6
+#: Flat (point, segment) pairs processed per chunk by :func:`project_whole_shapes`.
+_CHUNK_PAIRS = 1 << 21
+
+
+@dataclass(frozen=True)
+class SegmentArrays:
+    """Per-segment arrays derived once from a CSR shape table (metres).
+
+    Attributes:
+        offsets: (S+1,) int64 vertex offsets per shape.
+        x0: (V,) segment start x, relative to ``origin``.
+        y0: (V,) segment start y, relative to ``origin``.
+        dx: (V,) segment vector x (0 for the last vertex of a shape).
+        dy: (V,) segment vector y.
+        inv_len2: (V,) 1/length² (0 for zero-length segments).
+        seg_len: (V,) segment length.
+        cum0: (V,) distance along the shape at the segment start.
+        first_seg: (V,) first segment of the same shape.
+        last_seg: (V,) last real segment of the same shape.
+        origin: (x, y) metric origin subtracted from every coordinate.
+    """
+
+    offsets: np.ndarray
+    x0: np.ndarray
+    y0: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+    inv_len2: np.ndarray
+    seg_len: np.ndarray
+    cum0: np.ndarray
+    first_seg: np.ndarray
+    last_seg: np.ndarray
+    origin: tuple[float, float]
+
+    @property
+    def n_shapes(self) -> int:
+        """Number of shapes."""
+        return len(self.offsets) - 1
+
+
+def build_segment_arrays(
+    offsets: np.ndarray, x: np.ndarray, y: np.ndarray, cum_m: np.ndarray
+) -> SegmentArrays:
+    """Build :class:`SegmentArrays` from CSR vertex arrays (metres).
+
+    Args:
+        offsets: (S+1,) vertex offsets; shape ``i`` owns ``[offsets[i], offsets[i+1])``.
+        x: (V,) metric x of every vertex.
+        y: (V,) metric y of every vertex.
+        cum_m: (V,) distance along the shape at every vertex (0 at each shape start).
+
+    Raises:
+        ValueError: When the arrays disagree in length, a shape has no vertex, or a
+            coordinate is not finite.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    x, y, cum = (np.asarray(a, dtype=np.float64) for a in (x, y, cum_m))
+    n_vertices = int(offsets[-1]) if len(offsets) else 0
+    if len(offsets) == 0 or not (len(x) == len(y) == len(cum) == n_vertices):
+        raise ValueError("shape table arrays are inconsistent")
+    if np.any(np.diff(offsets) < 1) or not np.isfinite(np.concatenate([x, y, cum])).all():
+        raise ValueError("every shape needs at least one vertex with finite coordinates")
+    origin = (float(np.mean(x)), float(np.mean(y))) if n_vertices else (0.0, 0.0)
+    counts = np.diff(offsets)
+    is_last = np.zeros(n_vertices, dtype=bool)
+    is_last[offsets[1:] - 1] = True
+    dx = np.where(is_last, 0.0, np.roll(x, -1) - x)
+    dy = np.where(is_last, 0.0, np.roll(y, -1) - y)
+    len2 = dx * dx + dy * dy
+    return SegmentArrays(
+        offsets=offsets,
+        x0=x - origin[0],
+        y0=y - origin[1],
+        dx=dx,
+        dy=dy,
+        inv_len2=np.divide(1.0, len2, out=np.zeros_like(len2), where=len2 > 0),
+        seg_len=np.sqrt(len2),
+        cum0=cum,
+        first_seg=np.repeat(offsets[:-1], counts),
+        last_seg=np.repeat(np.maximum(offsets[:-1], offsets[1:] - 2), counts),
+        origin=origin,
+    )
+
+
+def project_to_segments(
+    seg: SegmentArrays, px: np.ndarray, py: np.ndarray, segment: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Project points (relative to ``seg.origin``) onto given segments, pairwise.
+
+    Returns:
+        ``(dist_m, offset_m)``: distance along the shape of the nearest point of the
+        segment, and the distance from the point to it.
+    """
+    ex = px - seg.x0[segment]
+    ey = py - seg.y0[segment]
+    dx, dy = seg.dx[segment], seg.dy[segment]
+    t = (ex * dx + ey * dy) * seg.inv_len2[segment]
+    np.clip(t, 0.0, 1.0, out=t)
+    ex -= t * dx
+    ey -= t * dy
+    return seg.cum0[segment] + t * seg.seg_len[segment], np.sqrt(ex * ex + ey * ey)
+
+
+@dataclass(frozen=True)
+class SegmentGrid:
+    """Segments listed per (shape, grid cell) they pass within ``radius_m`` of.
+
+    Attributes:
+        radius_m: Every segment within this distance of a point in a cell is listed.
+        cell_m: Cell size, metres.
+        corner: (x, y) of the grid's lower-left corner, relative to the segments' origin.
+        n_x: Cells along x.
+        n_y: Cells along y.
+        keys: (E,) sorted int64 ``(shape · n_x + cx) · n_y + cy`` per entry.
+        segments: (E,) int64 segment of each entry (ascending within a key).
+    """
+
+    radius_m: float
+    cell_m: float
+    corner: tuple[float, float]
+    n_x: int
+    n_y: int
+    keys: np.ndarray
+    segments: np.ndarray
+
+
+def build_segment_grid(
+    seg: SegmentArrays, *, radius_m: float = 200.0, cell_m: float | None = None
+) -> SegmentGrid:
+    """Index every segment under each grid cell its ``radius_m`` buffer touches.
+
+    Args:
+        seg: The segment arrays.
+        radius_m: Search radius: candidates farther than this are never needed.
+        cell_m: Cell size (default ``1.5 · radius_m``; smaller cells mean fewer pairs to
+            test per point but more grid entries).
+
+    Raises:
+        ValueError: When ``radius_m`` or ``cell_m`` is not positive.
+    """
+    cell = float(cell_m if cell_m is not None else 1.5 * radius_m)
+    if radius_m <= 0 or cell <= 0:
+        raise ValueError("radius_m and cell_m must be positive")
+    real = np.flatnonzero(np.arange(len(seg.x0)) <= seg.last_seg)
+    x1, y1 = seg.x0[real] + seg.dx[real], seg.y0[real] + seg.dy[real]
+    corner = (float(seg.x0.min()) - radius_m, float(seg.y0.min()) - radius_m)
+    n_x = int((seg.x0.max() + radius_m - corner[0]) // cell) + 1
+    n_y = int((seg.y0.max() + radius_m - corner[1]) // cell) + 1
+    cx0 = ((np.minimum(seg.x0[real], x1) - radius_m - corner[0]) // cell).astype(np.int64)
+    cx1 = ((np.maximum(seg.x0[real], x1) + radius_m - corner[0]) // cell).astype(np.int64)
+    cy0 = ((np.minimum(seg.y0[real], y1) - radius_m - corner[1]) // cell).astype(np.int64)
+    cy1 = ((np.maximum(seg.y0[real], y1) + radius_m - corner[1]) // cell).astype(np.int64)
+    wx, wy = cx1 - cx0 + 1, cy1 - cy0 + 1
+    rep = np.repeat(np.arange(len(real)), wx * wy)
+    local = np.arange(len(rep)) - np.repeat(np.cumsum(wx * wy) - wx * wy, wx * wy)
+    cx, cy = cx0[rep] + local // wy[rep], cy0[rep] + local % wy[rep]
+    segments = real[rep]
+    shape = np.searchsorted(seg.offsets, segments, side="right") - 1
+    keys = (shape * n_x + cx) * n_y + cy
+    order = np.lexsort((segments, keys))
+    return SegmentGrid(radius_m, cell, corner, n_x, n_y, keys[order], segments[order])
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Up to ``C`` candidate positions per point: one per pass of its shape nearby.
+
+    Rows hold ``count`` candidates (by distance along the shape), then padding: ``inf``
+    distances and offsets (so any score built from them is ``inf``) and NaN directions.
+
+    Attributes:
+        dist_m: (N, C) distance along the shape.
+        offset_m: (N, C) distance from the point.
+        ux: (N, C) unit direction x of the candidate's segment.
+        uy: (N, C) unit direction y.
+        count: (N,) candidates found within the radius (0: the point is off its shape).
+    """
+
+    dist_m: np.ndarray
+    offset_m: np.ndarray
+    ux: np.ndarray
+    uy: np.ndarray
+    count: np.ndarray
+
+
+def find_candidates(
+    seg: SegmentArrays,
+    grid: SegmentGrid,
+    px: np.ndarray,
+    py: np.ndarray,
+    shape_idx: np.ndarray,
+    *,
+    max_candidates: int = 8,
+) -> Candidates:
+    """Return each point's local-minimum projections onto its shape within the radius.
+
+    Args:
+        seg: Segment arrays.
+        grid: Grid built from ``seg``.
+        px: (N,) metric x (absolute, same CRS as the shape table).
+        py: (N,) metric y.
+        shape_idx: (N,) int64 shape row of each point (must be valid).
+        max_candidates: ``C``; points with more local minima keep the closest ``C``.
+    """
+    rx, ry = px - seg.origin[0], py - seg.origin[1]
+    point, segment = _lookup_pairs(grid, rx, ry, shape_idx)
+    dist, offset = project_to_segments(seg, rx[point], ry[point], segment)
+    keep = _is_local_minimum(point, segment, offset) & (offset <= grid.radius_m)
+    return _pack_candidates(
+        seg, len(px), point[keep], segment[keep], dist[keep], offset[keep], max_candidates
+    )
+
+
+def _lookup_pairs(
+    grid: SegmentGrid, rx: np.ndarray, ry: np.ndarray, shape_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return flat (point, segment) pairs listed under each point's cell."""
+    cx = np.floor((rx - grid.corner[0]) / grid.cell_m)
+    cy = np.floor((ry - grid.corner[1]) / grid.cell_m)
+    inside = (cx >= 0) & (cx < grid.n_x) & (cy >= 0) & (cy < grid.n_y)
+    cx, cy = np.where(inside, cx, 0).astype(np.int64), np.where(inside, cy, 0).astype(np.int64)
+    key = (shape_idx * grid.n_x + cx) * grid.n_y + cy
+    lo = np.searchsorted(grid.keys, key, side="left")
+    counts = np.where(inside, np.searchsorted(grid.keys, key, side="right") - lo, 0)
+    point = np.repeat(np.arange(len(rx)), counts)
+    first = np.cumsum(counts) - counts
+    entry = np.repeat(lo - first, counts) + np.arange(len(point))
+    return point, grid.segments[entry]
+
+
+def _is_local_minimum(point: np.ndarray, segment: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """True where a pair is nearer than the previous segment and no farther than the next.
+
+    Pairs come grouped by point and sorted by segment. A neighbouring segment missing
+    from the list is farther than the radius from the point (the grid lists every
+    segment within it), so it never beats a pair within the radius. A tie at a shared
+    vertex goes to the earlier segment, so each pass of the shape counts once.
+    """
+    same_prev = np.zeros(len(point), dtype=bool)
+    same_prev[1:] = (point[1:] == point[:-1]) & (segment[1:] == segment[:-1] + 1)
+    before = np.ones(len(point), dtype=bool)
+    before[1:] = offset[1:] < offset[:-1] - _TIE_M
+    after = np.ones(len(point), dtype=bool)
+    after[:-1] = offset[:-1] <= offset[1:] + _TIE_M
+    same_next = np.zeros(len(point), dtype=bool)
+    same_next[:-1] = same_prev[1:]
+    return np.asarray((~same_prev | before) & (~same_next | after))
+
+
+def _pack_candidates(
+    seg: SegmentArrays,
+    n_points: int,
+    point: np.ndarray,
+    segment: np.ndarray,
+    dist: np.ndarray,
+    offset: np.ndarray,
+    max_candidates: int,
+) -> Candidates:
+    """Scatter flat candidates (grouped by point) into padded (N, C) arrays."""
+    count = np.bincount(point, minlength=n_points)
+    crowded = count[point] > max_candidates
+    if crowded.any():  # rare: keep the closest candidates of these points
+        logger.debug("%d points have more than %d candidate legs; the closest are kept",
+                     int((count > max_candidates).sum()), max_candidates)  # fmt: skip
+        order = np.arange(len(point))
+        sub = np.flatnonzero(crowded)
+        order[sub] = sub[np.lexsort((offset[sub], point[sub]))]
+        point, segment, dist, offset = point[order], segment[order], dist[order], offset[order]
+    rank = np.arange(len(point)) - np.repeat(np.cumsum(count) - count, count)
+    kept = rank < max_candidates
+    shape = (n_points, max_candidates)
+    out = [np.full(shape, fill) for fill in (np.inf, np.inf, np.nan, np.nan)]
+    length = np.where(seg.seg_len[segment] > 0, seg.seg_len[segment], 1.0)
+    values = (dist, offset, seg.dx[segment] / length, seg.dy[segment] / length)
+    for array, value in zip(out, values, strict=True):
+        array[point[kept], rank[kept]] = value[kept]
+    return Candidates(
+        dist_m=out[0],
+        offset_m=out[1],
+        ux=out[2],
+        uy=out[3],
+        count=np.minimum(count, max_candidates),
+    )
+
+
+def project_whole_shapes(
+    seg: SegmentArrays, px: np.ndarray, py: np.ndarray, shape_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the globally nearest projection of each point onto every segment of its shape.
+
+    Cost grows with shape size: use it only for the few points :func:`find_candidates`
+    finds nothing for (fixes off their shape), to report how far off they are.
+
+    Returns:
+        ``(dist_m, offset_m)`` per point.
+    """
+    rx, ry = px - seg.origin[0], py - seg.origin[1]
+    dist, offset = np.full(len(px), np.nan), np.full(len(px), np.nan)
+    first = seg.offsets[shape_idx]
+    width = seg.last_seg[first] - first + 1
+    bounds = np.searchsorted(np.cumsum(width), np.arange(0, width.sum(), _CHUNK_PAIRS))
+    for lo, hi in zip(bounds, [*bounds[1:], len(px)], strict=True):
+        rows = np.arange(lo, hi)
+        point = np.repeat(rows, width[rows])
+        local = np.arange(len(point)) - np.repeat(np.cumsum(width[rows]) - width[rows], width[rows])
+        d, o = project_to_segments(seg, rx[point], ry[point], first[point] + local)
+        best = _argmin_per_group(o, point - lo, hi - lo)
+        dist[rows], offset[rows] = d[best], o[best]
+    return dist, offset
+
+
+def _argmin_per_group(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Index of the smallest value of each (contiguous, non-empty) group."""
+    order = np.lexsort((values, group))
+    starts = np.searchsorted(group[order], np.arange(n_groups), side="left")
+    return np.asarray(order[starts])

@@ -1,0 +1,540 @@
+"""Per-trajectory logic of map matching: choosing each fix's leg, speeds and dwells.
+
+A *trajectory* is one vehicle on one trip on one service day: its fixes, in time order.
+:func:`transitnet.gtfs.project.find_candidates` gives every fix one candidate position per
+pass of its shape nearby; :func:`select_candidates` picks one per fix, walking all
+trajectories' k-th fixes together (a loop over k, never over points):
+
+- the first fix (or any fix while none has been accepted) prefers the shape start and,
+  between legs, the one the vehicle is heading along;
+- later fixes prefer candidates inside the window ``[anchor − back_m, anchor +
+  speed_cap_mps·Δt + slack_m]`` around the last accepted distance ``anchor``, which only
+  moves forward, so a vehicle on the inbound leg of an out-and-back or loop stays there,
+  and among candidates inside the window the one nearest the anchor;
+- a candidate outside the window wins only when it is clearly closer to the fix (by
+  ``outside_penalty_m`` plus a cost per metre outside): a jump after a data gap or a
+  restart of the shape. Such fixes are flagged ``reacquired``.
+
+Arrays here are aligned with trajectory-ordered rows (see :class:`TrajectoryPoints`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from transitnet.gtfs.project import Candidates
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How far a vehicle may have moved, and how candidates are scored.
+
+    Scores are in metres: a candidate's offset from the fix plus the penalties below;
+    the lowest score wins.
+
+    Attributes:
+        back_m: Backward jitter allowed behind the last accepted distance (GPS noise,
+            layovers): progress is monotone within this tolerance.
+        speed_cap_mps: Fastest plausible along-route speed; the window ends
+            ``speed_cap_mps · Δt + slack_m`` past the last accepted distance.
+        slack_m: Extra window ahead (GPS noise, clock jitter).
+        progress_weight: Penalty per metre between a candidate and the last accepted
+            distance: between two legs about as close to the fix, take the nearer one
+            (a wrong guess behind the vehicle is corrected by the next fix).
+        first_progress_weight: Penalty per metre along the shape for a trajectory's
+            first fix: a loop's shared terminal is its start, not its end.
+        outside_penalty_m: Penalty for a candidate outside the window.
+        outside_back_weight: Extra penalty per metre behind the window.
+        outside_ahead_weight: Extra penalty per metre beyond the window.
+        heading_penalty_m: Penalty for a first-fix candidate whose segment points more
+            than 120° away from the vehicle's heading (bearing, or its next move).
+    """
+
+    back_m: float = 30.0
+    speed_cap_mps: float = 40.0
+    slack_m: float = 150.0
+    progress_weight: float = 0.01
+    first_progress_weight: float = 0.002
+    outside_penalty_m: float = 30.0
+    outside_back_weight: float = 0.05
+    outside_ahead_weight: float = 0.002
+    heading_penalty_m: float = 50.0
+
+
+@dataclass(frozen=True)
+class TrajectoryPoints:
+    """Fixes grouped into trajectories: each trajectory's rows are contiguous, in time order.
+
+    Attributes:
+        t_s: (N,) float64 seconds (any epoch); NaN when unknown.
+        hx: (N,) unit heading x in the metric plane (NaN when unknown).
+        hy: (N,) unit heading y.
+        starts: (T,) int64 first row of each trajectory, ascending.
+        lengths: (T,) int64 rows of each trajectory.
+    """
+
+    t_s: np.ndarray
+    hx: np.ndarray
+    hy: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen candidate of every fix (NaN where it had none).
+
+    Attributes:
+        dist_m: (N,) distance along the shape.
+        offset_m: (N,) distance from the shape.
+        reacquired: (N,) bool, chosen outside its window.
+    """
+
+    dist_m: np.ndarray
+    offset_m: np.ndarray
+    reacquired: np.ndarray
+
+
+def select_candidates(
+    cands: Candidates, pts: TrajectoryPoints, cfg: WindowConfig = WindowConfig()
+) -> Selection:
+    """Choose one candidate per fix, trajectory by trajectory (see the module docstring)."""
+    n_rows = len(cands.count)
+    dist, offset = np.full(n_rows, np.nan), np.full(n_rows, np.nan)
+    reacquired = np.zeros(n_rows, dtype=bool)
+    order = np.argsort(-pts.lengths, kind="stable")
+    starts, lengths = pts.starts[order], pts.lengths[order]
+    max_len = int(lengths[0]) if len(lengths) else 0
+    n_active = np.searchsorted(-lengths, -np.arange(max_len), side="left")
+    anchor, anchor_t = np.full(len(starts), np.nan), np.full(len(starts), np.nan)
+    for k in range(max_len):
+        n = int(n_active[k])
+        rows = starts[:n] + k
+        step = _Step(rows, anchor[:n], anchor_t[:n], lengths[:n] > k + 1)
+        d, off, jump = _select_step(cands, pts, step, cfg)
+        dist[rows], offset[rows], reacquired[rows] = d, off, jump
+        ok = np.isfinite(d)
+        moved = np.where(np.isnan(anchor[:n]) | jump, d, np.fmax(anchor[:n], d))
+        anchor[:n] = np.where(ok, moved, anchor[:n])
+        anchor_t[:n] = np.where(ok, pts.t_s[rows], anchor_t[:n])
+    return Selection(dist, offset, reacquired)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One fix per active trajectory: row, anchor (distance, time), and has a next fix."""
+
+    rows: np.ndarray
+    anchor: np.ndarray
+    anchor_t: np.ndarray
+    has_next: np.ndarray
+
+
+def _window_score(
+    d: np.ndarray, off: np.ndarray, a: np.ndarray, dt: np.ndarray, cfg: WindowConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score candidates ``d`` (offsets ``off``) against anchors ``a`` set ``dt`` seconds ago.
+
+    Returns:
+        ``(score, outside)``; NaN scores (padding) become ``inf``.
+    """
+    reach = np.where(np.isnan(dt), np.inf, cfg.speed_cap_mps * np.maximum(dt, 0.0) + cfg.slack_m)
+    with np.errstate(invalid="ignore"):  # inf - inf on padding: NaN, made inf below
+        behind = np.maximum(a - cfg.back_m - d, 0.0)
+        beyond = np.maximum(d - a - reach, 0.0)
+        outside = (behind > 0) | (beyond > 0)
+        score = np.abs(d - a)
+        score *= cfg.progress_weight
+        score += off
+        score += outside * cfg.outside_penalty_m
+        score += cfg.outside_back_weight * behind + cfg.outside_ahead_weight * beyond
+    score[np.isnan(score)] = np.inf
+    return score, outside
+
+
+def _select_step(
+    cands: Candidates, pts: TrajectoryPoints, step: _Step, cfg: WindowConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score the candidates of one fix per active trajectory; return the best of each."""
+    rows = step.rows
+    d, off = cands.dist_m[rows], cands.offset_m[rows]
+    dt = (pts.t_s[rows] - step.anchor_t)[:, None]
+    score, outside = _window_score(d, off, step.anchor[:, None], dt, cfg)
+    fresh = np.flatnonzero(np.isnan(step.anchor))
+    if len(fresh):
+        score[fresh] = _first_fix_score(cands, pts, rows[fresh], step.has_next[fresh], cfg)
+    best = np.argmin(score, axis=1)
+    i = np.arange(len(rows))
+    d_best, off_best = d[i, best], off[i, best]
+    found = np.isfinite(off_best)
+    jump = found & outside[i, best] & ~np.isnan(step.anchor)
+    return np.where(found, d_best, np.nan), np.where(found, off_best, np.nan), jump
+
+
+def _first_fix_score(
+    cands: Candidates, pts: TrajectoryPoints, rows: np.ndarray, has_next: np.ndarray,
+    cfg: WindowConfig,
+) -> np.ndarray:  # fmt: skip
+    """Score a first fix's candidates (no anchor yet).
+
+    Preferred: near the shape start, along the reported bearing, and consistent with the
+    trajectory's next fix (its best candidate scored as if this one were the anchor),
+    which tells the legs of a loop or out-and-back apart.
+    """
+    d, off = cands.dist_m[rows], cands.offset_m[rows]
+    score = off + cfg.first_progress_weight * d + _heading_penalty(cands, pts, rows, cfg)
+    nxt = np.where(has_next, rows + 1, rows)
+    dt = (pts.t_s[nxt] - pts.t_s[rows])[:, None, None]
+    pair, _ = _window_score(
+        cands.dist_m[nxt][:, None, :], cands.offset_m[nxt][:, None, :], d[:, :, None], dt, cfg
+    )
+    ahead = pair.min(axis=2)
+    score += np.where(has_next[:, None] & np.isfinite(ahead), ahead, 0.0)
+    score[np.isnan(score)] = np.inf
+    return np.asarray(score)
+
+
+def _heading_penalty(
+    cands: Candidates, pts: TrajectoryPoints, rows: np.ndarray, cfg: WindowConfig
+) -> np.ndarray:
+    """Penalty for candidates pointing more than 120° away from a known heading."""
+    cos = cands.ux[rows] * pts.hx[rows, None] + cands.uy[rows] * pts.hy[rows, None]
+    return np.where(cos < -0.5, cfg.heading_penalty_m, 0.0)
+
+
+def compute_headings(
+    px: np.ndarray,
+    py: np.ndarray,
+    pts_starts: np.ndarray,
+    pts_lengths: np.ndarray,
+    bearing_deg: np.ndarray,
+    *,
+    min_move_m: float = 30.0,
+    lookahead: int = 5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return a unit heading per fix in the metric plane (NaN where unknown).
+
+    The heading is the reported bearing (degrees clockwise from north; UTM grid
+    convergence is a few degrees, far below the 120° test it feeds), else the move to
+    the first of the next ``lookahead`` fixes of the same trajectory at least
+    ``min_move_m`` away.
+
+    Args:
+        px: (N,) metric x in trajectory order (NaN allowed).
+        py: (N,) metric y.
+        pts_starts: (T,) first row of each trajectory, ascending.
+        pts_lengths: (T,) rows per trajectory.
+        bearing_deg: (N,) reported bearing, NaN when absent.
+        min_move_m: Shortest move that defines a heading.
+        lookahead: How many later fixes to try.
+    """
+    n = len(px)
+    rad = np.deg2rad(np.where((bearing_deg >= 0) & (bearing_deg <= 360), bearing_deg, np.nan))
+    hx, hy = np.sin(rad), np.cos(rad)
+    ends = np.repeat(pts_starts + pts_lengths, pts_lengths)
+    todo = np.flatnonzero(np.isnan(hx))
+    for step in range(1, lookahead + 1):
+        ahead = np.minimum(todo + step, n - 1)
+        inside = todo + step < ends[todo]
+        ax = np.where(inside, px[ahead] - px[todo], np.nan)
+        ay = np.where(inside, py[ahead] - py[todo], np.nan)
+        far = np.hypot(ax, ay) >= min_move_m
+        norm = np.hypot(ax[far], ay[far])
+        hx[todo[far]], hy[todo[far]] = ax[far] / norm, ay[far] / norm
+        todo = todo[~far]
+    return hx, hy
+
+
+def compute_along_speed(
+    dist: np.ndarray, t_s: np.ndarray, usable: np.ndarray, traj: np.ndarray
+) -> np.ndarray:
+    """Return the along-route speed (m/s) since the previous usable fix of the trajectory.
+
+    Args:
+        dist: (N,) distance along the shape, trajectory-ordered.
+        t_s: (N,) seconds.
+        usable: (N,) bool: matched, not stale, not re-acquired (a restart or a jump
+            after a gap has no meaningful speed from the fix before it).
+        traj: (N,) trajectory number of each row.
+
+    Returns:
+        (N,) float64, NaN for a trajectory's first usable fix, unusable fixes and
+        non-increasing times.
+    """
+    speed = np.full(len(dist), np.nan)
+    idx = np.flatnonzero(usable & np.isfinite(dist))
+    prev, cur = idx[:-1], idx[1:]
+    dt = t_s[cur] - t_s[prev]
+    ok = (traj[cur] == traj[prev]) & (dt > 0)
+    speed[cur[ok]] = (dist[cur[ok]] - dist[prev[ok]]) / dt[ok]
+    return speed
+
+
+@dataclass(frozen=True)
+class StopIndex:
+    """Stop distances along each shape (CSR by shape row), for dwell detection.
+
+    Attributes:
+        offsets: (S+1,) int64; stops of shape ``i`` are ``[offsets[i], offsets[i+1])``.
+        dist_m: (K,) sorted stop distances within each shape.
+        key: (K,) ``dist_m`` shifted per shape so it increases over the whole index.
+        base: (S,) the shift of each shape.
+    """
+
+    offsets: np.ndarray
+    dist_m: np.ndarray
+    key: np.ndarray
+    base: np.ndarray
+
+    def has_stops(self, shape_idx: np.ndarray) -> np.ndarray:
+        """Return True where the shape has at least one stop."""
+        return np.asarray(self.offsets[shape_idx + 1] > self.offsets[shape_idx])
+
+    def distance_to_stop(self, shape_idx: np.ndarray, dist: np.ndarray) -> np.ndarray:
+        """Return the along-shape distance to the nearest stop (inf without stops)."""
+        lo, hi = self.offsets[shape_idx], self.offsets[shape_idx + 1]
+        pos = np.searchsorted(self.key, self.base[shape_idx] + dist)
+        gap = np.full(len(dist), np.inf)
+        for cand in (pos - 1, pos):
+            ok = (cand >= lo) & (cand < hi)
+            at = np.clip(cand, 0, max(len(self.dist_m) - 1, 0))
+            near = np.abs(self.dist_m[at] - dist) if len(self.dist_m) else gap
+            gap = np.where(ok, np.minimum(gap, near), gap)
+        return gap
+
+
+def build_stop_index(shape_idx: np.ndarray, dist_m: np.ndarray, n_shapes: int) -> StopIndex:
+    """Build a :class:`StopIndex` from stop rows (shape row, distance); -1/NaN rows ignored."""
+    ok = (shape_idx >= 0) & np.isfinite(dist_m)
+    shape_idx, dist_m = shape_idx[ok], dist_m[ok]
+    order = np.lexsort((dist_m, shape_idx))
+    shape_idx, dist_m = shape_idx[order], dist_m[order]
+    counts = np.bincount(shape_idx, minlength=n_shapes)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    top = np.zeros(n_shapes)
+    np.maximum.at(top, shape_idx, dist_m)
+    base = np.concatenate([[0.0], np.cumsum(top + 1.0)[:-1]]) if n_shapes else top
+    return StopIndex(offsets, dist_m, dist_m + base[shape_idx], base)
+
+
+@dataclass(frozen=True)
+class DwellConfig:
+    """When a vehicle counts as dwelling at a stop.
+
+    Attributes:
+        radius_m: Largest along-shape distance from a stop.
+        still_m: Largest along-shape move between consecutive fixes of a dwell.
+        min_s: Shortest dwell (first to last fix of the still run).
+    """
+
+    radius_m: float = 30.0
+    still_m: float = 15.0
+    min_s: float = 20.0
+
+
+def detect_dwells(
+    dist: np.ndarray,
+    t_s: np.ndarray,
+    usable: np.ndarray,
+    traj: np.ndarray,
+    shape_idx: np.ndarray,
+    stops: StopIndex,
+    cfg: DwellConfig = DwellConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flag fixes in runs that stay still near a stop for at least ``cfg.min_s``.
+
+    A run is a maximal sequence of usable fixes of one trajectory, each within
+    ``still_m`` along the shape of the previous one.
+
+    Args:
+        dist: (N,) distance along the shape, trajectory-ordered.
+        t_s: (N,) seconds.
+        usable: (N,) bool, matched fixes (stale repeats included: they extend a run).
+        traj: (N,) trajectory number.
+        shape_idx: (N,) shape row (valid where usable).
+        stops: Stop distances per shape.
+        cfg: Thresholds.
+
+    Returns:
+        ``(is_dwell, known)``: bool arrays; ``known`` is False where the fix is unusable
+        or its shape has no stop positions (dwell cannot be evaluated).
+    """
+    idx = np.flatnonzero(usable & np.isfinite(dist))
+    is_dwell = np.zeros(len(dist), dtype=bool)
+    known = np.zeros(len(dist), dtype=bool)
+    if not len(idx):
+        return is_dwell, known
+    d, t, tr, s = dist[idx], t_s[idx], traj[idx], shape_idx[idx]
+    still = np.zeros(len(idx), dtype=bool)
+    still[1:] = (tr[1:] == tr[:-1]) & (np.abs(d[1:] - d[:-1]) <= cfg.still_m)
+    run_start = np.flatnonzero(~still)
+    run = np.cumsum(~still) - 1
+    run_end = np.append(run_start[1:], len(idx)) - 1
+    duration = t[run_end] - t[run_start]
+    near = stops.distance_to_stop(s, d) <= cfg.radius_m
+    is_dwell[idx] = (duration[run] >= cfg.min_s) & near
+    known[idx] = stops.has_stops(s)
+    return is_dwell & known, known
+
+
+@dataclass(frozen=True)
+class ScheduleIndex:
+    """Scheduled times by distance along each trip (CSR by trip).
+
+    Attributes:
+        trip_ids: (T,) static trip ids, the rows of the index.
+        offsets: (T+1,) int64; stops of trip ``i`` are ``[offsets[i], offsets[i+1])``.
+        key: (K,) stop distance shifted per trip so it increases over the whole index.
+        base: (T,) the shift of each trip.
+        dist_m: (K,) stop distance along the trip's shape (non-decreasing per trip).
+        arrival_s: (K,) scheduled arrival, seconds after service-day noon minus 12 h.
+        departure_s: (K,) scheduled departure.
+    """
+
+    trip_ids: np.ndarray
+    offsets: np.ndarray
+    key: np.ndarray
+    base: np.ndarray
+    dist_m: np.ndarray
+    arrival_s: np.ndarray
+    departure_s: np.ndarray
+
+
+def build_schedule_index(
+    trip_id: np.ndarray, dist_m: np.ndarray, arrival_s: np.ndarray, departure_s: np.ndarray
+) -> ScheduleIndex:
+    """Build a :class:`ScheduleIndex` from stop rows already sorted by trip, stop order.
+
+    Stops without a distance or without any time are skipped (times between timepoints
+    are then interpolated by distance, as GTFS intends); a missing arrival takes the
+    departure and vice versa. Distances are made non-decreasing within each trip.
+    """
+    arr = np.where(np.isnan(arrival_s), departure_s, arrival_s)
+    dep = np.where(np.isnan(departure_s), arr, departure_s)
+    ok = np.isfinite(dist_m) & np.isfinite(arr)
+    trip_id, dist, arr, dep = trip_id[ok], dist_m[ok], arr[ok], dep[ok]
+    new = np.ones(len(trip_id), dtype=bool)
+    new[1:] = trip_id[1:] != trip_id[:-1]
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.append(starts, len(trip_id)))
+    code = np.repeat(np.arange(len(starts)), counts)
+    dist = _cumulative_max_by_group(dist, code)
+    top = dist[np.append(starts[1:], len(dist)) - 1] if len(dist) else dist
+    base = np.concatenate([[0.0], np.cumsum(top + 1.0)[:-1]]) if len(top) else top
+    return ScheduleIndex(
+        trip_ids=trip_id[starts],
+        offsets=np.append(starts, len(trip_id)).astype(np.int64),
+        key=dist + base[code],
+        base=base,
+        dist_m=dist,
+        arrival_s=arr,
+        departure_s=dep,
+    )
+
+
+def _cumulative_max_by_group(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Running maximum of ``values`` restarting at each group (groups contiguous)."""
+    if not len(values):
+        return values
+    shift = group * (np.nanmax(np.abs(values)) * 2 + 1.0)
+    return np.asarray(np.maximum.accumulate(values + shift) - shift)
+
+
+def compute_scheduled_s(index: ScheduleIndex, trip: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Scheduled time (s after service-day noon − 12 h) at each distance along its trip.
+
+    Between two stops the time runs linearly by distance from the departure at the
+    first to the arrival at the next; before the first stop it is the first departure,
+    past the last stop the last arrival.
+
+    Args:
+        index: The schedule index.
+        trip: (N,) int64 row of each fix's trip in ``index`` (-1: no schedule).
+        dist: (N,) distance along the shape.
+
+    Returns:
+        (N,) float64, NaN without a trip, a distance or a schedule.
+    """
+    out = np.full(len(dist), np.nan)
+    ok = np.flatnonzero((trip >= 0) & np.isfinite(dist))
+    if not len(ok):
+        return out
+    tr, d = trip[ok], dist[ok]
+    lo, hi = index.offsets[tr], index.offsets[tr + 1] - 1
+    i = np.clip(np.searchsorted(index.key, index.base[tr] + d, side="right") - 1, lo, hi)
+    j = np.minimum(i + 1, hi)
+    span = index.dist_m[j] - index.dist_m[i]
+    frac = np.clip(np.divide(d - index.dist_m[i], span, out=np.zeros_like(d), where=span > 0), 0, 1)
+    between = index.departure_s[i] + frac * (index.arrival_s[j] - index.departure_s[i])
+    before = d < index.dist_m[lo]
+    out[ok] = np.where(before, index.departure_s[lo], np.where(i == j, index.arrival_s[j], between))
+    return out
+
+
+def compute_day_origins(dates: np.ndarray, timezone: str) -> np.ndarray:
+    """Epoch seconds of each service day's origin: local noon minus 12 h (GTFS time 0).
+
+    Args:
+        dates: (N,) ``YYYY-MM-DD`` strings or None.
+        timezone: IANA zone of the feed.
+
+    Returns:
+        (N,) float64, NaN where the date is missing.
+    """
+    out = np.full(len(dates), np.nan)
+    known = np.flatnonzero(pd.notna(dates))
+    if not len(known):
+        return out
+    uniq, inverse = np.unique(dates[known].astype(str), return_inverse=True)
+    noon = pd.to_datetime(pd.Series(uniq), format="%Y-%m-%d") + pd.Timedelta(hours=12)
+    origin = noon.dt.tz_localize(timezone) - pd.Timedelta(hours=12)
+    secs = (origin - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    out[known] = secs.to_numpy(dtype=np.float64)[inverse]
+    return out
+
+
+def compute_local_dates(t_s: np.ndarray, timezone: str | None) -> np.ndarray:
+    """Return the local ``YYYY-MM-DD`` of each epoch second (UTC without a zone; None: NaN)."""
+    stamps = pd.Series(pd.to_datetime(t_s, unit="s", utc=True))
+    if timezone:
+        stamps = stamps.dt.tz_convert(timezone)
+    text = stamps.dt.strftime("%Y-%m-%d")
+    return np.array(text.astype(object).where(text.notna(), None).to_numpy(), dtype=object)
+
+
+def choose_service_dates(
+    first_t: np.ndarray,
+    start_date: np.ndarray,
+    sched_t: np.ndarray,
+    sched_s: np.ndarray,
+    timezone: str | None,
+) -> np.ndarray:
+    """Pick each trajectory's service date.
+
+    The feed's ``start_date`` when given; else the local date of the trajectory's first
+    fix, or the day before when the schedule fits that day better (a trip that runs past
+    midnight, scheduled after 24:00).
+
+    Args:
+        first_t: (T,) epoch seconds of each trajectory's first fix (NaN: unknown).
+        start_date: (T,) ``YYYY-MM-DD`` from the feed, or None.
+        sched_t: (T,) epoch seconds of the first fix with a scheduled time (NaN: none).
+        sched_s: (T,) that fix's scheduled seconds after service-day noon − 12 h.
+        timezone: IANA zone, or None (dates are then UTC dates).
+
+    Returns:
+        (T,) object array of ``YYYY-MM-DD`` or None.
+    """
+    dates = compute_local_dates(first_t, timezone)
+    if timezone:
+        has = np.flatnonzero(np.isfinite(sched_t) & pd.notna(dates))
+        today = dates[has]
+        day = pd.to_datetime(pd.Series(today.astype(str)), format="%Y-%m-%d")
+        before = (day - pd.Timedelta(days=1)).dt.strftime("%Y-%m-%d").to_numpy(dtype=object)
+        late = np.abs(sched_t[has] - compute_day_origins(before, timezone) - sched_s[has])
+        fits = np.abs(sched_t[has] - compute_day_origins(today, timezone) - sched_s[has])
+        dates[has] = np.where(late < fits, before, today)
+    return np.where(pd.notna(start_date), start_date, dates)
