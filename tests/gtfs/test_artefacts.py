@@ -66,6 +66,15 @@ def test_tiny_feed_artefacts() -> None:
     assert art.stops["location_type"].tolist() == [0, 0, 0]
 
 
+def test_repeated_trip_ids_are_reported(caplog: pytest.LogCaptureFixture) -> None:
+    feed = tiny_feed()
+    feed.trips = pd.concat([feed.trips, feed.trips.iloc[[3]]], ignore_index=True)
+    art = build_artefacts(feed)
+    assert len(art.trips) == 4 and art.trips["trip_id"].is_unique
+    assert "1 rows with a null or repeated trip_id" in caplog.text
+    assert art.stop_times is not None and len(art.stop_times) == 8
+
+
 @pytest.mark.real_data
 def test_austin_artefacts_and_cache_hit(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

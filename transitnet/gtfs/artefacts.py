@@ -143,6 +143,11 @@ def _build_trips(feed: Any, shapes: ShapeTable, patterns: pd.DataFrame | None) -
     t = feed.trips
     trips = pd.DataFrame({c: _column(t, c, "string") for c in TRIP_COLUMNS[:-2]})
     trips["direction_id"] = _column(t, "direction_id", "Int32")
+    duplicated = trips["trip_id"].duplicated() | trips["trip_id"].isna()
+    if duplicated.any():
+        logger.warning("trips.txt: %d rows with a null or repeated trip_id ignored (first kept)",
+                       int(duplicated.sum()))  # fmt: skip
+        trips = trips[~duplicated].reset_index(drop=True)
     if patterns is not None:
         trips = trips.merge(patterns[["trip_id", "pattern_id"]], on="trip_id", how="left")
     else:
