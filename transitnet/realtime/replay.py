@@ -9,10 +9,11 @@ recorded (gzip bodies stay gzip, without a ``Content-Encoding`` header).
 
 Clock: with ``speed > 0`` the snapshot on air is the last one whose recorded header
 timestamp, minus the first one's, divided by ``speed``, has elapsed since the server
-started (a snapshot without a header timestamp shares its predecessor's time). With
+started (see :func:`compute_offsets` for snapshots without a usable timestamp). With
 ``speed == 0`` every feed request is answered with the next snapshot (useful in tests).
-After the last snapshot the server keeps serving it and ``/status`` says ``done``, unless
-``loop`` restarts from the first one.
+After the last snapshot the server keeps serving it, and ``/status`` says ``done`` once it
+has been served, unless ``loop`` restarts from the first one (one typical interval after
+the last).
 
 Endpoints: ``/feed`` (also ``/`` and ``/feed.pb``) with ``ETag`` (sha256 of the body)
 and ``Last-Modified`` (the header timestamp), answering conditional GETs with 304;
@@ -23,177 +24,67 @@ and ``Last-Modified`` (the header timestamp), answering conditional GETs with 30
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
-import tarfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import pyarrow as pa
-from google.protobuf.message import DecodeError
-from google.transit import gtfs_realtime_pb2
-
-from transitnet.realtime.decode import FeedDecodeError, decompress_body
-from transitnet.realtime.encode import encode_snapshots
+from transitnet.realtime.replay_sources import (
+    Snapshot,
+    is_snapshot_name,
+    is_tar_path,
+    load_snapshots,
+    read_header_timestamp,
+    snapshots_from_table,
+)
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_SUFFIXES = (".pb", ".pb.gz", ".pb.bz2", ".pbf", ".gz", ".bz2")
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2")
+__all__ = [
+    "ReplayServer",
+    "Snapshot",
+    "compute_offsets",
+    "is_snapshot_name",
+    "is_tar_path",
+    "load_snapshots",
+    "read_header_timestamp",
+    "snapshots_from_table",
+]
+#: Header timestamps at or above this are milliseconds or worse: not used for the clock.
+_MS_RANGE = 100_000_000_000
 FEED_PATHS = ("/", "/feed", "/feed.pb")
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """One recorded snapshot.
-
-    Attributes:
-        name: File or member name (its order key).
-        header_timestamp_raw: FeedHeader.timestamp, or None when absent/undecodable.
-        body: The recorded bytes, or None when they are read lazily from ``path``.
-        path: The file holding the bytes when ``body`` is None.
-    """
-
-    name: str
-    header_timestamp_raw: int | None
-    body: bytes | None = None
-    path: Path | None = None
-
-    def read(self) -> bytes:
-        """Return the snapshot's bytes exactly as recorded."""
-        if self.body is not None:
-            return self.body
-        if self.path is None:
-            raise ValueError(f"snapshot {self.name} has neither bytes nor a path")
-        return self.path.read_bytes()
-
-
-def read_header_timestamp(body: bytes) -> int | None:
-    """Return the FeedHeader timestamp of a (possibly compressed) body, or None.
-
-    Undecodable bodies (truncated, HTML, empty...) give None: they are still served.
-    """
-    try:
-        raw = decompress_body(body)
-        msg = gtfs_realtime_pb2.FeedMessage()
-        msg.ParseFromString(raw)
-    except (FeedDecodeError, DecodeError):
-        return None
-    return int(msg.header.timestamp) if msg.header.HasField("timestamp") else None
-
-
-def is_tar_path(path: Path) -> bool:
-    """Whether ``path`` names a tar archive (by suffix)."""
-    return path.name.lower().endswith(TAR_SUFFIXES)
-
-
-def is_snapshot_name(name: str) -> bool:
-    """Whether a file/member name looks like a raw snapshot (not metadata or a temp file)."""
-    base = name.rsplit("/", 1)[-1]
-    if base.startswith(".") or base.endswith((".json", ".json.gz")):
-        return False
-    return base.lower().endswith(SNAPSHOT_SUFFIXES)
-
-
-def load_snapshots(source: Path, *, lazy: bool = True) -> list[Snapshot]:
-    """List the snapshots of a folder or tar archive in name order.
-
-    Args:
-        source: A folder (searched recursively) or a tar file.
-        lazy: For folders, re-read bytes from disk when served instead of holding them.
-
-    Returns:
-        Snapshots sorted by relative path / member name.
-
-    Raises:
-        FileNotFoundError: when ``source`` does not exist.
-        ValueError: when it holds no snapshot files or is neither a folder nor a tar.
-    """
-    if not source.exists():
-        raise FileNotFoundError(f"replay source not found: {source}")
-    if source.is_dir():
-        snaps = _load_folder(source, lazy=lazy)
-    elif is_tar_path(source):
-        snaps = _load_tar(source)
-    else:
-        raise ValueError(f"{source} is neither a folder nor a tar of .pb snapshots")
-    if not snaps:
-        raise ValueError(f"no snapshot files (*.pb, *.pb.gz, *.pb.bz2) in {source}")
-    return snaps
-
-
-def _load_folder(folder: Path, *, lazy: bool) -> list[Snapshot]:
-    files = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and is_snapshot_name(p.name)),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
-    out = []
-    for path in files:
-        body = path.read_bytes()
-        name = path.relative_to(folder).as_posix()
-        ts = read_header_timestamp(body)
-        out.append(Snapshot(name, ts, None if lazy else body, path))
-    return out
-
-
-def _load_tar(path: Path) -> list[Snapshot]:
-    out = []
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile() or not is_snapshot_name(member.name):
-                continue
-            handle = tar.extractfile(member)
-            if handle is None:
-                continue
-            body = handle.read()
-            out.append(Snapshot(member.name, read_header_timestamp(body), body))
-    out.sort(key=lambda s: s.name)
-    return out
-
-
-def snapshots_from_table(positions: pa.Table, *, feed_version: str | None = None) -> list[Snapshot]:
-    """Re-encode a positions table into one FeedMessage snapshot per timestamp.
-
-    Args:
-        positions: Positions columns (see :func:`transitnet.realtime.encode.encode_snapshots`
-            for the grouping by ``header_timestamp_raw`` or ``vehicle_timestamp_raw``).
-        feed_version: Optional FeedHeader.feed_version for every message.
-
-    Returns:
-        Snapshots named ``snapshot-<timestamp>`` in time order.
-    """
-    encoded = encode_snapshots(positions, feed_version=feed_version)
-    return [
-        Snapshot(f"snapshot-{e.header_timestamp_raw}", e.header_timestamp_raw, e.body)
-        for e in encoded
-    ]
 
 
 def compute_offsets(snapshots: list[Snapshot]) -> list[float]:
     """Seconds after the first snapshot at which each snapshot goes on air (at speed 1).
 
-    A snapshot without a header timestamp, or one whose timestamp went back, shares its
-    predecessor's offset, so the order is always the name order.
+    Offsets follow the header timestamps. A snapshot without one, or whose timestamp did
+    not advance (E017/E018), goes on air one typical interval (the median positive gap)
+    after its predecessor, so every snapshot is served, in name order.
     """
+    stamps = [s.header_timestamp_raw for s in snapshots]
+    known = [t for t in stamps if t is not None and t < _MS_RANGE]
+    gaps = sorted(b - a for a, b in itertools.pairwise(known) if b > a)
+    step = float(gaps[len(gaps) // 2]) if gaps else 1.0
+    first = known[0] if known else 0
     offsets: list[float] = []
-    first: int | None = None
-    for snap in snapshots:
-        ts = snap.header_timestamp_raw
-        previous = offsets[-1] if offsets else 0.0
-        if ts is None:
-            offsets.append(previous)
-            continue
-        if first is None:
-            first = ts
-        offsets.append(max(previous, float(ts - first)))
+    for ts in stamps:
+        previous = offsets[-1] if offsets else None
+        usable = ts is not None and ts < _MS_RANGE
+        candidate = float(ts - first) if usable and ts is not None else None
+        if previous is None:
+            offsets.append(candidate if candidate is not None and candidate >= 0 else 0.0)
+        elif candidate is None or candidate <= previous:
+            offsets.append(previous + step)
+        else:
+            offsets.append(candidate)
     return offsets
 
 
@@ -211,6 +102,7 @@ class _Clock:
         self.lock = threading.Lock()
         self.started = now()
         self.served = 0
+        self.final_served = False  # the last snapshot has been served at least once
         self.step = 0  # speed 0: index of the next snapshot to serve (counting loops)
         self.last_position = 0
         self.last_loops = 0
@@ -228,8 +120,8 @@ class _Clock:
         return min(index, n - 1), int(loops)
 
     def _gap(self) -> float:
-        gaps = [b - a for a, b in zip(self.offsets, self.offsets[1:], strict=False) if b > a]
-        return sorted(gaps)[len(gaps) // 2] if gaps else 1.0
+        gaps = sorted(b - a for a, b in itertools.pairwise(self.offsets))
+        return gaps[len(gaps) // 2] if gaps else 1.0
 
     def take(self) -> tuple[int, int]:
         """Return ``(position, loops)`` for one feed request and advance the counters."""
@@ -242,6 +134,7 @@ class _Clock:
             else:
                 position, loops = self._position_at(self.now() - self.started)
             self.served += 1
+            self.final_served |= position == n - 1
             self.last_position, self.last_loops = position, loops
             return position, loops
 
@@ -251,11 +144,9 @@ class _Clock:
             n = len(self.snapshots)
             if self.speed == 0:
                 position, loops = self.last_position, self.last_loops
-                done = not self.loop and self.step >= n
             else:
                 position, loops = self._position_at(self.now() - self.started)
-                elapsed_recorded = (self.now() - self.started) * self.speed
-                done = not self.loop and elapsed_recorded >= self.offsets[-1] and self.served > 0
+            done = not self.loop and self.final_served
             snap = self.snapshots[position]
             return {
                 "position": position,
