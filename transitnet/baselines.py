@@ -58,8 +58,12 @@ class HistoricalMean:
     min_count: int = 5
     tables: list[pd.DataFrame] = field(default_factory=list)
 
-    _LEVELS: tuple[tuple[str, ...], ...] = (("line_key", "hour", "segment"), ("line_key", "hour"),
-                                            ("line_key",), ())  # fmt: skip
+    _LEVELS: tuple[tuple[str, ...], ...] = (
+        ("line_key", "hour", "segment"),
+        ("line_key", "hour"),
+        ("line_key",),
+        (),
+    )
 
     def _keys(self, windows: Windows) -> pd.DataFrame:
         return pd.DataFrame(
@@ -100,8 +104,9 @@ class HistoricalMean:
             if level:
                 joined = keys.join(table, on=list(level))
             else:
-                joined = pd.DataFrame(np.repeat(table.to_numpy(), len(keys), axis=0),
-                                      columns=table.columns)  # fmt: skip
+                joined = pd.DataFrame(
+                    np.repeat(table.to_numpy(), len(keys), axis=0), columns=table.columns
+                )
             for j in range(n_h):
                 mean = joined[f"mean_{j}"].to_numpy(np.float64, na_value=np.nan)
                 count = joined[f"count_{j}"].to_numpy(np.float64, na_value=0.0)

@@ -56,9 +56,12 @@ class Evaluation:
 
 
 def load_datamodule(ckpt: dict[str, Any], **overrides: Any) -> TransitDataModule:
-    """Rebuild the checkpoint's DataModule with ``overrides`` and restore its state."""
+    """Rebuild the checkpoint's DataModule with ``overrides`` and restore its state.
+
+    Every override given is applied, ``None`` included (to clear a period).
+    """
     hparams = dict(ckpt.get("datamodule_hyper_parameters", {}))
-    hparams.update({k: v for k, v in overrides.items() if v is not None})
+    hparams.update(overrides)
     hparams.pop("_class_path", None)
     dm = TransitDataModule(**hparams)
     state = ckpt.get(TransitDataModule.__qualname__)
@@ -91,7 +94,8 @@ def run_evaluation(
     """Score a checkpoint and the baselines on the test period (or ``dates``)."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     task = ForecastingTask.load_from_checkpoint(ckpt_path, map_location="cpu")
-    dm = load_datamodule(ckpt, store=store, static=static, test_dates=dates)
+    given = {"store": store, "static": static, "test_dates": dates}
+    dm = load_datamodule(ckpt, **{k: v for k, v in given.items() if v is not None})
     dm.setup("test")
     test = dm.windows["test"]
     test = test.subset(test.target_mask.any(axis=1))
@@ -102,11 +106,15 @@ def run_evaluation(
     from transitnet.datamodules.loading import load_windows
 
     train = load_windows(
-        dm.store, dm.static, {"train": train_spec}, dm.window_config,
-        feed_ids=dm.hparams.get("feed_ids"), timezone=dm.hparams.get("timezone"),
+        dm.store,
+        dm.static,
+        {"train": train_spec},
+        dm.window_config,
+        feed_ids=dm.hparams.get("feed_ids"),
+        timezone=dm.hparams.get("timezone"),
         include_lines=dm.hparams.get("include_lines"),
         exclude_lines=dm.hparams.get("exclude_lines"),
-    )["train"]  # fmt: skip
+    )["train"]
     pred = predict_windows(task, dm, "test")
     return Evaluation(test, pred, compute_baselines(train, test), task.quantiles)
 
@@ -125,8 +133,9 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
             "per_line": compute_per_line_mae(pred, w.targets, w.target_mask, lines, h),
             "n": summarise_by_horizon(w.target_mask.sum(axis=0), h),
         }
-    cov = compute_coverage(evaluation.model[..., 0], evaluation.model[..., -1], w.targets,
-                           w.target_mask)  # fmt: skip
+    cov = compute_coverage(
+        evaluation.model[..., 0], evaluation.model[..., -1], w.targets, w.target_mask
+    )
     out["model"]["coverage"] = {
         "band": [evaluation.quantiles[0], evaluation.quantiles[-1]],
         "by_horizon": summarise_by_horizon(cov, h),

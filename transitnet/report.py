@@ -50,11 +50,19 @@ def plot_per_line(metrics: dict[str, Any], horizon: str, top: int = 25) -> Figur
     lines = sorted(model, key=lambda k: -model[k]["n"])[:top]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(lines)), 4))
     xs = range(len(lines))
-    ax.bar([x - 0.2 for x in xs], [model[k]["mae_m"].get(horizon) or 0 for k in lines], 0.4,
-           label="model")  # fmt: skip
+    ax.bar(
+        [x - 0.2 for x in xs],
+        [model[k]["mae_m"].get(horizon) or 0 for k in lines],
+        0.4,
+        label="model",
+    )
     base = metrics[best]["per_line"]
-    ax.bar([x + 0.2 for x in xs], [base.get(k, {}).get("mae_m", {}).get(horizon) or 0
-                                   for k in lines], 0.4, label=best)  # fmt: skip
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [base.get(k, {}).get("mae_m", {}).get(horizon) or 0 for k in lines],
+        0.4,
+        label=best,
+    )
     ax.set_xticks(list(xs), lines, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel(f"MAE at {int(horizon) // 60} min (m)")
     ax.set_title(f"Per line (the {len(lines)} busiest)")
@@ -65,14 +73,18 @@ def plot_per_line(metrics: dict[str, Any], horizon: str, top: int = 25) -> Figur
 def format_mae_table(metrics: dict[str, Any]) -> str:
     """Markdown table: one row per forecaster, one column per horizon (MAE in m)."""
     horizons = list(metrics["model"]["mae_m"])
-    head = "| forecaster | " + " | ".join(f"{int(h) // 60} min" if int(h) % 60 == 0 else f"{h} s"
-                                            for h in horizons) + " |"  # fmt: skip
+    head = (
+        "| forecaster | "
+        + " | ".join(f"{int(h) // 60} min" if int(h) % 60 == 0 else f"{h} s" for h in horizons)
+        + " |"
+    )
     rows = [head, "|" + " --- |" * (len(horizons) + 1)]
     for name, block in metrics.items():
         if not isinstance(block, dict) or "mae_m" not in block:
             continue
-        cells = [f"{block['mae_m'][h]:,.0f}" if block["mae_m"][h] is not None else "–"
-                 for h in horizons]  # fmt: skip
+        cells = [
+            f"{block['mae_m'][h]:,.0f}" if block["mae_m"][h] is not None else "–" for h in horizons
+        ]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

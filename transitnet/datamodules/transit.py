@@ -101,21 +101,35 @@ class TransitDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Load windows for the stage's splits; fit scalers and vocabulary on training data."""
         hp: Any = self.hparams
-        periods = {"train": hp.train_dates, "val": hp.val_dates, "test": hp.test_dates,
-                   "predict": hp.predict_dates or hp.test_dates}  # fmt: skip
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
-                  "predict": ("predict",)}.get(stage or "fit", STAGES)  # fmt: skip
+        periods = {
+            "train": hp.train_dates,
+            "val": hp.val_dates,
+            "test": hp.test_dates,
+            "predict": hp.predict_dates or hp.test_dates,
+        }
+        wanted = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("predict",),
+        }.get(stage or "fit", STAGES)
         if stage in (None, "fit"):
             wanted = ("train", "val")
         todo = {s: periods[s] for s in wanted if periods[s] and s not in self.windows}
         if todo:
             self.windows.update(
                 load_windows(
-                    self.store, self.static, todo, self.window_config, feed_ids=hp.feed_ids,
-                    timezone=hp.timezone, line_key_mode=hp.line_key_mode,
-                    include_lines=hp.include_lines, exclude_lines=hp.exclude_lines,
+                    self.store,
+                    self.static,
+                    todo,
+                    self.window_config,
+                    feed_ids=hp.feed_ids,
+                    timezone=hp.timezone,
+                    line_key_mode=hp.line_key_mode,
+                    include_lines=hp.include_lines,
+                    exclude_lines=hp.exclude_lines,
                 )
-            )  # fmt: skip
+            )
         if "train" in self.windows:
             self._fit_train_state(self.windows["train"])
 

@@ -312,11 +312,51 @@ def build_windows(matched: pd.DataFrame, config: WindowConfig | None = None) -> 
     past, lengths = _gather_past(feats, traj, t, d, config.past_fixes)
     targets, mask = interpolate_future(traj, t, d, config.horizons_s)
     context = _context(df, past, lengths, config.timezone)
-    meta_cols = ["feed_id", "vehicle_id", "trip_id", "line_key", "shape_id", "trajectory",
-                 "service_date", "dist_along_m", "speed_along_mps"]  # fmt: skip
+    meta_cols = [
+        "feed_id",
+        "vehicle_id",
+        "trip_id",
+        "line_key",
+        "shape_id",
+        "trajectory",
+        "service_date",
+        "dist_along_m",
+        "speed_along_mps",
+    ]
     meta = df[meta_cols].copy()
     meta["anchor_time"] = df["vehicle_timestamp"]
     meta["local_hour"] = df["vehicle_timestamp"].dt.tz_convert(config.timezone).dt.hour
     meta["delay_s"] = df["delay_s"] if "delay_s" in df else np.nan
-    return Windows(past, lengths, context, targets, mask, meta.reset_index(drop=True),
-                   tuple(config.horizons_s))  # fmt: skip
+    return Windows(
+        past, lengths, context, targets, mask, meta.reset_index(drop=True), tuple(config.horizons_s)
+    )
+
+
+def concat_windows(parts: list[Windows]) -> Windows:
+    """Concatenate windows cut with the same configuration (same K and horizons)."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    horizons = {p.horizons_s for p in parts}
+    if len(horizons) != 1:
+        raise ValueError(f"windows with different horizons cannot be concatenated: {horizons}")
+    return Windows(
+        np.concatenate([p.past for p in parts]),
+        np.concatenate([p.lengths for p in parts]),
+        np.concatenate([p.context for p in parts]),
+        np.concatenate([p.targets for p in parts]),
+        np.concatenate([p.target_mask for p in parts]),
+        pd.concat([p.meta for p in parts], ignore_index=True),
+        parts[0].horizons_s,
+    )
+
+
+def sample_per_line(windows: Windows, per_line: int, seed: int = 0) -> Windows:
+    """A line-balanced sample: at most ``per_line`` windows of each line key (seeded)."""
+    rng = np.random.default_rng(seed)
+    keys = windows.meta["line_key"].astype(str).to_numpy()
+    chosen = []
+    for key in np.unique(keys):
+        idx = np.flatnonzero(keys == key)
+        chosen.append(rng.choice(idx, min(per_line, len(idx)), replace=False))
+    rows = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+    return windows.subset(rows)

@@ -129,8 +129,7 @@ class ForecastingTask(BaseTask):
             raise ValueError("this checkpoint was not written by transitnet's ForecastingTask")
         saved = tuple(meta["line_keys"])
         if self.net is None:
-            self.build_net(saved, meta["n_features"], meta["n_context"],
-                           tuple(meta["horizons_s"]))  # fmt: skip
+            self.build_net(saved, meta["n_features"], meta["n_context"], tuple(meta["horizons_s"]))
             return
         if saved == self.line_keys:
             return
@@ -140,8 +139,9 @@ class ForecastingTask(BaseTask):
         if checkpoint.get("optimizer_states"):
             logger.warning(
                 "checkpoint has %d lines, this model %d: optimizer state reset (warm start)",
-                len(saved), len(self.line_keys),
-            )  # fmt: skip
+                len(saved),
+                len(self.line_keys),
+            )
             fresh = torch.optim.AdamW(self.parameter_groups())
             checkpoint["optimizer_states"] = [fresh.state_dict()]
             checkpoint["lr_schedulers"] = []

@@ -1,0 +1,104 @@
+import json
+
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tests.synthetic import make_matched, write_matched_store
+from transitnet.datamodules import TransitDataModule
+from transitnet.extend import ExtensionConfig, extend_lines, report_dict
+from transitnet.tasks import ForecastingTask
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ext")
+    store = write_matched_store(
+        tmp / "store",
+        pd.concat([make_matched(n_vehicles=9, day=f"2024-05-0{d}", seed=d) for d in (6, 7, 8)]),
+    )
+    pl.seed_everything(0)
+    dm = TransitDataModule(
+        str(store),
+        train_dates=["2024-05-06"],
+        val_dates=["2024-05-07"],
+        horizons_s=[60, 120],
+        past_fixes=4,
+        batch_size=64,
+        exclude_lines=["C"],
+    )
+    task = ForecastingTask(hidden_dim=16, line_dim=4)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp,
+    )
+    trainer.fit(task, dm)
+    ckpt = tmp / "base.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return ckpt, store, tmp
+
+
+def _old_outputs(ckpt, store):
+    """Forecasts of the model in ``ckpt`` for old-line windows of 2024-05-08."""
+    from transitnet.evaluate import load_datamodule, predict_windows
+
+    task = ForecastingTask.load_from_checkpoint(ckpt)
+    dm = load_datamodule(
+        torch.load(ckpt, weights_only=False), store=str(store), test_dates=["2024-05-08"]
+    )
+    dm.setup("test")
+    keep = dm.windows["test"].meta["line_key"].isin(["A", "B"]).to_numpy()
+    dm.windows["test"] = dm.windows["test"].subset(keep)
+    return torch.from_numpy(predict_windows(task, dm, "test"))
+
+
+@pytest.mark.parametrize("tier", ["zero-shot", "row-only"])
+def test_zero_shot_and_row_only_leave_old_lines_bit_identical(base, tier) -> None:
+    ckpt, store, tmp = base
+    out = tmp / tier
+    report = extend_lines(
+        ckpt,
+        out,
+        ExtensionConfig(tier=tier, max_steps=15, min_windows=5),
+        data_overrides={"train_dates": ["2024-05-07"]},
+    )
+    assert report.lines_added == ["C"]
+    assert report.steps == (0 if tier == "zero-shot" else 15)
+    assert report.tensors_touched == ["line_embedding.row_count", "line_embedding.table.rows"]
+    before, after = _old_outputs(ckpt, store), _old_outputs(out / "model.ckpt", store)
+    assert torch.equal(before, after)
+    grown = torch.load(out / "model.ckpt", weights_only=False)
+    assert grown["TransitDataModule"]["vocab"]["line_keys"][-1] == "C"
+    json.dumps(report_dict(report))
+
+
+@pytest.mark.parametrize("tier", ["partial", "replay", "naive"])
+def test_other_tiers_train_and_report_forgetting(base, tier) -> None:
+    ckpt, _, tmp = base
+    report = extend_lines(
+        ckpt,
+        tmp / tier,
+        ExtensionConfig(tier=tier, max_steps=10, min_windows=5, init="mean"),
+        data_overrides={"train_dates": ["2024-05-07"]},
+        eval_dates=["2024-05-08"],
+    )
+    ev = report.evaluation
+    assert set(ev) == {"before", "after"}
+    assert ev["after"]["new_lines"]["n"] > 0 and ev["after"]["old_lines"]["n"] > 0
+    assert any("trunk" in t or "head" in t or "encoder" in t for t in report.tensors_touched)
+    assert (report.replay_windows > 0) == (tier == "replay")
+
+
+def test_no_new_lines_is_a_clear_error(base) -> None:
+    ckpt, _, tmp = base
+    with pytest.raises(ValueError, match="no new lines"):
+        extend_lines(
+            ckpt,
+            tmp / "none",
+            ExtensionConfig(new_lines="auto", min_windows=10**6),
+            data_overrides={"train_dates": ["2024-05-07"]},
+        )

@@ -1,0 +1,257 @@
+"""Add lines to a trained forecasting checkpoint (name-keyed), warm-start, and report.
+
+``extend_lines`` is the answer to "a new line opened": it loads the base checkpoint,
+finds (or is told) the new line keys, grows the embedding by key with the chosen
+initialisation, trains under the chosen tier (see :mod:`transitnet.tasks.extension`)
+and writes ``model.ckpt`` with the grown vocabulary, plus ``report.json``/``report.md``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from transitnet.datamodules.transit import TransitDataModule
+from transitnet.datasets.windows import Windows, concat_windows, sample_per_line
+from transitnet.evaluate import load_datamodule, predict_windows
+from transitnet.metrics import compute_mae, summarise_by_horizon
+from transitnet.models.forecaster import add_lines
+from transitnet.tasks.extension import LineExtensionTask
+from transitnet.tasks.forecasting import CKPT_KEY, ForecastingTask
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtensionConfig:
+    """How to extend.
+
+    Attributes:
+        new_lines: ``"auto"`` (line keys in the new data that the vocabulary lacks) or keys.
+        init: Row init: ``unknown``, ``mean``, ``mean_cov``, ``similar:<key,…>``, ``random``.
+        tier: ``zero-shot``, ``row-only``, ``partial``, ``replay`` or ``naive``.
+        max_steps: Optimizer steps (ignored for ``zero-shot``).
+        new_row_lr: Learning rate of the new rows.
+        layer_lr: Learning rate of fine-tuned layers.
+        distill_weight: Distillation weight (``partial``/``replay``).
+        anchor_weight: L2 anchor weight (``partial``/``replay``).
+        replay_per_line: Old-line windows per line in the replay buffer.
+        min_windows: ``auto`` only adds lines with at least this many training windows.
+        batch_size: Windows per step.
+        seed: Seed for initialisation, sampling and training.
+    """
+
+    new_lines: str | list[str] = "auto"
+    init: str = "unknown"
+    tier: str = "row-only"
+    max_steps: int = 300
+    new_row_lr: float = 3e-2
+    layer_lr: float = 3e-4
+    distill_weight: float = 1.0
+    anchor_weight: float = 0.0
+    replay_per_line: int = 64
+    min_windows: int = 20
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class ExtensionReport:
+    """What an extension did (``report.json``)."""
+
+    lines_added: list[str]
+    init: str
+    tier: str
+    steps: int
+    wall_seconds: float
+    tensors_touched: list[str]
+    train_windows: int
+    replay_windows: int
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+def find_new_lines(dm: TransitDataModule, windows: Windows, min_windows: int) -> list[str]:
+    """Line keys with at least ``min_windows`` windows that the vocabulary lacks."""
+    counts = windows.meta["line_key"].dropna().astype(str).value_counts()
+    eligible = counts[counts >= min_windows].index.tolist()
+    return dm.vocab.missing(sorted(eligible))
+
+
+def build_extension_task(
+    base_ckpt: dict[str, Any], base: ForecastingTask, cfg: ExtensionConfig
+) -> LineExtensionTask:
+    """A :class:`LineExtensionTask` holding the base weights, not yet grown."""
+    accepted = set(inspect.signature(ForecastingTask.__init__).parameters) - {"self", "new_row_lr"}
+    hp = {k: v for k, v in base.hparams.items() if k in accepted}
+    hp["line_dropout"] = 0.0  # the unknown row is not trained during an extension
+    task = LineExtensionTask(
+        tier=cfg.tier,
+        new_row_lr=cfg.new_row_lr,
+        layer_lr=cfg.layer_lr,
+        distill_weight=cfg.distill_weight,
+        anchor_weight=cfg.anchor_weight,
+        **hp,
+    )
+    meta = base_ckpt[CKPT_KEY]
+    task.build_net(
+        tuple(meta["line_keys"]), meta["n_features"], meta["n_context"], tuple(meta["horizons_s"])
+    )
+    assert task.net is not None and base.net is not None
+    task.net.load_state_dict(base.net.state_dict())
+    return task
+
+
+def evaluate_lines(
+    task: ForecastingTask, dm: TransitDataModule, split: str, new_keys: list[str]
+) -> dict[str, Any]:
+    """MAE per horizon on old-line and new-line windows of ``split`` (and per line)."""
+    windows = dm.windows[split]
+    pred = predict_windows(task, dm, split)[..., len(task.quantiles) // 2]
+    keys = windows.meta["line_key"].astype(str).to_numpy()
+    is_new = np.isin(keys, new_keys)
+    out: dict[str, Any] = {}
+    for name, sel in (("old_lines", ~is_new), ("new_lines", is_new)):
+        mae = compute_mae(pred[sel], windows.targets[sel], windows.target_mask[sel])
+        out[name] = {"mae_m": summarise_by_horizon(mae, windows.horizons_s), "n": int(sel.sum())}
+    out["per_line"] = {
+        k: summarise_by_horizon(
+            compute_mae(
+                pred[keys == k], windows.targets[keys == k], windows.target_mask[keys == k]
+            ),
+            windows.horizons_s,
+        )
+        for k in np.unique(keys)
+    }
+    return out
+
+
+def _touched(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(
+        k
+        for k in after
+        if k not in before
+        or before[k].shape != after[k].shape
+        or not torch.equal(before[k], after[k])
+    )
+
+
+def extend_lines(
+    ckpt_path: Path,
+    out_dir: Path,
+    cfg: ExtensionConfig,
+    *,
+    data_overrides: dict[str, Any] | None = None,
+    eval_dates: list[str] | None = None,
+) -> ExtensionReport:
+    """Grow a checkpoint by new lines and warm-start it; write ``out_dir/model.ckpt``.
+
+    Args:
+        ckpt_path: Base checkpoint (from ``transitnet fit``).
+        out_dir: Output folder (``model.ckpt``, ``report.json``, ``report.md``).
+        cfg: Extension settings.
+        data_overrides: DataModule arguments for the new data (``train_dates`` = the new
+            line's data; ``store``/``static`` when elsewhere).
+        eval_dates: When given, old- and new-line MAE before and after are reported on
+            these dates (which must come after the training period).
+    """
+    pl.seed_everything(cfg.seed, workers=True)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    base = ForecastingTask.load_from_checkpoint(ckpt_path, map_location="cpu")
+    overrides = {
+        "exclude_lines": None,
+        "include_lines": None,
+        "val_dates": None,
+        "test_dates": eval_dates,
+        "batch_size": cfg.batch_size,
+        **(data_overrides or {}),
+    }
+    dm = load_datamodule(ckpt, **overrides)
+    dm.setup("fit")
+    new_keys = (
+        find_new_lines(dm, dm.windows["train"], cfg.min_windows)
+        if cfg.new_lines == "auto"
+        else list(cfg.new_lines)
+    )
+    if not new_keys:
+        raise ValueError("no new lines to add: every line in the new data is already known")
+    logger.info("adding %d line(s): %s", len(new_keys), ", ".join(new_keys))
+    return _run_extension(ckpt, base, dm, new_keys, cfg, out_dir, eval_dates)
+
+
+def _run_extension(
+    ckpt: dict[str, Any],
+    base: ForecastingTask,
+    dm: TransitDataModule,
+    new_keys: list[str],
+    cfg: ExtensionConfig,
+    out_dir: Path,
+    eval_dates: list[str] | None,
+) -> ExtensionReport:
+    before: dict[str, Any] = {}
+    if eval_dates:
+        dm.setup("test")
+        before = evaluate_lines(base, dm, "test", new_keys)
+    task = build_extension_task(ckpt, base, cfg)
+    assert task.net is not None
+    n_old = len(dm.vocab)
+    state_before = {k: v.clone() for k, v in task.net.state_dict().items()}
+    add_lines(
+        task.net,
+        dm.vocab,
+        new_keys,
+        init=cfg.init,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    task.line_keys = tuple(dm.vocab.keys)
+    task.prepare_tier(n_old)
+    train = dm.windows["train"]
+    is_new = train.meta["line_key"].isin(new_keys).to_numpy()
+    parts, n_replay = [train.subset(is_new)], 0
+    if cfg.tier == "replay":
+        replay = sample_per_line(train.subset(~is_new), cfg.replay_per_line, cfg.seed)
+        parts.append(replay)
+        n_replay = len(replay)
+    dm.windows["train"] = concat_windows(parts)
+    steps = 0 if cfg.tier == "zero-shot" else cfg.max_steps
+    started = time.perf_counter()
+    trainer = pl.Trainer(
+        max_steps=steps,
+        max_epochs=-1 if steps else 0,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=out_dir,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, datamodule=dm)
+    wall = time.perf_counter() - started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(out_dir / "model.ckpt")
+    evaluation: dict[str, Any] = {}
+    if eval_dates:
+        evaluation = {"before": before, "after": evaluate_lines(task, dm, "test", new_keys)}
+    return ExtensionReport(
+        lines_added=new_keys,
+        init=cfg.init,
+        tier=cfg.tier,
+        steps=int(trainer.global_step),
+        wall_seconds=round(wall, 3),
+        tensors_touched=_touched(state_before, task.net.state_dict()),
+        train_windows=int(is_new.sum()),
+        replay_windows=n_replay,
+        evaluation=evaluation,
+    )
+
+
+def report_dict(report: ExtensionReport) -> dict[str, Any]:
+    """The report as JSON-ready data."""
+    return asdict(report)
