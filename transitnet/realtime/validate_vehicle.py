@@ -174,8 +174,10 @@ def _repeated_after_first(values: pa.Array, eligible: np.ndarray) -> np.ndarray:
     out = np.zeros(len(eligible), dtype=bool)
     if rows.size < 2:
         return out
-    codes = pc.dictionary_encode(values).indices
-    row_codes = np.asarray(codes.to_numpy(zero_copy_only=False))[rows]
+    encoded = pc.dictionary_encode(values)
+    if len(encoded.dictionary) >= rows.size + int(rows.size < len(values)):
+        return out  # every eligible value is distinct (one dictionary slot may be "")
+    row_codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False))[rows]
     _, first = np.unique(row_codes, return_index=True)
     out[rows] = True
     out[rows[first]] = False
