@@ -48,18 +48,34 @@ def compute_vehicle_key(table: pa.Table) -> pa.ChunkedArray:
     return pc.coalesce(*parts)
 
 
+def _codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Integer code per row (equal values, equal codes; null → -1)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    indices = pc.dictionary_encode(column).indices.fill_null(-1)
+    return np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _ints(column: pa.ChunkedArray, null: int) -> np.ndarray:
+    """Integers of a timestamp/uint64 column as int64, nulls replaced by ``null``."""
+    values = pc.cast(column, pa.int64(), safe=False) if column.type != pa.int64() else column
+    return np.asarray(pc.fill_null(values, null).to_numpy(), dtype=np.int64)
+
+
 def _snapshot_ids(table: pa.Table) -> np.ndarray:
     """Snapshot ordinal per row, ordered by (fetched_at, header timestamp, source_file)."""
+    fetched = table.column("fetched_at")
     frame = pd.DataFrame(
         {
-            "f": pd.array(pc.cast(table.column("fetched_at"), pa.int64()).to_pylist(), "Int64"),
-            "h": pd.array(table.column("header_timestamp_raw").to_pylist(), "UInt64"),
-            "s": pd.array(table.column("source_file").to_pylist(), "string"),
+            "f": _ints(fetched, np.iinfo(np.int64).max),
+            "h": _ints(table.column("header_timestamp_raw"), -1),
+            "s": _codes(table.column("source_file")),
         }
     )
-    grouped = frame.groupby(["f", "h", "s"], dropna=False, sort=True).ngroup()
-    ids = np.array(grouped.to_numpy(np.int64), copy=True)
-    anonymous = (frame["f"].isna() & frame["s"].isna()).to_numpy(dtype=bool)
+    ids = np.array(frame.groupby(["f", "h", "s"], sort=True).ngroup().to_numpy(), np.int64)
+    anonymous = np.asarray(
+        pc.and_(pc.is_null(fetched), pc.is_null(table.column("source_file"))), dtype=bool
+    )
     if anonymous.any():
         ids[anonymous] = ids.max() + 1 + np.arange(int(anonymous.sum()))
     return ids
@@ -75,19 +91,22 @@ def dedup_positions(table: pa.Table) -> pa.Table:
     """
     if table.num_rows == 0:
         return table
-    key_cols = {
-        "feed": table.column("feed_id").to_pylist(),
-        "vk": compute_vehicle_key(table).to_pylist(),
-        "ts": pd.array(table.column("vehicle_timestamp_raw").to_pylist(), "UInt64"),
-        "trip": table.column("trip_id").to_pylist(),
-        "start": table.column("start_time").to_pylist(),
-    }
-    keys = pd.DataFrame(key_cols)
+    vk = compute_vehicle_key(table)
+    ts = table.column("vehicle_timestamp_raw")
+    keys = pd.DataFrame(
+        {
+            "feed": _codes(table.column("feed_id")),
+            "vk": _codes(vk),
+            "ts": _ints(ts, -1),
+            "trip": _codes(table.column("trip_id")),
+            "start": _codes(table.column("start_time")),
+        }
+    )
     snap = pd.Series(_snapshot_ids(table))
-    first = snap.groupby([keys[c] for c in keys.columns], dropna=False, sort=False).transform("min")
-    copies = keys.assign(entity=table.column("entity_id").to_pylist(), snap=snap).duplicated()
-    unkeyed = keys["ts"].isna() | keys["vk"].isna()
-    keep = ((snap == first) & ~copies | unkeyed).to_numpy(dtype=bool)
+    first = snap.groupby([keys[c] for c in keys.columns], sort=False).transform("min")
+    copies = keys.assign(entity=_codes(table.column("entity_id")), snap=snap).duplicated()
+    unkeyed = np.asarray(pc.or_(pc.is_null(ts), pc.is_null(vk)), dtype=bool)
+    keep = ((snap == first) & ~copies).to_numpy(dtype=bool) | unkeyed
     if keep.all():
         return table
     return table.filter(pa.array(keep))
