@@ -312,6 +312,26 @@ def write_artefacts(
     write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2))
 
 
+def _read_parquet(directory: Path, name: str) -> pd.DataFrame:
+    df: pd.DataFrame = pq.read_table(directory / f"{name}.parquet").to_pandas()
+    return df
+
+
+def _read_shapes(directory: Path, crs: str) -> ShapeTable:
+    vertices = _read_parquet(directory, "shape_vertices")
+    index = _read_parquet(directory, "shape_index")
+    return ShapeTable(
+        shape_ids=np.asarray(index["shape_id"].astype(str), dtype=object),
+        offsets=np.append(index["start"].to_numpy(np.int64), len(vertices)).astype(np.int64),
+        x=vertices["x"].to_numpy(np.float64),
+        y=vertices["y"].to_numpy(np.float64),
+        cum_m=vertices["cum_m"].to_numpy(np.float64),
+        crs=crs,
+        from_stops=index["from_stops"].to_numpy(bool),
+        dist_traveled=vertices["dist_traveled"].to_numpy(np.float64),
+    )
+
+
 def read_artefacts(directory: Path) -> StaticArtefacts:
     """Read artefacts written by :func:`write_artefacts`.
 
@@ -319,34 +339,14 @@ def read_artefacts(directory: Path) -> StaticArtefacts:
         FileNotFoundError: When ``artefacts.json`` (written last) is absent.
     """
     meta = json.loads((directory / META_FILE).read_text())
-
-    def read(name: str) -> pd.DataFrame:
-        df: pd.DataFrame = pq.read_table(directory / f"{name}.parquet").to_pandas()
-        return df
-
-    vertices, index = read("shape_vertices"), read("shape_index")
-    offsets = np.append(index["start"].to_numpy(np.int64), len(vertices)).astype(np.int64)
-    shapes = ShapeTable(
-        shape_ids=np.asarray(index["shape_id"].astype(str), dtype=object),
-        offsets=offsets,
-        x=vertices["x"].to_numpy(np.float64),
-        y=vertices["y"].to_numpy(np.float64),
-        cum_m=vertices["cum_m"].to_numpy(np.float64),
-        crs=str(meta["crs"]),
-        from_stops=index["from_stops"].to_numpy(bool),
-        dist_traveled=vertices["dist_traveled"].to_numpy(np.float64),
-    )
-    stop_times = read("stop_times") if meta["has_stop_times"] else None
+    tables = {n: _read_parquet(directory, n) for n in ("trips", "stop_dist", "stops", "routes")}
     return StaticArtefacts(
-        str(meta["version"]),
-        shapes,
-        read("trips"),
-        read("stop_dist"),
-        stop_times,
-        read("stops"),
-        read("routes"),
-        str(meta["line_key_mode"]),
-        meta.get("timezone"),
+        version=str(meta["version"]),
+        shapes=_read_shapes(directory, str(meta["crs"])),
+        stop_times=_read_parquet(directory, "stop_times") if meta["has_stop_times"] else None,
+        line_key_mode=str(meta["line_key_mode"]),
+        timezone=meta.get("timezone"),
+        **tables,
     )
 
 

@@ -248,30 +248,13 @@ def resolve_trip_shapes(
     Raises:
         ValueError: When ``trip_id``/``route_id`` columns are absent or a fallback is unknown.
     """
-    missing = [c for c in ("trip_id", "route_id") if c not in positions.columns]
-    if missing:
-        raise ValueError(f"positions lack column(s) {', '.join(missing)} needed to resolve shapes")
-    unknown = sorted(set(fallbacks) - set(FALLBACKS))
-    if unknown:
-        raise ValueError(f"unknown fallback(s) {unknown}; expected a subset of {FALLBACKS}")
-    rows = pd.DataFrame(
-        {
-            "trip_id": _text(positions, "trip_id"),
-            "route_id": _text(positions, "route_id"),
-            "headsign": _text(positions, "trip_headsign"),
-            "direction_id": pd.to_numeric(_text(positions, "direction_id"), errors="coerce").astype(
-                "Int32"
-            ),
-        }
-    )
-    rows["norm_trip"] = normalise_ids(rows["trip_id"], normalisers)
-    rows["norm_route"] = normalise_ids(rows["route_id"], normalisers)
+    _check_inputs(positions, fallbacks)
+    rows = _prepare_rows(positions, normalisers)
     static = _static_lookup(art, normalisers)
     state = _State(len(rows))
     _by_trip(state, rows["trip_id"], static, "trip_id", "trip_id")
     _run_fallbacks(state, rows, static, fallbacks, min_modal_share)
     state.direction = rows["direction_id"].fillna(state.direction)
-    out = positions.drop(columns=[c for c in RESOLVE_COLUMNS if c in positions.columns])
     added = pd.DataFrame(
         {
             "shape_id": state.shape,
@@ -282,8 +265,33 @@ def resolve_trip_shapes(
             "resolve_via": state.via,
             "static_trip_id": state.trip,
         }
-    )
-    added.index = positions.index
+    ).set_axis(positions.index)
     counts = added["resolve_status"].value_counts().to_dict()
     logger.info("resolved %d positions against static %s: %s", len(added), art.version, counts)
+    out = positions.drop(columns=[c for c in RESOLVE_COLUMNS if c in positions.columns])
     return pd.concat([out, added], axis=1)
+
+
+def _check_inputs(positions: pd.DataFrame, fallbacks: Sequence[str]) -> None:
+    missing = [c for c in ("trip_id", "route_id") if c not in positions.columns]
+    if missing:
+        raise ValueError(f"positions lack column(s) {', '.join(missing)} needed to resolve shapes")
+    unknown = sorted(set(fallbacks) - set(FALLBACKS))
+    if unknown:
+        raise ValueError(f"unknown fallback(s) {unknown}; expected a subset of {FALLBACKS}")
+
+
+def _prepare_rows(positions: pd.DataFrame, normalisers: Sequence[Normaliser]) -> pd.DataFrame:
+    """Return the lookup keys of every position, on a 0..n-1 index."""
+    direction = pd.to_numeric(_text(positions, "direction_id"), errors="coerce")
+    rows = pd.DataFrame(
+        {
+            "trip_id": _text(positions, "trip_id"),
+            "route_id": _text(positions, "route_id"),
+            "headsign": _text(positions, "trip_headsign"),
+            "direction_id": direction.astype("Int32"),
+        }
+    )
+    rows["norm_trip"] = normalise_ids(rows["trip_id"], normalisers)
+    rows["norm_route"] = normalise_ids(rows["route_id"], normalisers)
+    return rows

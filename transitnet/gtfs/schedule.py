@@ -200,42 +200,41 @@ def compute_stop_distances(
         shape is unknown) and ``dist_source`` in {``shape_dist_traveled``, ``projection``,
         ``stops_polyline``, ``no_shape``}.
     """
-    reps = trips.dropna(subset=["shape_id", "pattern_id"]).drop_duplicates(
-        ["shape_id", "pattern_id"]
-    )
-    cols = ["trip_id", "stop_index", "stop_sequence", "stop_id"]
-    has_sdt = "shape_dist_traveled" in ordered.columns
-    rows = ordered[cols + (["shape_dist_traveled"] if has_sdt else [])]
-    rows = rows.merge(reps[["trip_id", "shape_id", "pattern_id"]], on="trip_id")
-    rows = rows.merge(stops[["stop_id", "lat", "lon"]], on="stop_id", how="left")
-    rows = rows.sort_values(["shape_id", "pattern_id", "stop_index"], kind="stable").reset_index(
-        drop=True
-    )
+    rows = _representative_stops(ordered, trips, stops)
     px, py = project_lonlat(
         table.crs,
         rows["lon"].to_numpy(np.float64, na_value=np.nan),
         rows["lat"].to_numpy(np.float64, na_value=np.nan),
     )
-    sdt = (
-        rows["shape_dist_traveled"].to_numpy(np.float64, na_value=np.nan)
-        if has_sdt
-        else np.full(len(rows), np.nan)
-    )
+    sdt = rows["shape_dist_traveled"].to_numpy(np.float64, na_value=np.nan)
     dist, off = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
     source = np.empty(len(rows), dtype=object)
     groups = rows.groupby(["shape_id", "pattern_id"], sort=False).indices
     shape_rows = table.index_of(np.array([cast(tuple[str, str], k)[0] for k in groups], object))
-    for s, ix in tqdm(
-        zip(shape_rows, groups.values(), strict=True),
-        total=len(groups),
-        desc="stop distances",
-        disable=len(groups) < 500,
-    ):
+    bar = tqdm(total=len(groups), desc="stop distances", disable=len(groups) < 500)
+    for s, ix in zip(shape_rows, groups.values(), strict=True):
         dist[ix], off[ix], source[ix] = _locate_group(table, int(s), px[ix], py[ix], sdt[ix])
+        bar.update()
+    bar.close()
     out = rows[["shape_id", "pattern_id", "stop_index", "stop_sequence", "stop_id"]].copy()
     out["dist_m"], out["offset_m"] = dist, off
     out["dist_source"] = pd.array(source, dtype="string")
     return out[list(STOP_DIST_COLUMNS)]
+
+
+def _representative_stops(
+    ordered: pd.DataFrame, trips: pd.DataFrame, stops: pd.DataFrame
+) -> pd.DataFrame:
+    """Return the stops of one trip per (shape_id, pattern_id), in order, with coordinates."""
+    keys = ["shape_id", "pattern_id"]
+    reps = trips.dropna(subset=keys).drop_duplicates(keys)[["trip_id", *keys]]
+    cols = ["trip_id", "stop_index", "stop_sequence", "stop_id"]
+    rows = ordered.reindex(columns=[*cols, "shape_dist_traveled"])
+    rows = rows.merge(reps, on="trip_id").merge(
+        stops[["stop_id", "lat", "lon"]], on="stop_id", how="left"
+    )
+    rows = rows.sort_values([*keys, "stop_index"], kind="stable")
+    return rows.reset_index(drop=True)
 
 
 def build_stop_times(

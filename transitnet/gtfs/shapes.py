@@ -246,49 +246,60 @@ def compute_feed_crs(feed: Any) -> str:
     raise ValueError("the feed has no valid stop or shape coordinate to choose a UTM zone")
 
 
-def _shape_vertices(feed: Any) -> pd.DataFrame:
-    shapes = feed.shapes
-    cols = ["shape_id", "lon", "lat", "sdt"]
-    if shapes is None or shapes.empty:
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
-    df = pd.DataFrame(
-        {
-            "shape_id": shapes["shape_id"].astype("string"),
-            "seq": shapes["shape_pt_sequence"].to_numpy(dtype=np.float64, na_value=np.nan),
-            "lon": shapes["shape_pt_lon"].to_numpy(dtype=np.float64, na_value=np.nan),
-            "lat": shapes["shape_pt_lat"].to_numpy(dtype=np.float64, na_value=np.nan),
-            "sdt": (
-                shapes["shape_dist_traveled"].to_numpy(dtype=np.float64, na_value=np.nan)
-                if "shape_dist_traveled" in shapes.columns
-                else np.nan
-            ),
-        }
-    )
+_VERTEX_COLUMNS = ["shape_id", "lon", "lat", "sdt"]
+
+
+def _floats(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Return a column as float64 with NaN for nulls, or all NaN when it is absent."""
+    if column not in df.columns:
+        return np.full(len(df), np.nan)
+    return np.asarray(df[column].to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+
+
+def _keep_valid(df: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Drop points with invalid coordinates, then shapes left with < 2 points (logged)."""
     ok = valid_lonlat(df["lon"].to_numpy(), df["lat"].to_numpy()) & df["shape_id"].notna()
     if (~ok).any():
-        logger.warning(
-            "shapes.txt: %d points with missing/invalid coordinates ignored", int((~ok).sum())
-        )
-    df = df.loc[ok].sort_values(["shape_id", "seq"], kind="stable")
+        logger.warning("%s: %d points with missing/invalid coordinates ignored", label, (~ok).sum())
+    df = df.loc[ok]
     sizes = df.groupby("shape_id", sort=False)["lon"].transform("size")
     if (sizes < 2).any():
         short = df.loc[sizes < 2, "shape_id"].unique().tolist()
         logger.warning(
-            "shapes.txt: %d shapes with < 2 valid points ignored: %s", len(short), short[:5]
+            "%s: %d shapes with < 2 valid points ignored: %s", label, len(short), short[:5]
         )
-    return df.loc[sizes >= 2, cols].reset_index(drop=True)
+    return df.loc[sizes >= 2, _VERTEX_COLUMNS].reset_index(drop=True)
+
+
+def _shape_vertices(feed: Any) -> pd.DataFrame:
+    shapes = feed.shapes
+    if shapes is None or shapes.empty:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in _VERTEX_COLUMNS})
+    df = pd.DataFrame(
+        {
+            "shape_id": shapes["shape_id"].astype("string"),
+            "seq": _floats(shapes, "shape_pt_sequence"),
+            "lon": _floats(shapes, "shape_pt_lon"),
+            "lat": _floats(shapes, "shape_pt_lat"),
+            "sdt": _floats(shapes, "shape_dist_traveled"),
+        }
+    )
+    return _keep_valid(df.sort_values(["shape_id", "seq"], kind="stable"), "shapes.txt")
+
+
+def _trips_without_shape(feed: Any, usable: set[str]) -> pd.Series:
+    trips: pd.DataFrame = feed.trips
+    if "shape_id" not in trips.columns:
+        return trips["trip_id"]
+    has_shape = trips["shape_id"].astype("string").isin(usable).fillna(False)
+    return trips.loc[~has_shape.to_numpy(dtype=bool), "trip_id"]
 
 
 def _stop_polyline_vertices(feed: Any, usable: set[str]) -> pd.DataFrame:
-    cols = ["shape_id", "lon", "lat", "sdt"]
-    empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
-    trips = feed.trips
+    empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in _VERTEX_COLUMNS})
     if feed.stop_times is None or feed.stop_times.empty:
         return empty
-    shape_col = (
-        trips["shape_id"] if "shape_id" in trips.columns else pd.Series(pd.NA, index=trips.index)
-    )
-    needs = trips.loc[~shape_col.astype("string").isin(usable).fillna(False), "trip_id"]
+    needs = _trips_without_shape(feed, usable)
     if needs.empty:
         return empty
     st = order_stop_times(feed.stop_times[feed.stop_times["trip_id"].isin(needs)])
@@ -299,19 +310,13 @@ def _stop_polyline_vertices(feed: Any, usable: set[str]) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "shape_id": stop_shape_id(rep["pattern_id"]),
-            "lon": rep["stop_lon"].to_numpy(dtype=np.float64, na_value=np.nan),
-            "lat": rep["stop_lat"].to_numpy(dtype=np.float64, na_value=np.nan),
+            "lon": _floats(rep, "stop_lon"),
+            "lat": _floats(rep, "stop_lat"),
             "sdt": np.nan,
         }
     )
-    out = out.loc[valid_lonlat(out["lon"].to_numpy(), out["lat"].to_numpy())]
-    sizes = out.groupby("shape_id", sort=False)["lon"].transform("size")
-    logger.info(
-        "built %d stop polylines for %d trips without a usable shape",
-        out["shape_id"].nunique(),
-        len(needs),
-    )
-    return out.loc[sizes >= 2].reset_index(drop=True)
+    logger.info("building stop polylines for %d trips without a usable shape", len(needs))
+    return _keep_valid(out, "stop polylines")
 
 
 def build_shape_table(feed: Any) -> ShapeTable:
