@@ -62,3 +62,41 @@ def write_matched_store(store: Path, matched: pd.DataFrame) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         part.drop(columns=["feed_id"]).assign(feed_id=feed).to_parquet(folder / "part-0.parquet")
     return store
+
+
+def train_base_checkpoint(tmp: Path, exclude: tuple[str, ...] = ("C",)) -> tuple[Path, Path]:
+    """Train a tiny forecaster on 2024-05-06 without ``exclude`` lines; returns (ckpt, store).
+
+    The store holds matched fixes of lines A, B, C on 2024-05-06, -07 and -08.
+    """
+    import pytorch_lightning as pl
+
+    from transitnet.datamodules import TransitDataModule
+    from transitnet.tasks import ForecastingTask
+
+    store = write_matched_store(
+        tmp / "store",
+        pd.concat([make_matched(n_vehicles=9, day=f"2024-05-0{d}", seed=d) for d in (6, 7, 8)]),
+    )
+    pl.seed_everything(0)
+    dm = TransitDataModule(
+        str(store),
+        train_dates=["2024-05-06"],
+        val_dates=["2024-05-07"],
+        horizons_s=[60, 120],
+        past_fixes=4,
+        batch_size=64,
+        exclude_lines=list(exclude),
+    )
+    task = ForecastingTask(hidden_dim=16, line_dim=4)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp,
+    )
+    trainer.fit(task, dm)
+    ckpt = tmp / "base.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return ckpt, store

@@ -1,12 +1,9 @@
 import json
 
-import pandas as pd
 import pytest
-import pytorch_lightning as pl
 import torch
 
-from tests.synthetic import make_matched, write_matched_store
-from transitnet.datamodules import TransitDataModule
+from tests.synthetic import train_base_checkpoint
 from transitnet.extend import ExtensionConfig, extend_lines, report_dict
 from transitnet.tasks import ForecastingTask
 
@@ -14,31 +11,7 @@ from transitnet.tasks import ForecastingTask
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ext")
-    store = write_matched_store(
-        tmp / "store",
-        pd.concat([make_matched(n_vehicles=9, day=f"2024-05-0{d}", seed=d) for d in (6, 7, 8)]),
-    )
-    pl.seed_everything(0)
-    dm = TransitDataModule(
-        str(store),
-        train_dates=["2024-05-06"],
-        val_dates=["2024-05-07"],
-        horizons_s=[60, 120],
-        past_fixes=4,
-        batch_size=64,
-        exclude_lines=["C"],
-    )
-    task = ForecastingTask(hidden_dim=16, line_dim=4)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp,
-    )
-    trainer.fit(task, dm)
-    ckpt = tmp / "base.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt, store = train_base_checkpoint(tmp)
     return ckpt, store, tmp
 
 

@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transitnet.cli.simulate",
     "transitnet.cli.match",
     "transitnet.cli.evaluate",
+    "transitnet.cli.extend",
     "transitnet.cli.demo",
 )
 
@@ -74,7 +75,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_lightning_cli(args_list)
         return 0
     parser = build_parser()
-    args = parser.parse_args(args_list)
+    args, extra = parser.parse_known_args(args_list)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     configure_logging(args.log_level)
-    status: int = args.func(args)
+    try:
+        status: int = args.func(args)
+    except (ValueError, OSError) as exc:
+        # Bad input (a broken feed, a missing file, a malformed option) is reported in one
+        # line; the traceback is shown with --log-level DEBUG.
+        logging.getLogger("transitnet").debug("traceback", exc_info=True)
+        logging.getLogger("transitnet").error("%s: %s", type(exc).__name__, exc)
+        return 2
     return status
