@@ -56,9 +56,25 @@ VP_RULES: tuple[str, ...] = (
     "W001", "W002", "W004", "W005", "W006", "W007", "W008", "W009",
 )  # fmt: skip
 
-#: Rules evaluated only when a static GTFS feed is given.
+#: Rules evaluated only when a static GTFS feed is given (frequencies.txt decides E006,
+#: E013, E019 and W005; shapes/stops decide E028 and E029).
 STATIC_RULES: frozenset[str] = frozenset(
-    {"E003", "E004", "E011", "E015", "E016", "E019", "E023", "E024", "E028", "E029", "E035"}
+    {
+        "E003",
+        "E004",
+        "E006",
+        "E011",
+        "E013",
+        "E015",
+        "E016",
+        "E019",
+        "E023",
+        "E024",
+        "E028",
+        "E029",
+        "E035",
+        "W005",
+    }
 )
 
 
