@@ -51,7 +51,7 @@ from transitnet.schema import POSITIONS_SCHEMA, STATIC_RULES, VP_RULES
 logger = logging.getLogger(__name__)
 
 #: Rules that need the static GTFS feed (frequencies.txt decides E006, E013 and W005).
-STATIC_DEPENDENT_RULES: frozenset[str] = STATIC_RULES | {"E006", "E013", "W005"}
+STATIC_DEPENDENT_RULES: frozenset[str] = STATIC_RULES
 #: Version of :meth:`FeedValidator.state_dict`'s layout.
 STATE_VERSION = 1
 _TRIP_COLUMNS = ("trip_id", "route_id", "direction_id", "start_time", "start_date",
