@@ -76,7 +76,9 @@ def _cast_column(table: pa.Table, target: pa.Field) -> pa.ChunkedArray:
     if target.name not in table.column_names:
         return pa.chunked_array([pa.nulls(table.num_rows, target.type)], target.type)
     col = table.column(target.name)
-    if pa.types.is_timestamp(target.type) and pa.types.is_timestamp(col.type):
+    if col.type == target.type:
+        out = col
+    elif pa.types.is_timestamp(target.type) and pa.types.is_timestamp(col.type):
         if col.type.tz is None:
             raise ValueError(f"column {target.name!r} holds naive timestamps; make them UTC")
         out = pc.cast(col, target.type, safe=False)  # ns → us only drops sub-µs digits

@@ -56,7 +56,8 @@ class FeedState:
 
     def to_json(self) -> str:
         """Serialise (datetimes as ISO 8601 UTC)."""
-        data = dataclasses.asdict(self)
+        # Shallow copy: dataclasses.asdict would deep-copy last_keys, the slow part here.
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["version"] = STATE_VERSION
         if self.deferred_until is not None:
             data["deferred_until"] = self.deferred_until.astimezone(UTC).isoformat()
