@@ -137,7 +137,7 @@ class _Tick:
         self.state = FeedState(endpoint.feed_id)
         self.loaded = False
         self.breaker = CircuitBreaker()
-        self.attempts: list[tuple[FetchAttempt, ArchivedBody | None]] = []
+        self.attempts: list[tuple[FetchAttempt, ArchivedBody]] = []
         self.metas: list[RawMeta] = []
         self.rows: list[FetchLogRow] = []
 
@@ -161,10 +161,8 @@ class _Tick:
         self.result.attempts = len(fetched.attempts)
         self.state.deferred_until = fetched.deferred_until
         self.result.deferred_until = fetched.deferred_until
-        for attempt, archived in self.attempts:
-            self._record_attempt(attempt, archived)
         final_attempt, final_archived = self.attempts[-1]
-        if _is_snapshot(final_attempt) and final_archived is not None:
+        if _is_snapshot(final_attempt):
             self._process_snapshot(final_attempt, final_archived)
         self._set_outcome(self.metas[-1].outcome, self.metas[-1].error_class)
 
@@ -180,7 +178,11 @@ class _Tick:
         return True
 
     def _archive_attempt(self, attempt: FetchAttempt) -> None:
-        """Archive an attempt's body right away, before anything parses it."""
+        """Archive an attempt's body and metadata right away, before anything parses it.
+
+        The final attempt's metadata is written again once decoding has added the header
+        timestamp, the rules and the row counts.
+        """
         snapshot = _is_snapshot(attempt)
         archived = archive_body(
             self.store, self.endpoint.feed_id, attempt.started_at, attempt.body,
@@ -190,22 +192,22 @@ class _Tick:
         if archived.path is not None:
             self.result.raw_files.append(archived.path)
         self.attempts.append((attempt, archived))
+        self.metas.append(self._build_meta(attempt, archived))
+        self.result.raw_files.append(write_raw_meta(archived.stem, self.metas[-1]))
 
-    def _record_attempt(self, attempt: FetchAttempt, archived: ArchivedBody | None) -> None:
-        """Build the meta and log row of one attempt from the fetch facts."""
-        rel = relative_to_store(self.store, archived.path if archived else None)
-        meta = RawMeta(
+    def _build_meta(self, attempt: FetchAttempt, archived: ArchivedBody) -> RawMeta:
+        """The metadata of one attempt from the fetch facts."""
+        return RawMeta(
             feed_id=self.endpoint.feed_id, fetched_at=attempt.started_at.isoformat(),
             scheduled_tick=self.scheduled_tick.isoformat() if self.scheduled_tick else None,
             attempt=attempt.attempt, duration_s=round(attempt.duration_s, 6),
             outcome=attempt.outcome, status=attempt.status, final_url=attempt.final_url,
             redirects=attempt.redirects, headers=attempt.headers,
-            bytes=attempt.bytes_received, sha256=archived.sha256 if archived else None,
-            file=rel, duplicate_of=archived.duplicate_of if archived else None,
-            body_complete=attempt.body_complete, redacted=attempt.redacted,
-            error_class=attempt.error_class, error=attempt.error,
+            bytes=attempt.bytes_received, sha256=archived.sha256,
+            file=relative_to_store(self.store, archived.path),
+            duplicate_of=archived.duplicate_of, body_complete=attempt.body_complete,
+            redacted=attempt.redacted, error_class=attempt.error_class, error=attempt.error,
         )  # fmt: skip
-        self.metas.append(meta)
 
     def _process_snapshot(self, attempt: FetchAttempt, archived: ArchivedBody) -> None:
         """Decode, validate, dedup and store the final attempt's snapshot."""
@@ -310,9 +312,9 @@ class _Tick:
         if self.scheduled_tick is not None:
             slippage = (first.started_at - self.scheduled_tick).total_seconds()
         self.result.slippage_s = slippage
-        for (attempt, archived), meta in zip(self.attempts, self.metas, strict=False):
-            if archived is not None:
-                self.result.raw_files.append(write_raw_meta(archived.stem, meta))
+        if self.metas:  # decoding (or a failure) added to the final attempt's metadata
+            write_raw_meta(self.attempts[len(self.metas) - 1][1].stem, self.metas[-1])
+        for (attempt, _), meta in zip(self.attempts, self.metas, strict=False):
             self.rows.append(self._log_row(attempt, meta, slippage))
         write_fetch_log(self.store, self.rows)
 

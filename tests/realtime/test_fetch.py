@@ -10,14 +10,8 @@ from email.utils import format_datetime
 import pytest
 
 from tests.faultserver import FaultServer, Reply
-from transitnet.realtime.fetch import (
-    REDACTED,
-    FeedEndpoint,
-    backoff_s,
-    fetch_feed,
-    parse_retry_after,
-    scrub_text,
-)
+from transitnet.realtime.fetch import FeedEndpoint, backoff_s, fetch_feed, parse_retry_after
+from transitnet.realtime.secrets import REDACTED, scrub_text
 
 KEY = "s3cr3t-API-key-0123456789"
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,11 +32,16 @@ import requests
 import urllib3.exceptions
 
 from transitnet import __version__
+from transitnet.realtime.secrets import (
+    MissingSecretError,
+    read_secrets,
+    scrub_bytes,
+    scrub_text,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_USER_AGENT = f"transitnet/{__version__} (GTFS-realtime archiver)"
-REDACTED = "REDACTED"
 #: Response headers kept in the archive metadata and passed to the caller.
 SELECTED_HEADERS = ("ETag", "Last-Modified", "Content-Type", "Content-Encoding",
                     "Content-Length", "Date", "Age", "Cache-Control", "Retry-After")  # fmt: skip
@@ -145,87 +148,6 @@ class FetchResult:
         return self.attempts[-1]
 
 
-class MissingSecretError(RuntimeError):
-    """An environment variable named in the feed config is not set."""
-
-
-@dataclass(frozen=True)
-class _Secrets:
-    headers: dict[str, str]
-    params: dict[str, str]
-    values: tuple[str, ...]
-
-
-def read_secrets(endpoint: FeedEndpoint, environ: Mapping[str, str] | None = None) -> _Secrets:
-    """Read header/param values from the environment variables the config names.
-
-    Raises:
-        MissingSecretError: naming the unset VARIABLE (never a value).
-    """
-    env = os.environ if environ is None else environ
-    resolved: list[dict[str, str]] = [{}, {}]
-    for target, names in zip(resolved, (endpoint.headers_from_env, endpoint.params_from_env),
-                             strict=True):  # fmt: skip
-        for key, var in names.items():
-            value = env.get(var)
-            if not value:
-                raise MissingSecretError(f"environment variable {var} (for {key!r}) is not set")
-            target[key] = value
-    values = tuple(v for d in resolved for v in d.values())
-    _register_log_secrets(values)
-    return _Secrets(resolved[0], resolved[1], values)
-
-
-def scrub_text(text: str, secrets: tuple[str, ...]) -> str:
-    """Replace every secret value (raw or URL-encoded) in ``text`` with ``REDACTED``."""
-    from urllib.parse import quote, quote_plus
-
-    for value in sorted(secrets, key=len, reverse=True):
-        for form in {value, quote(value, safe=""), quote_plus(value)}:
-            text = text.replace(form, REDACTED)
-    return text
-
-
-def scrub_bytes(body: bytes, secrets: tuple[str, ...]) -> tuple[bytes, bool]:
-    """Replace secret values in a body; returns the bytes and whether any were found."""
-    found = False
-    for value in sorted(secrets, key=len, reverse=True):
-        raw = value.encode("utf-8")
-        if raw and raw in body:
-            body, found = body.replace(raw, REDACTED.encode()), True
-    return body, found
-
-
-_LOG_SECRETS: set[str] = set()
-_LOG_LOCK = threading.Lock()
-
-
-class _ScrubFilter(logging.Filter):
-    """Scrubs known secret values from urllib3 records (its DEBUG lines carry full URLs)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        with _LOG_LOCK:
-            secrets = tuple(_LOG_SECRETS)
-        if secrets:
-            record.msg = scrub_text(record.getMessage(), secrets)
-            record.args = ()
-        return True
-
-
-_FILTER = _ScrubFilter()
-
-
-def _register_log_secrets(values: tuple[str, ...]) -> None:
-    if not values:
-        return
-    with _LOG_LOCK:
-        _LOG_SECRETS.update(values)
-    for name in ("urllib3.connectionpool", "urllib3.util.retry", "requests"):
-        lg = logging.getLogger(name)
-        if _FILTER not in lg.filters:
-            lg.addFilter(_FILTER)
-
-
 def backoff_s(endpoint: FeedEndpoint, attempt: int) -> float:
     """Wait before attempt ``attempt + 1``: base x 2^(attempt-1), capped."""
     return float(min(endpoint.backoff_cap_s, endpoint.backoff_base_s * 2 ** (attempt - 1)))
@@ -330,7 +252,7 @@ def fetch_attempt(
     t0 = time.monotonic()
     secrets: tuple[str, ...] = ()
     try:
-        sec = read_secrets(endpoint)
+        sec = read_secrets(endpoint.headers_from_env, endpoint.params_from_env)
         secrets = sec.values
         headers = {"User-Agent": endpoint.user_agent, "Accept": "application/x-protobuf, */*"}
         headers.update(_conditional_headers(etag, last_modified))
