@@ -22,13 +22,22 @@ How (details in :mod:`transitnet.gtfs.project` and :mod:`transitnet.gtfs.traject
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import zoneinfo
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
-from transitnet.gtfs.artefacts import StaticArtefacts
+from transitnet.gtfs.artefacts import StaticArtefacts, load_or_build_artefacts
 from transitnet.gtfs.project import (
     SegmentArrays,
     SegmentGrid,
@@ -55,6 +64,8 @@ from transitnet.gtfs.trajectory import (
     detect_dwells,
     select_candidates,
 )
+from transitnet.store.layout import POSITIONS_DIR, list_partitions
+from transitnet.store.parquet import list_visible_parts, read_positions, write_parquet_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +117,9 @@ class MatchConfig:
         max_candidates: Candidate legs kept per fix (the closest, when more).
         trajectory_gap_s: A longer silence splits a vehicle's trip into two trajectories.
         heading_min_move_m: Shortest move between fixes that defines a heading.
-        timezone: IANA zone of the static feed (agency.txt ``agency_timezone``) for
-            service dates and delays; None takes ``art.timezone`` when the artefacts have
-            one, else delays are not computed and service dates are UTC dates.
+        timezone: IANA zone for service dates and delays; None takes ``art.timezone``
+            (agency.txt). Without either, delays are not computed and service dates are
+            UTC dates.
         fallbacks: Resolve fallbacks to allow (see :mod:`transitnet.gtfs.resolve`).
     """
 
@@ -166,8 +177,22 @@ def build_match_index(art: StaticArtefacts, config: MatchConfig = MatchConfig())
             *(st[c].to_numpy(dtype=np.float64, na_value=np.nan)
               for c in ("dist_m", "arrival_s", "departure_s")),
         )  # fmt: skip
-    zone = config.timezone or getattr(art, "timezone", None)
-    return MatchIndex(art, segments, grid, stops, schedule, zone)
+    return MatchIndex(
+        art, segments, grid, stops, schedule, _check_zone(config.timezone or art.timezone)
+    )
+
+
+def _check_zone(zone: str | None) -> str | None:
+    """Return ``zone`` when it is an IANA time zone, else None (with a warning)."""
+    if zone is None:
+        logger.info("no time zone: service dates are UTC dates and delays are not computed")
+        return None
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        logger.warning("time zone %r is not an IANA zone: delays are not computed", zone)
+        return None
+    return zone
 
 
 def match_positions(
@@ -505,3 +530,102 @@ def _scheduled_times(frame: pd.DataFrame, result: _Result, index: MatchIndex) ->
     code = trips.get_indexer(frame["static_trip_id"].astype(object).to_numpy())
     code = np.where(result.found, code, -1)
     return compute_scheduled_s(index.schedule, code, result.dist)
+
+
+#: Folder of the matched table under a store (hive-partitioned like ``positions/``).
+MATCHED_DIR = "matched"
+#: The one file of a matched partition, replaced atomically on every re-match.
+MATCHED_PART = "part-matched.parquet"
+#: Parquet metadata key holding what a matched file was made from.
+SOURCE_KEY = b"transitnet.match_source"
+
+
+def match_store(
+    store: Path,
+    static_path: str | Path,
+    *,
+    feed_id: str | None = None,
+    dates: Iterable[date | str] | None = None,
+    config: MatchConfig = MatchConfig(),
+    force: bool = False,
+    context_s: float = 3 * 3600.0,
+) -> list[Path]:
+    """Match every ``positions/feed=<id>/date=<day>/`` partition of a store.
+
+    Static artefacts are cached under ``store/static/<version>/``. Each partition is
+    written to ``store/matched/feed=<id>/date=<day>/part-matched.parquet`` atomically;
+    a partition whose positions, static version and settings are unchanged since its last
+    match is skipped unless ``force``. The last ``context_s`` seconds of the previous day
+    are matched along (not written) so trajectories crossing UTC midnight keep their leg.
+
+    Args:
+        store: Store root.
+        static_path: Static GTFS zip, folder or URL.
+        feed_id: Only this feed (None: every feed).
+        dates: Only these partition days (``date`` or ``YYYY-MM-DD``; None: all).
+        config: Matching settings.
+        force: Re-match partitions even when unchanged.
+        context_s: Seconds of the previous day read as context.
+
+    Returns:
+        The matched files written (skipped partitions are not listed).
+
+    Raises:
+        transitnet.gtfs.feeds.StaticFeedError: When the static feed cannot be read.
+    """
+    store = Path(store)
+    art = load_or_build_artefacts(static_path, store)
+    index = build_match_index(art, config)
+    wanted = {d if isinstance(d, str) else d.isoformat() for d in dates} if dates else None
+    partitions = [(feed, day, folder) for feed, day, folder in list_partitions(store, POSITIONS_DIR)
+                  if (feed_id is None or feed == feed_id)
+                  and (wanted is None or day.isoformat() in wanted)]  # fmt: skip
+    if not partitions:
+        logger.warning("no positions partitions in %s match feed=%s dates=%s", store, feed_id,
+                       sorted(wanted) if wanted else "all")  # fmt: skip
+    written = []
+    for feed, day, folder in tqdm(partitions, desc="match", unit="partition", disable=None):
+        source = _source_signature(folder, art.version, config)
+        target = store / MATCHED_DIR / f"feed={feed}" / f"date={day.isoformat()}" / MATCHED_PART
+        if not force and _stored_signature(target) == source:
+            logger.info("matched %s/%s is up to date; skipped", feed, day)
+            continue
+        table = _match_partition(store, feed, day, index, config, context_s)
+        write_parquet_atomic(target, table, {SOURCE_KEY: source.encode()})
+        written.append(target)
+    return written
+
+
+def _match_partition(
+    store: Path, feed: str, day: date, index: MatchIndex, config: MatchConfig, context_s: float
+) -> pa.Table:
+    """Match one day of one feed, with the end of the previous day as context."""
+    rows = read_positions(store, [feed], [day])
+    before = read_positions(store, [feed], [day - timedelta(days=1)])
+    start = pd.Timestamp(day, tz="UTC") - pd.Timedelta(seconds=context_s)
+    when = before["vehicle_timestamp"].fillna(before["fetched_at"])
+    before = before[(when >= start).fillna(False).to_numpy(dtype=bool)]
+    both = pd.concat([before, rows], ignore_index=True)
+    matched = match_positions(both, index.art, config=config, index=index)
+    out = matched.iloc[len(before) :].reset_index(drop=True)
+    counts = out["match_status"].value_counts().to_dict()
+    logger.info("matched %s/%s: %d rows %s", feed, day, len(out), counts)
+    return pa.Table.from_pandas(out, preserve_index=False)
+
+
+def _source_signature(folder: Path, version: str, config: MatchConfig) -> str:
+    """What a matched partition depends on: its part files, the static version, settings."""
+    parts = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in list_visible_parts(folder)]
+    text = json.dumps({"parts": parts, "static": version, "config": repr(config)})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _stored_signature(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    raw = meta.get(SOURCE_KEY)
+    return raw.decode() if raw else None

@@ -41,12 +41,13 @@ class WindowConfig:
         speed_cap_mps: Fastest plausible along-route speed; the window ends
             ``speed_cap_mps · Δt + slack_m`` past the last accepted distance.
         slack_m: Extra window ahead (GPS noise, clock jitter).
-        progress_weight: Penalty per metre between a candidate and the last accepted
-            distance: between two legs about as close to the fix, take the nearer one
-            (a wrong guess behind the vehicle is corrected by the next fix).
+        progress_weight: Penalty per metre between a candidate inside the window and the
+            last accepted distance: between two legs about as close to the fix, take the
+            nearer one (a wrong guess behind the vehicle is corrected by the next fix).
         first_progress_weight: Penalty per metre along the shape for a trajectory's
             first fix: a loop's shared terminal is its start, not its end.
-        outside_penalty_m: Penalty for a candidate outside the window.
+        outside_penalty_m: Penalty for a candidate outside the window (instead of the
+            progress penalty): it must be this much closer to the fix to win.
         outside_back_weight: Extra penalty per metre behind the window.
         outside_ahead_weight: Extra penalty per metre beyond the window.
         heading_penalty_m: Penalty for a first-fix candidate whose segment points more
@@ -59,7 +60,7 @@ class WindowConfig:
     progress_weight: float = 0.01
     first_progress_weight: float = 0.002
     outside_penalty_m: float = 30.0
-    outside_back_weight: float = 0.05
+    outside_back_weight: float = 0.002
     outside_ahead_weight: float = 0.002
     heading_penalty_m: float = 50.0
 
@@ -146,11 +147,9 @@ def _window_score(
         behind = np.maximum(a - cfg.back_m - d, 0.0)
         beyond = np.maximum(d - a - reach, 0.0)
         outside = (behind > 0) | (beyond > 0)
-        score = np.abs(d - a)
-        score *= cfg.progress_weight
-        score += off
-        score += outside * cfg.outside_penalty_m
-        score += cfg.outside_back_weight * behind + cfg.outside_ahead_weight * beyond
+        inside = np.abs(d - a) * cfg.progress_weight
+        away = cfg.outside_back_weight * behind + cfg.outside_ahead_weight * beyond
+        score = off + np.where(outside, cfg.outside_penalty_m + away, inside)
     score[np.isnan(score)] = np.inf
     return score, outside
 
