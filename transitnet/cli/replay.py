@@ -4,7 +4,7 @@ SOURCE is a folder or tar of ``.pb`` snapshots (served in name order, byte for b
 a flattened table (CSV/Parquet, any layout ``ingest import`` reads), re-encoded into one
 FeedMessage per timestamp. The feed URL is printed on stdout (and written to
 ``--url-file``); ``/status`` tells the position. Stops on SIGTERM/SIGINT, after
-``--duration-s``, or with ``--exit-when-done`` once the last snapshot was served.
+``--stop-after-s``, or with ``--exit-when-done`` once the last snapshot was served.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="stop once the last snapshot has been served (without --loop)",
     )
-    parser.add_argument("--duration-s", type=float, default=None, metavar="S",
+    parser.add_argument("--stop-after-s", type=float, default=None, metavar="S",
                         help="stop after S seconds")  # fmt: skip
 
 
@@ -83,8 +83,8 @@ def serve_snapshots(snapshots: list[Any], args: argparse.Namespace) -> int:
     """Run a :class:`~transitnet.realtime.replay.ReplayServer` with the shared options."""
     from transitnet.realtime.replay import ReplayServer
 
-    if args.speed < 0 or (args.duration_s is not None and args.duration_s <= 0):
-        logger.error("--speed must be >= 0 and --duration-s > 0")
+    if args.speed < 0 or (args.stop_after_s is not None and args.stop_after_s <= 0):
+        logger.error("--speed must be >= 0 and --stop-after-s > 0")
         return EXIT_USAGE
     try:
         server = ReplayServer(snapshots, speed=args.speed, loop=args.loop, port=args.port)
@@ -112,7 +112,7 @@ def _wait(server: Any, stop: threading.Event, args: argparse.Namespace) -> None:
     previous = (
         {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
     )
-    timer = threading.Timer(args.duration_s, stop.set) if args.duration_s else None
+    timer = threading.Timer(args.stop_after_s, stop.set) if args.stop_after_s else None
     if timer is not None:
         timer.daemon = True
         timer.start()

@@ -231,7 +231,7 @@ class ReplayServer:
         """Start serving in a background thread; the replay clock starts now."""
         self._clock = _Clock(self.snapshots, self.speed, self.loop, self._clock_fn)
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="replay", daemon=True
+            target=self._httpd.serve_forever, args=(0.05,), name="replay", daemon=True
         )
         self._thread.start()
         logger.info(
