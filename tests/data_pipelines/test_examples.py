@@ -23,16 +23,21 @@ def parse_cli(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def is_cli(word: str) -> bool:
+    return word == "transitnet" or word.endswith("/bin/transitnet")
+
+
 def transitnet_args(command: str) -> list[str]:
     words = shlex.split(command)
-    start = next(i for i, w in enumerate(words) if w.endswith("transitnet"))
+    start = next(i for i, w in enumerate(words) if is_cli(w))
     end = next((i for i, w in enumerate(words) if w in (">>", ">", "2>&1")), len(words))
     return words[start + 1 : end]
 
 
 def test_crontab_lines_parse() -> None:
-    jobs = [line for line in (EXAMPLES / "crontab").read_text().splitlines()
-            if line[:1] in "*0123456789" and line.strip()]  # fmt: skip
+    lines = (EXAMPLES / "crontab").read_text().splitlines()
+    jobs = [line for line in lines if line[:1] in "*0123456789" and line.strip()]
+    jobs = [line for line in jobs if any(is_cli(w) for w in shlex.split(line))]
     assert len(jobs) == 2
     parsed = [parse_cli(transitnet_args(" ".join(line.split()[5:]))) for line in jobs]
     assert [p.command for p in parsed] == ["ingest", "compact"]
