@@ -186,11 +186,13 @@ def _schedule_rows(patterns: list[_Pattern]) -> tuple[list[list[object]], list[l
 
 def _add_route_trips(service: str, pair: list[_Pattern], trips: list[list[object]],
                      stop_times: list[list[object]]) -> None:  # fmt: skip
-    free: list[tuple[int, int, str]] = []  # (free at, terminal direction, block id)
+    """Schedule both directions; a vehicle takes the next trip starting where it ended."""
+    free: list[tuple[int, tuple[int, int], str]] = []  # (free at, end point, block id)
     runs = sorted((t + d * 300, d) for t in _departures(service) for d in (0, 1))
     for n, (start, direction) in enumerate(runs):
         p = pair[direction]
-        block = next((b for b in free if b[0] <= start and b[1] == direction), None)
+        begin = _terminal(p.xy[0])
+        block = next((b for b in free if b[0] <= start and b[1] == begin), None)
         if block is not None:
             free.remove(block)
         block_id = block[2] if block else f"B{service}{p.route_id}-{len(trips)}"
@@ -198,8 +200,11 @@ def _add_route_trips(service: str, pair: list[_Pattern], trips: list[list[object
         end = _add_stop_times(trip_id, start, p, stop_times)
         trips.append([p.route_id, service, trip_id, direction, p.shape_id, block_id,
                       f"Route {p.route_id} towards {p.stop_ids[-1]}"])  # fmt: skip
-        next_direction = direction if p.stop_ids[0] == p.stop_ids[-1] else 1 - direction
-        free.append((end + LAYOVER_S, next_direction if len(pair) > 1 else 0, block_id))
+        free.append((end + LAYOVER_S, _terminal(p.xy[-1]), block_id))
+
+
+def _terminal(point: np.ndarray) -> tuple[int, int]:
+    return round(float(point[0])), round(float(point[1]))
 
 
 def _add_stop_times(trip_id: str, start: int, p: _Pattern, rows: list[list[object]]) -> int:

@@ -42,7 +42,13 @@ from google.transit import gtfs_realtime_pb2
 from transitnet.realtime.encode import encode_feed_message
 from transitnet.realtime.replay_sources import Snapshot
 from transitnet.realtime.sim_network import build_default_network
-from transitnet.realtime.sim_plan import StaticFeedError, TripPlan, metric_transformer, plan_trips
+from transitnet.realtime.sim_plan import (
+    StaticFeedError,
+    TripPlan,
+    check_feed,
+    metric_transformer,
+    plan_trips,
+)
 from transitnet.store.atomic import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
@@ -100,7 +106,8 @@ def read_static(path: Path | None) -> Any:
     Frequency-based trips are expanded into scheduled ones.
 
     Raises:
-        StaticFeedError: when the path does not exist or cannot be read as GTFS.
+        StaticFeedError: when the path does not exist, cannot be read as GTFS, or lacks a
+            table the simulator needs (agency, routes, trips, stops, stop_times, calendar).
     """
     if path is None:
         with tempfile.TemporaryDirectory(prefix="transitnet-sim-") as folder:
@@ -112,6 +119,7 @@ def read_static(path: Path | None) -> Any:
         feed = gtfs_kit.read_feed(path, dist_units="m")
     except Exception as exc:  # gtfs-kit raises many kinds for malformed feeds
         raise StaticFeedError(f"{path}: not a readable GTFS feed: {exc}") from exc
+    check_feed(feed)
     if getattr(feed, "frequencies", None) is not None and not feed.frequencies.empty:
         feed = gtfs_kit.expand_frequencies(feed)
     return feed
