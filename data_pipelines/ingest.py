@@ -135,9 +135,15 @@ def run_ticks(config: IngestConfig, store: Path, *, max_workers: int = 8) -> lis
             runner.close()
 
 
-def run_once(config: IngestConfig, store: Path) -> bool:
-    """Poll every feed once (for cron, systemd timers, CronJobs); True when all succeeded."""
-    results = run_ticks(config, store)
+def run_once(config: IngestConfig, store: Path, *, max_workers: int = 8) -> bool:
+    """Poll every feed once (for cron, systemd timers, CronJobs); True when all succeeded.
+
+    Args:
+        config: The feeds.
+        store: Store root.
+        max_workers: Feeds polled at the same time.
+    """
+    results = run_ticks(config, store, max_workers=max_workers)
     failed = [f"{r.feed_id} ({r.outcome}: {r.error_class})" for r in results if not r.ok]
     if failed:
         logger.warning("ingest once: %d of %d feeds failed: %s", len(failed), len(results),

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from data_pipelines.config import parse_config
@@ -108,3 +109,40 @@ def test_run_forever_stops_after_max_ticks(tmp_path: Path, server: FaultServer) 
     stats = run_forever(cfg, tmp_path, stop_event=threading.Event(), max_ticks=3)
     assert {f: stats.started[f] + stats.dropped[f] for f in ("a", "b")} == {"a": 3, "b": 3}
     assert len(read_fetch_log(tmp_path)) == stats.started["a"] + stats.started["b"]
+
+
+def test_every_fault_at_once_in_one_tick(tmp_path: Path, server: FaultServer) -> None:
+    import gzip
+
+    good = build_feed(4)
+    faults = {
+        "timeout": (Reply(200, good, delay_s=0.5), "read_timeout", 3),
+        "flaky": ([Reply(502), Reply(200, good)], None, 2),
+        "unauth": (Reply(401, b"who?"), "http_401", 1),
+        "missing": (Reply(404, b"gone"), "http_404", 1),
+        "limited": (Reply(429, headers={"Retry-After": "600"}), "http_429", 1),
+        "html": (Reply(200, b"<html>oops</html>"), "decode_html", 1),
+        "empty": (Reply(200, b""), "decode_empty", 1),
+        "cut": (Reply(200, good, truncate_to=10), "incomplete_read", 3),
+        "bare-gzip": (Reply(200, gzip.compress(good)), None, 1),
+        "moved": (Reply(302, headers={"Location": "/feed-good"}), None, 1),
+        "huge": (Reply(200, b"\n" * 3_000_000), "too_large", 1),
+        "good": (Reply(200, good), None, 1),
+    }
+    for fid, (reply, _, _) in faults.items():
+        server.route(f"/feed-{fid}", *(reply if isinstance(reply, list) else [reply]))
+    cfg = parse_config({"feeds": [
+        {"id": fid, "url": server.url(f"/feed-{fid}"), "connect_timeout_s": 0.3,
+         "read_timeout_s": 0.3, "max_bytes": 1_000_000} for fid in faults
+    ]})  # fmt: skip
+    assert run_once(cfg, tmp_path, max_workers=len(faults)) is False
+    log = read_fetch_log(tmp_path)
+    for fid, (_, error_class, attempts) in faults.items():
+        rows = log[log["feed_id"] == fid]
+        assert len(rows) == attempts, fid
+        last = rows["error_class"].iloc[-1]
+        assert (None if pd.isna(last) else last) == error_class, fid
+    stored = read_positions(tmp_path)
+    assert set(stored["feed_id"]) == {"flaky", "bare-gzip", "moved", "good"}
+    assert (stored.groupby("feed_id").size() == 4).all()
+    assert len(list(tmp_path.rglob("*.meta.json"))) == len(log)
