@@ -396,3 +396,22 @@ def test_sigkill_mid_write_never_leaves_a_partial_visible_file(
     con = duckdb.connect()
     assert con.execute(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall() == [(n,)]
     read_fetch_log(store)
+
+
+def test_overlapping_runs_of_one_feed_are_refused(tmp_path: Path, server: FaultServer) -> None:
+    from transitnet.store.state import feed_lock
+
+    server.route("/vp", Reply(200, build_feed(2)))
+    with feed_lock(tmp_path, "f"):  # e.g. a previous cron run still in flight
+        result = tick(tmp_path, server, "/vp", Clock())
+    assert (result.ok, result.outcome, result.error_class) == (False, "skipped", "locked")
+    assert server.hits("/vp") == [] and not (tmp_path / "fetch_log").exists()
+    assert tick(tmp_path, server, "/vp", Clock()).ok
+
+
+def test_unusable_store_is_reported_not_raised(tmp_path: Path, server: FaultServer) -> None:
+    server.route("/vp", Reply(200, build_feed(2)))
+    store = tmp_path / "store"
+    store.write_text("a file where the store folder should be")
+    result = tick(store, server, "/vp", Clock())
+    assert (result.ok, result.error_class) == (False, "store_unavailable")

@@ -35,7 +35,13 @@ from transitnet.store.archive import write_meta as write_raw_meta
 from transitnet.store.dedup import filter_new_fixes
 from transitnet.store.log import FetchLogRow, write_fetch_log
 from transitnet.store.parquet import write_positions
-from transitnet.store.state import FeedState, load_feed_state, save_feed_state
+from transitnet.store.state import (
+    FeedLockedError,
+    FeedState,
+    feed_lock,
+    load_feed_state,
+    save_feed_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +117,19 @@ def ingest_feed(
     """
     tick = _Tick(store, endpoint, scheduled_tick, static_checker, clock)
     try:
-        tick.run(session=session, sleep=sleep, keep_going=keep_going)
-    except Exception as exc:  # a bug must not stop the scheduler or lose the log rows
-        logger.exception("%s: internal error during ingest", endpoint.feed_id)
-        tick.fail_internal(exc)
-    tick.finish()
+        with feed_lock(store, endpoint.feed_id):
+            try:
+                tick.run(session=session, sleep=sleep, keep_going=keep_going)
+            except Exception as exc:  # a bug must not stop the scheduler or lose log rows
+                logger.exception("%s: internal error during ingest", endpoint.feed_id)
+                tick.fail_internal(exc)
+            tick.finish()
+    except FeedLockedError as exc:
+        logger.warning("%s: tick skipped: %s", endpoint.feed_id, exc)
+        tick.result.error_class = "locked"
+    except OSError as exc:  # the store itself is unusable (read-only, missing mount …)
+        logger.error("%s: tick failed, store unusable: %s", endpoint.feed_id, exc)
+        tick.result.outcome, tick.result.error_class = "internal_error", "store_unavailable"
     return tick.result
 
 

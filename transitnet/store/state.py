@@ -10,9 +10,12 @@ costs at most one re-stored snapshot, never archived data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,3 +107,27 @@ def save_feed_state(store: Path, state: FeedState) -> Path:
     path = state_path(store, state.feed_id)
     write_text_atomic(path, state.to_json())
     return path
+
+
+class FeedLockedError(RuntimeError):
+    """Another process is running a tick of the same feed on the same store."""
+
+
+@contextlib.contextmanager
+def feed_lock(store: Path, feed_id: str) -> Iterator[None]:
+    """Hold ``state/<id>.lock`` exclusively for one tick (at most one run per feed).
+
+    Raises:
+        FeedLockedError: when another process holds it (e.g. two overlapping cron runs).
+    """
+    path = state_path(store, feed_id).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise FeedLockedError(f"feed {feed_id} is being polled by another process") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
