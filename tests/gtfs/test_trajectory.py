@@ -130,13 +130,19 @@ def test_headings_from_bearing_or_next_move() -> None:
     np.testing.assert_allclose([hx[2], hy[2]], [1.0, 0.0])  # bearing 400 ignored: next move
 
 
-def test_along_speed_skips_unusable_fixes_and_trajectory_starts() -> None:
-    dist = np.array([0.0, 100.0, 100.0, 400.0, 50.0, 80.0])
-    t = np.array([0.0, 10.0, 10.0, 40.0, 0.0, 5.0])
-    usable = np.array([True, True, False, True, True, True])
-    traj = np.array([0, 0, 0, 0, 1, 1])
-    speed = compute_along_speed(dist, t, usable, traj)
-    np.testing.assert_allclose(speed, [np.nan, 10.0, np.nan, 10.0, np.nan, 6.0])
+def test_along_speed_skips_unusable_fixes_restarts_and_short_gaps() -> None:
+    dist = np.array([0.0, 100.0, 100.0, 400.0, 390.0, 50.0, 80.0, 10.0, 60.0, 110.0])
+    t = np.array([0.0, 10.0, 10.0, 40.0, 42.0, 0.0, 15.0, 60.0, 70.0, 80.0])
+    base = np.array([True, True, False, True, True, True, True, True, True, True])
+    restart = np.array([False] * 7 + [True, False, False])
+    traj = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    speed = compute_along_speed(dist, t, base, restart, traj, min_dt_s=10.0)
+    # Row 4 is 2 s after row 3: compared with row 1 instead (32 s earlier). Row 8 is only
+    # 10 s after the restart (row 7); row 9 is compared with it, not with row 6.
+    expected = [np.nan, 10.0, np.nan, 10.0, 290.0 / 32.0, np.nan, 2.0, np.nan, 5.0, 5.0]
+    np.testing.assert_allclose(speed, expected)
+    none = compute_along_speed(dist, t, np.zeros(10, bool), restart, traj)
+    assert np.isnan(none).all()
 
 
 def test_dwell_needs_a_still_run_near_a_stop() -> None:

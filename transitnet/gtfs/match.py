@@ -117,6 +117,7 @@ class MatchConfig:
         max_candidates: Candidate legs kept per fix (the closest, when more).
         trajectory_gap_s: A longer silence splits a vehicle's trip into two trajectories.
         heading_min_move_m: Shortest move between fixes that defines a heading.
+        speed_min_dt_s: Along-route speed is measured over at least this many seconds.
         timezone: IANA zone for service dates and delays; None takes ``art.timezone``
             (agency.txt). Without either, delays are not computed and service dates are
             UTC dates.
@@ -129,6 +130,7 @@ class MatchConfig:
     max_candidates: int = 8
     trajectory_gap_s: float = 3 * 3600.0
     heading_min_move_m: float = 30.0
+    speed_min_dt_s: float = 15.0
     timezone: str | None = None
     fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS
 
@@ -374,8 +376,8 @@ def _match_rows(
         dist[miss], offset[miss] = project_whole_shapes(index.segments, px[miss], py[miss],
                                                         shape_idx[miss])  # fmt: skip
     stale = _unsort(order, _find_stale(rows, order, traj))
-    usable = found & ~stale[src] & ~picked.reacquired
-    speed = compute_along_speed(dist, t_s, usable, tr)
+    speed = compute_along_speed(dist, t_s, found & ~stale[src], picked.reacquired, tr,
+                                min_dt_s=cfg.speed_min_dt_s)  # fmt: skip
     dwell, known = detect_dwells(dist, t_s, found, tr, shape_idx, index.stops, cfg.dwell)
     n = len(order)
     out = _Result(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, bool), np.zeros(n, bool),

@@ -248,27 +248,42 @@ def compute_headings(
 
 
 def compute_along_speed(
-    dist: np.ndarray, t_s: np.ndarray, usable: np.ndarray, traj: np.ndarray
+    dist: np.ndarray,
+    t_s: np.ndarray,
+    base: np.ndarray,
+    restart: np.ndarray,
+    traj: np.ndarray,
+    *,
+    min_dt_s: float = 15.0,
 ) -> np.ndarray:
-    """Return the along-route speed (m/s) since the previous usable fix of the trajectory.
+    """Return the along-route speed (m/s) over at least ``min_dt_s`` seconds.
+
+    Each usable fix is compared with the latest usable fix of its trajectory at least
+    ``min_dt_s`` earlier (short gaps turn GPS jitter into absurd speeds). No speed is
+    measured across a restart: a re-acquired fix starts afresh.
 
     Args:
         dist: (N,) distance along the shape, trajectory-ordered.
         t_s: (N,) seconds.
-        usable: (N,) bool: matched, not stale, not re-acquired (a restart or a jump
-            after a gap has no meaningful speed from the fix before it).
+        base: (N,) bool, usable fixes (matched, not stale).
+        restart: (N,) bool, re-acquired fixes (a jump after a gap or a restart).
         traj: (N,) trajectory number of each row.
+        min_dt_s: Shortest time between the two fixes.
 
     Returns:
-        (N,) float64, NaN for a trajectory's first usable fix, unusable fixes and
-        non-increasing times.
+        (N,) float64; NaN without an earlier usable fix far enough back.
     """
     speed = np.full(len(dist), np.nan)
-    idx = np.flatnonzero(usable & np.isfinite(dist))
-    prev, cur = idx[:-1], idx[1:]
-    dt = t_s[cur] - t_s[prev]
-    ok = (traj[cur] == traj[prev]) & (dt > 0)
-    speed[cur[ok]] = (dist[cur[ok]] - dist[prev[ok]]) / dt[ok]
+    idx = np.flatnonzero(base & np.isfinite(dist) & np.isfinite(t_s))
+    if not len(idx):
+        return speed
+    t = t_s[idx] - t_s[idx].min()
+    run = np.cumsum(np.r_[True, traj[idx][1:] != traj[idx][:-1]] | restart[idx])
+    key = run * (t.max() + 2.0 * min_dt_s + 1.0) + t
+    prev = np.searchsorted(key, key - min_dt_s, side="right") - 1
+    ok = (prev >= 0) & (run[np.maximum(prev, 0)] == run)
+    cur, before = idx[ok], idx[prev[ok]]
+    speed[cur] = (dist[cur] - dist[before]) / (t_s[cur] - t_s[before])
     return speed
 
 
