@@ -311,6 +311,8 @@ def test_real_broken_files_are_classified(shared_data: Path) -> None:
     [
         (b"", "empty"),
         (b" \r\n\t ", "empty"),
+        (b"\n" * 5000, "empty"),
+        (b" " * 300 + b"<html><body>Service Unavailable</body></html>", "html"),
         (b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "html"),
         (b"  <html><head></head></html>", "html"),
         (b'<?xml version="1.0"?><error/>', "html"),

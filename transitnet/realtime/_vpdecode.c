@@ -560,13 +560,22 @@ static int alloc_outputs(Ctx *ctx, Out out[N_COLS]) {
 #define BUF(obj) ((uint8_t *)PyBytes_AS_STRING(obj))
 #define SET_BIT(bits, r) ((bits)[(r) >> 3] |= (uint8_t)(1u << ((r) & 7)))
 
+/* memcpy, with ids and dates (short) copied inline rather than through a libc call. */
+static inline void copy_bytes(uint8_t *dst, const char *src, Py_ssize_t n) {
+    if (n > 32) {
+        memcpy(dst, src, (size_t)n);
+        return;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) dst[i] = (uint8_t)src[i];
+}
+
 /* Write one row into every column (null slots stay zero, their validity bit clear). */
 static void fill_row(const Row *row, Py_ssize_t r, Out out[N_COLS], int32_t str_pos[N_STR]) {
     for (int c = 0; c < N_COLS; c++)
         if ((row->has >> c) & 1 && out[c].validity != NULL) SET_BIT(BUF(out[c].validity), r);
     for (int c = 0; c < N_STR; c++) {
         if (row->has & HAS_STR(c)) {
-            memcpy(BUF(out[c].data) + str_pos[c], row->str[c].ptr, (size_t)row->str[c].len);
+            copy_bytes(BUF(out[c].data) + str_pos[c], row->str[c].ptr, row->str[c].len);
             str_pos[c] += (int32_t)row->str[c].len;
         }
         memcpy(BUF(out[c].values) + (size_t)(r + 1) * 4, &str_pos[c], 4);

@@ -1,7 +1,14 @@
 """Decode GTFS-realtime VehiclePositions bytes into an Arrow table.
 
-Every optional protobuf field is read with presence (``HasField``): a field the feed
-did not set becomes null, never protobuf's default 0 or (0, 0).
+Every optional protobuf field is read with proto2 presence: a field the feed did not set
+becomes null, never protobuf's default 0 or (0, 0). Timestamps are tz-aware UTC, with
+the raw uint64 values kept beside them.
+
+Two extraction paths give identical tables (a test checks them on every real feed):
+the C extension ``_vpdecode`` (the default; figures in ``benchmarks/bench_decode.py``)
+and the pure-Python reference in :mod:`~transitnet.realtime.decode_python` (the fallback
+when the extension is not built, logged once). Strings that are not valid
+UTF-8 are kept backslash-escaped and counted (:attr:`DecodedFeed.n_invalid_utf8`).
 
 Output columns: :data:`transitnet.schema.POSITION_COLUMNS` (no rule flags; see
 :mod:`transitnet.realtime.validate`).
@@ -31,7 +38,7 @@ logger = logging.getLogger(__name__)
 #: Which extraction path decodes the entities (see :func:`decode_vehicle_positions`).
 Engine = Literal["auto", "c", "python"]
 
-POSITION_SCHEMA = pa.schema(POSITION_FIELDS)
+_DECODED_SCHEMA = pa.schema(POSITION_FIELDS)
 
 GZIP_MAGIC = b"\x1f\x8b"
 BZIP2_MAGIC = b"BZh"
@@ -123,9 +130,11 @@ def parse_feed_message(body: bytes) -> Any:
 
 def _parse_unchecked(body: bytes) -> Any:
     """ParseFromString with failures classified, without the required-fields check."""
-    if not body.strip():
+    # Strip a prefix only (protobuf bodies start with b"\n"; a full strip copies them).
+    head = body[:256].lstrip() or body.lstrip()
+    if not head:
         raise FeedDecodeError("empty", "the body is empty")
-    head = body.lstrip()[:15].lower()
+    head = head[:15].lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml")) or head.startswith(b"<"):
         raise FeedDecodeError("html", "the body is HTML/XML, not protobuf")
     msg = gtfs_realtime_pb2.FeedMessage()
@@ -296,4 +305,4 @@ def _build_table(
     arrays["feed_id"] = _repeat(feed_id, n, pa.string())
     arrays["fetched_at"] = _repeat(fetched_at, n, UTC_TS)
     arrays["source_file"] = _repeat(source_file, n, pa.string())
-    return pa.Table.from_arrays([arrays[f.name] for f in POSITION_FIELDS], schema=POSITION_SCHEMA)
+    return pa.Table.from_arrays([arrays[f.name] for f in POSITION_FIELDS], schema=_DECODED_SCHEMA)
