@@ -201,8 +201,13 @@ def convert_flat_table(
         layout = detect_layout(raw.column_names)
         mapping = _layout_mapping(layout, raw.column_names)
     unmapped = [c for c in raw.column_names if c not in mapping]
-    if unmapped:
-        logger.info("%s: columns not imported (no positions column): %s", source_file, unmapped)
+    with_values = [c for c in unmapped if raw.column(c).null_count < raw.num_rows]
+    if with_values:
+        logger.warning("%s: columns with values not imported (no positions column): %s",
+                       source_file, with_values)  # fmt: skip
+    if len(with_values) < len(unmapped):
+        logger.info("%s: empty columns not imported: %s", source_file,
+                    [c for c in unmapped if c not in with_values])  # fmt: skip
     result = FlatTable(pa.table({}), layout, unmapped)
     arrays: dict[str, pa.Array] = {}
     for source, target in mapping.items():

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import logging
 import os
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,29 +109,32 @@ def iter_raw_snapshots(path: Path) -> Iterator[RawSnapshot]:
 
 
 def _iter_tar(path: Path) -> Iterator[RawSnapshot]:
-    """Stream a tar in one pass; members out of name order are held back and sorted."""
+    """Stream a tar's snapshots in name order.
+
+    A first pass reads only the member names. When the archive is already in name order
+    (the usual case) the second pass streams it; otherwise the members are read into
+    memory and sorted (a compressed tar cannot be read backwards cheaply).
+    """
     try:
         with tarfile.open(path, mode="r|*") as tar:
-            held: list[RawSnapshot] = []
-            last = ""
-            for member in tar:
-                if not member.isfile() or not is_snapshot_name(member.name):
-                    continue
-                handle = tar.extractfile(member)
-                body = handle.read() if handle is not None else b""
-                snap = RawSnapshot(f"{path}!{member.name}", member.name, body, float(member.mtime))
-                if held or member.name < last:
-                    held.append(snap)
-                else:
-                    yield snap
-                last = max(last, member.name)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+            names = [m.name for m in tar if m.isfile() and is_snapshot_name(m.name)]
+        in_order = all(a <= b for a, b in itertools.pairwise(names))
+        if not in_order:
+            logger.info("%s: members are not in name order; reading them into memory", path)
+        snaps = _stream_tar(path)
+        yield from snaps if in_order else sorted(snaps, key=lambda s: s.name)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise ValueError(f"{path}: cannot read the tar archive: {exc}") from exc
-    if held:
-        logger.warning(
-            "%s: %d members come after a later name; imported last, sorted", path, len(held)
-        )
-        yield from sorted(held, key=lambda s: s.name)
+
+
+def _stream_tar(path: Path) -> Iterator[RawSnapshot]:
+    with tarfile.open(path, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile() or not is_snapshot_name(member.name):
+                continue
+            handle = tar.extractfile(member)
+            body = handle.read() if handle is not None else b""
+            yield RawSnapshot(f"{path}!{member.name}", member.name, body, float(member.mtime))
 
 
 def sync_filesystem(folder: Path) -> None:
