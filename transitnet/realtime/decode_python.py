@@ -47,6 +47,14 @@ _VP = (("stop_id", "stop_id"), ("current_stop_sequence", "current_stop_sequence"
        ("occupancy_status", "occupancy_status"),
        ("vehicle_timestamp_raw", "timestamp"))  # fmt: skip
 
+_ENTITY = (("entity_id", "id"), ("is_deleted", "is_deleted"))
+#: The VehiclePosition's sub-messages and their fields.
+_SUBS = (
+    ("trip", _TRIP, pb.TripDescriptor),
+    ("vehicle", _VDESC, pb.VehicleDescriptor),
+    ("position", _POS, pb.Position),
+)
+
 
 @dataclass(frozen=True)
 class EntityColumns:
@@ -101,14 +109,6 @@ def extract_columns_python(msg: Any) -> EntityColumns:
     arrays, n_invalid = _to_arrays(cols)
     return EntityColumns(arrays, len(msg.entity), n_tu, n_alerts, n_invalid)
 
-
-_ENTITY = (("entity_id", "id"), ("is_deleted", "is_deleted"))
-#: The VehiclePosition's sub-messages and their fields.
-_SUBS = (
-    ("trip", _TRIP, pb.TripDescriptor),
-    ("vehicle", _VDESC, pb.VehicleDescriptor),
-    ("position", _POS, pb.Position),
-)
 
 _Bound = list[tuple[Any, str, Any]]
 
