@@ -27,10 +27,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from transitnet.schema import POSITIONS_SCHEMA
 from transitnet.store.atomic import TEMP_PREFIX
-from transitnet.store.dedup import dedup_positions, sort_positions
+from transitnet.store.dedup import compute_dedup_mask, compute_sort_indices
 from transitnet.store.layout import (
     COMPACTED_NAME,
     FETCH_LOG_DIR,
@@ -38,18 +40,19 @@ from transitnet.store.layout import (
     STATE_DIR,
     list_partitions,
     list_parts,
+    publish_path,
 )
 from transitnet.store.log import FETCH_LOG_SCHEMA_EXT
-from transitnet.store.parquet import (
-    MERGED_PARTS_KEY,
-    open_dataset,
-    read_merged_parts,
-    write_parquet_atomic,
-)
+from transitnet.store.parquet import MERGED_PARTS_KEY, read_merged_parts
 
 logger = logging.getLogger(__name__)
 
 _SCHEMAS = {POSITIONS_DIR: POSITIONS_SCHEMA, FETCH_LOG_DIR: FETCH_LOG_SCHEMA_EXT}
+#: String columns with few distinct values per day, held as dictionaries while compacting.
+_DICTIONARY_COLUMNS = ("feed_id", "trip_id", "route_id", "start_time", "start_date", "stop_id",
+                       "header_version", "source_file", "outcome", "error_class",
+                       "final_url")  # fmt: skip
+_BATCH_ROWS = 131_072
 
 
 class CompactionLockedError(RuntimeError):
@@ -121,29 +124,63 @@ def compact_partition(folder: Path, kind: str, feed_id: str, day: date) -> Compa
         return CompactResult(kind, feed_id, day, stale_removed=len(stale))
     inputs = ([compacted] if compacted.is_file() else []) + fresh
     try:
-        table = _read_inputs(folder, kind, inputs)
+        table = _read_inputs(kind, inputs)
     except (OSError, pa.ArrowException) as exc:
         logger.error("not compacting %s: %s", folder, exc)
         return CompactResult(kind, feed_id, day, stale_removed=len(stale), error=str(exc))
-    out = _dedup_and_sort(kind, table)
+    order = _compute_order(kind, table)
     names = json.dumps(sorted(p.name for p in fresh)).encode()
-    write_parquet_atomic(compacted, out, metadata={MERGED_PARTS_KEY: names})
+    _write_in_batches(compacted, table, order, _SCHEMAS[kind], {MERGED_PARTS_KEY: names})
     for path in fresh:
         path.unlink(missing_ok=True)
-    return CompactResult(kind, feed_id, day, len(fresh), len(stale), table.num_rows, out.num_rows)
+    return CompactResult(kind, feed_id, day, len(fresh), len(stale), table.num_rows, len(order))
 
 
-def _read_inputs(folder: Path, kind: str, files: list[Path]) -> pa.Table:
-    schema = _SCHEMAS[kind]
-    root = folder.parent.parent
-    table = open_dataset(root, files, schema).to_table(columns=schema.names)
-    return table.cast(schema).replace_schema_metadata(None)
+def _read_schema(kind: str) -> pa.Schema:
+    """The table's schema with low-cardinality strings read as dictionaries (less memory)."""
+    fields = [
+        pa.field(f.name, pa.dictionary(pa.int32(), f.type), f.nullable)
+        if f.name in _DICTIONARY_COLUMNS else f
+        for f in _SCHEMAS[kind]
+    ]  # fmt: skip
+    return pa.schema(fields)
 
 
-def _dedup_and_sort(kind: str, table: pa.Table) -> pa.Table:
+def _read_inputs(kind: str, files: list[Path]) -> pa.Table:
+    """Read ``files`` one by one onto the table's (dictionary-encoded) schema.
+
+    Files written before a column existed get it as nulls; a file that cannot be read
+    raises, which leaves the partition untouched.
+    """
+    schema = _read_schema(kind)
+    wanted = [c for c in _DICTIONARY_COLUMNS if c in schema.names]
+    tables = []
+    for path in files:
+        part = pq.read_table(path, read_dictionary=wanted).replace_schema_metadata(None)
+        missing = [f for f in schema if f.name not in part.column_names]
+        for f in missing:
+            part = part.append_column(f, pa.nulls(part.num_rows, f.type))
+        tables.append(part.select(schema.names).cast(schema))
+    return pa.concat_tables(tables)
+
+
+def _compute_order(kind: str, table: pa.Table) -> pa.Array:
+    """Indices of the rows to write, in output order (positions: deduplicated)."""
     if kind == POSITIONS_DIR:
-        return sort_positions(dedup_positions(table))
-    return table.sort_by([("started_at", "ascending"), ("attempt", "ascending")])
+        return compute_sort_indices(table, compute_dedup_mask(table))
+    keys = [("started_at", "ascending"), ("attempt", "ascending")]
+    return pc.sort_indices(table.select(["started_at", "attempt"]), sort_keys=keys)
+
+
+def _write_in_batches(
+    path: Path, table: pa.Table, order: pa.Array, schema: pa.Schema, metadata: dict[bytes, bytes]
+) -> None:
+    """Write ``table.take(order)`` atomically, one row group per batch (bounded memory)."""
+    out_schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+    with publish_path(path) as tmp, pq.ParquetWriter(tmp, out_schema, compression="zstd") as w:
+        for start in range(0, len(order), _BATCH_ROWS):
+            batch = table.take(order.slice(start, _BATCH_ROWS)).cast(schema)
+            w.write_table(batch.replace_schema_metadata(out_schema.metadata))
 
 
 def compact_store(

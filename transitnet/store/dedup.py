@@ -50,6 +50,8 @@ def compute_vehicle_key(table: pa.Table) -> pa.ChunkedArray:
 
 def _codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Integer code per row (equal values, equal codes; null → -1)."""
+    if pa.types.is_dictionary(column.type):  # chunks may hold different dictionaries
+        column = pc.cast(column, column.type.value_type)
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     indices = pc.dictionary_encode(column).indices.fill_null(-1)
@@ -81,16 +83,10 @@ def _snapshot_ids(table: pa.Table) -> np.ndarray:
     return ids
 
 
-def dedup_positions(table: pa.Table) -> pa.Table:
-    """Drop rows that repeat a fix already seen in an earlier snapshot.
-
-    Columns in: ``feed_id``, ``entity_id``, ``vehicle_id``, ``vehicle_label``,
-    ``vehicle_timestamp_raw``, ``trip_id``, ``start_time``, ``fetched_at``,
-    ``header_timestamp_raw``, ``source_file`` (plus any others, passed through).
-    Columns out: the same; row order is kept.
-    """
+def compute_dedup_mask(table: pa.Table) -> np.ndarray:
+    """True for rows to keep: see :func:`dedup_positions` for the rules and columns."""
     if table.num_rows == 0:
-        return table
+        return np.ones(0, dtype=bool)
     vk = compute_vehicle_key(table)
     ts = table.column("vehicle_timestamp_raw")
     keys = pd.DataFrame(
@@ -106,22 +102,54 @@ def dedup_positions(table: pa.Table) -> pa.Table:
     first = snap.groupby([keys[c] for c in keys.columns], sort=False).transform("min")
     copies = keys.assign(entity=_codes(table.column("entity_id")), snap=snap).duplicated()
     unkeyed = np.asarray(pc.or_(pc.is_null(ts), pc.is_null(vk)), dtype=bool)
-    keep = ((snap == first) & ~copies).to_numpy(dtype=bool) | unkeyed
-    if keep.all():
-        return table
-    return table.filter(pa.array(keep))
+    keep: np.ndarray = ((snap == first) & ~copies).to_numpy(dtype=bool) | unkeyed
+    return keep
+
+
+def dedup_positions(table: pa.Table) -> pa.Table:
+    """Drop rows that repeat a fix already seen in an earlier snapshot.
+
+    Columns in: ``feed_id``, ``entity_id``, ``vehicle_id``, ``vehicle_label``,
+    ``vehicle_timestamp_raw``, ``trip_id``, ``start_time``, ``fetched_at``,
+    ``header_timestamp_raw``, ``source_file`` (plus any others, passed through).
+    Columns out: the same; row order is kept.
+    """
+    keep = compute_dedup_mask(table)
+    return table if keep.all() else table.filter(pa.array(keep))
+
+
+def compute_sort_indices(table: pa.Table, keep: np.ndarray | None = None) -> pa.Array:
+    """Row indices ordering (kept) rows by feed, vehicle key, vehicle time, fetch time.
+
+    Columns in: those of :func:`compute_vehicle_key` plus ``feed_id``,
+    ``vehicle_timestamp``, ``fetched_at``. Nulls sort last.
+
+    Args:
+        table: Positions.
+        keep: Optional mask; rows where it is False are left out of the result.
+    """
+    keys = pa.table(
+        {
+            "feed": pc.cast(table.column("feed_id"), pa.string()),
+            "vk": compute_vehicle_key(table),
+            "vt": table.column("vehicle_timestamp"),
+            "fa": table.column("fetched_at"),
+            "i": pa.array(np.arange(table.num_rows, dtype=np.int64)),
+        }
+    )
+    if keep is not None:
+        keys = keys.filter(pa.array(keep))
+    order = [("feed", "ascending"), ("vk", "ascending"), ("vt", "ascending"),
+             ("fa", "ascending"), ("i", "ascending")]  # fmt: skip
+    return keys.sort_by(order).column("i").combine_chunks()
 
 
 def sort_positions(table: pa.Table) -> pa.Table:
     """Sort by feed, vehicle key, vehicle time, then fetch time (nulls last).
 
-    Columns in: those of :func:`compute_vehicle_key` plus ``feed_id``,
-    ``vehicle_timestamp``, ``fetched_at``. Columns out: unchanged.
+    Columns in: see :func:`compute_sort_indices`. Columns out: unchanged.
     """
-    keyed = table.append_column("__vk", compute_vehicle_key(table))
-    order = [("feed_id", "ascending"), ("__vk", "ascending"),
-             ("vehicle_timestamp", "ascending"), ("fetched_at", "ascending")]  # fmt: skip
-    return keyed.sort_by(order).drop_columns(["__vk"])
+    return table.take(compute_sort_indices(table))
 
 
 def filter_new_fixes(
