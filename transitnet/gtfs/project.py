@@ -22,11 +22,14 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 logger = logging.getLogger(__name__)
 
 #: Offsets equal within this (metres) are ties when finding local minima.
 _TIE_M = 1e-6
+#: Error margin of float32 screening, metres.
+_SCREEN_M = 0.05
 #: Flat (point, segment) pairs processed per chunk by :func:`project_whole_shapes`.
 _CHUNK_PAIRS = 1 << 21
 
@@ -47,6 +50,7 @@ class SegmentArrays:
         first_seg: (V,) first segment of the same shape.
         last_seg: (V,) last real segment of the same shape.
         origin: (x, y) metric origin subtracted from every coordinate.
+        coarse: float32 copies of ``x0, y0, dx, dy, inv_len2`` for screening pairs.
     """
 
     offsets: np.ndarray
@@ -60,6 +64,7 @@ class SegmentArrays:
     first_seg: np.ndarray
     last_seg: np.ndarray
     origin: tuple[float, float]
+    coarse: tuple[np.ndarray, ...]
 
     @property
     def n_shapes(self) -> int:
@@ -96,18 +101,21 @@ def build_segment_arrays(
     dx = np.where(is_last, 0.0, np.roll(x, -1) - x)
     dy = np.where(is_last, 0.0, np.roll(y, -1) - y)
     len2 = dx * dx + dy * dy
+    inv_len2 = np.divide(1.0, len2, out=np.zeros_like(len2), where=len2 > 0)
+    x0, y0 = x - origin[0], y - origin[1]
     return SegmentArrays(
         offsets=offsets,
-        x0=x - origin[0],
-        y0=y - origin[1],
+        x0=x0,
+        y0=y0,
         dx=dx,
         dy=dy,
-        inv_len2=np.divide(1.0, len2, out=np.zeros_like(len2), where=len2 > 0),
+        inv_len2=inv_len2,
         seg_len=np.sqrt(len2),
         cum0=cum,
         first_seg=np.repeat(offsets[:-1], counts),
         last_seg=np.repeat(np.maximum(offsets[:-1], offsets[1:] - 2), counts),
         origin=origin,
+        coarse=tuple(a.astype(np.float32) for a in (x0, y0, dx, dy, inv_len2)),
     )
 
 
@@ -130,6 +138,26 @@ def project_to_segments(
     return seg.cum0[segment] + t * seg.seg_len[segment], np.sqrt(ex * ex + ey * ey)
 
 
+def screen_squared_offsets(
+    seg: SegmentArrays, rx: np.ndarray, ry: np.ndarray, segment: np.ndarray
+) -> np.ndarray:
+    """Squared offsets of points (float32, relative to ``seg.origin``) from segments.
+
+    Computed in float32, accurate to about a centimetre: enough to screen pairs; the
+    pairs kept are measured again in float64 with :func:`project_to_segments`.
+    """
+    x0, y0, dx, dy, inv_len2 = (a[segment] for a in seg.coarse)
+    ex, ey = rx - x0, ry - y0
+    t = (ex * dx + ey * dy) * inv_len2
+    np.clip(t, 0.0, 1.0, out=t)
+    ex -= t * dx
+    ey -= t * dy
+    ex *= ex
+    ey *= ey
+    ex += ey
+    return ex
+
+
 @dataclass(frozen=True)
 class SegmentGrid:
     """Segments listed per (shape, grid cell) they pass within ``radius_m`` of.
@@ -140,7 +168,9 @@ class SegmentGrid:
         corner: (x, y) of the grid's lower-left corner, relative to the segments' origin.
         n_x: Cells along x.
         n_y: Cells along y.
-        keys: (E,) sorted int64 ``(shape · n_x + cx) · n_y + cy`` per entry.
+        cells: Hash index of the occupied ``(shape · n_x + cx) · n_y + cy`` keys.
+        starts: (K,) first entry of each occupied key.
+        counts: (K,) entries of each occupied key.
         segments: (E,) int64 segment of each entry (ascending within a key).
     """
 
@@ -149,7 +179,9 @@ class SegmentGrid:
     corner: tuple[float, float]
     n_x: int
     n_y: int
-    keys: np.ndarray
+    cells: pd.Index
+    starts: np.ndarray
+    counts: np.ndarray
     segments: np.ndarray
 
 
@@ -187,7 +219,9 @@ def build_segment_grid(
     shape = np.searchsorted(seg.offsets, segments, side="right") - 1
     keys = (shape * n_x + cx) * n_y + cy
     order = np.lexsort((segments, keys))
-    return SegmentGrid(radius_m, cell, corner, n_x, n_y, keys[order], segments[order])
+    cells, starts, counts = np.unique(keys[order], return_index=True, return_counts=True)
+    return SegmentGrid(radius_m, cell, corner, n_x, n_y, pd.Index(cells), starts.astype(np.int64),
+                       counts.astype(np.int64), segments[order])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -233,8 +267,16 @@ def find_candidates(
     """
     rx, ry = px - seg.origin[0], py - seg.origin[1]
     point, segment = _lookup_pairs(grid, rx, ry, shape_idx)
+    rough = screen_squared_offsets(
+        seg, rx.astype(np.float32)[point], ry.astype(np.float32)[point], segment
+    )
+    near = rough <= (grid.radius_m + _SCREEN_M) ** 2
+    point, segment, rough = point[near], segment[near], np.sqrt(rough[near])
+    maybe = _is_local_minimum(point, segment, rough, tie_m=-_SCREEN_M)
+    point, segment = point[maybe], segment[maybe]
     dist, offset = project_to_segments(seg, rx[point], ry[point], segment)
-    keep = _is_local_minimum(point, segment, offset) & (offset <= grid.radius_m)
+    keep = _is_exact_minimum(seg, rx[point], ry[point], segment, offset)
+    keep &= offset <= grid.radius_m
     return _pack_candidates(
         seg, len(px), point[keep], segment[keep], dist[keep], offset[keep], max_candidates
     )
@@ -249,31 +291,48 @@ def _lookup_pairs(
     inside = (cx >= 0) & (cx < grid.n_x) & (cy >= 0) & (cy < grid.n_y)
     cx, cy = np.where(inside, cx, 0).astype(np.int64), np.where(inside, cy, 0).astype(np.int64)
     key = (shape_idx * grid.n_x + cx) * grid.n_y + cy
-    lo = np.searchsorted(grid.keys, key, side="left")
-    counts = np.where(inside, np.searchsorted(grid.keys, key, side="right") - lo, 0)
+    cell = grid.cells.get_indexer(key)
+    found = inside & (cell >= 0)
+    lo = np.where(found, grid.starts[cell], 0)
+    counts = np.where(found, grid.counts[cell], 0)
     point = np.repeat(np.arange(len(rx)), counts)
     first = np.cumsum(counts) - counts
     entry = np.repeat(lo - first, counts) + np.arange(len(point))
     return point, grid.segments[entry]
 
 
-def _is_local_minimum(point: np.ndarray, segment: np.ndarray, offset: np.ndarray) -> np.ndarray:
+def _is_local_minimum(
+    point: np.ndarray, segment: np.ndarray, offset: np.ndarray, *, tie_m: float = _TIE_M
+) -> np.ndarray:
     """True where a pair is nearer than the previous segment and no farther than the next.
 
     Pairs come grouped by point and sorted by segment. A neighbouring segment missing
     from the list is farther than the radius from the point (the grid lists every
-    segment within it), so it never beats a pair within the radius. A tie at a shared
-    vertex goes to the earlier segment, so each pass of the shape counts once.
+    segment within it, and screening drops only farther ones), so it never beats a pair
+    within the radius. A tie at a shared vertex goes to the earlier segment, so each
+    pass of the shape counts once. A negative ``tie_m`` keeps near-ties on both sides (a
+    superset, for screening rounded offsets).
     """
     same_prev = np.zeros(len(point), dtype=bool)
     same_prev[1:] = (point[1:] == point[:-1]) & (segment[1:] == segment[:-1] + 1)
     before = np.ones(len(point), dtype=bool)
-    before[1:] = offset[1:] < offset[:-1] - _TIE_M
+    before[1:] = offset[1:] < offset[:-1] - tie_m
     after = np.ones(len(point), dtype=bool)
-    after[:-1] = offset[:-1] <= offset[1:] + _TIE_M
+    after[:-1] = offset[:-1] <= offset[1:] + abs(tie_m)
     same_next = np.zeros(len(point), dtype=bool)
     same_next[:-1] = same_prev[1:]
     return np.asarray((~same_prev | before) & (~same_next | after))
+
+
+def _is_exact_minimum(
+    seg: SegmentArrays, rx: np.ndarray, ry: np.ndarray, segment: np.ndarray, offset: np.ndarray
+) -> np.ndarray:
+    """The local-minimum test of :func:`_is_local_minimum`, with both neighbours measured."""
+    prev = np.maximum(segment - 1, seg.first_seg[segment])
+    nxt = np.minimum(segment + 1, seg.last_seg[segment])
+    before = (prev == segment) | (offset < project_to_segments(seg, rx, ry, prev)[1] - _TIE_M)
+    after = (nxt == segment) | (offset <= project_to_segments(seg, rx, ry, nxt)[1] + _TIE_M)
+    return np.asarray(before & after)
 
 
 def _pack_candidates(

@@ -157,20 +157,35 @@ def _window_score(
 def _select_step(
     cands: Candidates, pts: TrajectoryPoints, step: _Step, cfg: WindowConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Score the candidates of one fix per active trajectory; return the best of each."""
+    """Choose the candidate of one fix per active trajectory.
+
+    Most fixes have one candidate (or none): only the others are scored in full.
+    """
     rows = step.rows
-    d, off = cands.dist_m[rows], cands.offset_m[rows]
+    best = np.zeros(len(rows), dtype=np.int64)
+    multi = np.flatnonzero(cands.count[rows] > 1)
+    if len(multi):
+        sub = _Step(rows[multi], step.anchor[multi], step.anchor_t[multi], step.has_next[multi])
+        best[multi] = np.argmin(_score(cands, pts, sub, cfg), axis=1)
+    d, off = cands.dist_m[rows, best], cands.offset_m[rows, best]
+    dt = pts.t_s[rows] - step.anchor_t
+    _, outside = _window_score(d, off, step.anchor, dt, cfg)
+    found = np.isfinite(off)
+    jump = found & outside & ~np.isnan(step.anchor)
+    return np.where(found, d, np.nan), np.where(found, off, np.nan), jump
+
+
+def _score(cands: Candidates, pts: TrajectoryPoints, step: _Step, cfg: WindowConfig) -> np.ndarray:
+    """(n, C) scores of the candidates of one fix per trajectory (lowest wins)."""
+    rows = step.rows
     dt = (pts.t_s[rows] - step.anchor_t)[:, None]
-    score, outside = _window_score(d, off, step.anchor[:, None], dt, cfg)
+    score, _ = _window_score(
+        cands.dist_m[rows], cands.offset_m[rows], step.anchor[:, None], dt, cfg
+    )
     fresh = np.flatnonzero(np.isnan(step.anchor))
     if len(fresh):
         score[fresh] = _first_fix_score(cands, pts, rows[fresh], step.has_next[fresh], cfg)
-    best = np.argmin(score, axis=1)
-    i = np.arange(len(rows))
-    d_best, off_best = d[i, best], off[i, best]
-    found = np.isfinite(off_best)
-    jump = found & outside[i, best] & ~np.isnan(step.anchor)
-    return np.where(found, d_best, np.nan), np.where(found, off_best, np.nan), jump
+    return score
 
 
 def _first_fix_score(

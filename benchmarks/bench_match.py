@@ -1,0 +1,222 @@
+"""Map-matching throughput, as ratios to baselines measured in the same run.
+
+Datasets (all real): the Austin CapMetro day 2017-03-21 (45k fixes, 310 shapes, median
+328 vertices) against ``gtfs_2017-01``, and the Auckland 2019-08-13 positions of routes 70,
+75, 25B, 25L, 27H, 27W (the whole day; ``--quick``: the first 300 snapshots) against
+``static_subset_2019-06`` through the route-variant fallback.
+
+Every row starts from the same inputs: metric (UTM) points, each with its shape, in
+trajectory order (what map matching proper works on). Points/s is the best of N passes in
+one process pinned to one core:
+
+- ``per-point loop``: a Python loop calling shapely ``line.project`` and
+  ``line.distance`` per point (timed on a sample, scaled);
+- ``shapely vectorised``: ``shapely.line_locate_point`` + ``shapely.distance`` on aligned
+  arrays of lines and points (the globally nearest point: wrong leg on loops);
+- ``transitnet core``: :func:`~transitnet.gtfs.project.find_candidates` +
+  :func:`~transitnet.gtfs.trajectory.select_candidates` (+ the whole-shape projection of
+  the few fixes with no candidate), i.e. distance along and offset with the trajectory
+  logic;
+- ``match_positions``: the whole public function from decoded rows (lon/lat): trip
+  resolution, projection, statuses, speeds, dwells, delays, output frame.
+
+Bars: transitnet core >= 500k points/s on one core and >= 10x the per-point loop.
+
+Usage: ``.venv/bin/python benchmarks/bench_match.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import shapely
+
+from transitnet.gtfs.artefacts import StaticArtefacts, load_or_build_artefacts
+from transitnet.gtfs.lines import strip_version_suffix
+from transitnet.gtfs.match import MatchIndex, build_match_index, match_positions
+from transitnet.gtfs.project import find_candidates, project_whole_shapes
+from transitnet.gtfs.shapes import project_lonlat
+from transitnet.gtfs.trajectory import TrajectoryPoints, compute_headings, select_candidates
+from transitnet.realtime.decode import decode_vehicle_positions
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+BAR_POINTS_PER_S = 500_000
+BAR_VS_LOOP = 10.0
+
+
+def pin_to_one_core() -> str:
+    """Pin this process (and Arrow's pool) to one CPU; returns a description."""
+    pa.set_cpu_count(1)
+    if hasattr(os, "sched_setaffinity"):
+        cpu = sorted(os.sched_getaffinity(0))[-1]
+        os.sched_setaffinity(0, {cpu})
+        return f"pinned to cpu {cpu}"
+    return "not pinned (no sched_setaffinity)"
+
+
+def machine_facts() -> str:
+    """One line of machine and library facts."""
+    cpu = platform.processor() or "?"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.platform()} | {cpu} | cpus {os.cpu_count()} | load1 {load:.2f} | "
+            f"python {sys.version.split()[0]} | numpy {np.__version__} | "
+            f"shapely {shapely.__version__} | pandas {pd.__version__}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One dataset, prepared: the rows, and metric points in trajectory order."""
+
+    name: str
+    rows: pd.DataFrame
+    index: MatchIndex
+    px: np.ndarray
+    py: np.ndarray
+    shape_idx: np.ndarray
+    points: TrajectoryPoints
+
+
+def prepare(name: str, rows: pd.DataFrame, art: StaticArtefacts) -> Workload:
+    """Resolve and project once (outside the timings) to get each dataset's points."""
+    index = build_match_index(art)
+    matched = match_positions(rows, art, index=index)
+    keep = matched["shape_id"].notna() & (matched["match_status"] != "invalid_position")
+    keep &= ~matched["is_stale"]
+    order = matched[keep].sort_values(["trajectory_id", "vehicle_timestamp"], kind="stable")
+    x, y = project_lonlat(art.shapes.crs, order["longitude"].to_numpy(),
+                          order["latitude"].to_numpy())  # fmt: skip
+    traj = pd.factorize(order["trajectory_id"])[0]
+    starts = np.flatnonzero(np.diff(traj, prepend=-1) != 0)
+    lengths = np.diff(np.append(starts, len(traj)))
+    t = order["vehicle_timestamp"].to_numpy(dtype="datetime64[us]").astype(np.int64) / 1e6
+    hx, hy = compute_headings(x, y, starts, lengths, np.full(len(x), np.nan))
+    shape_idx = art.shapes.index_of(order["shape_id"])
+    return Workload(name, rows, index, x, y, shape_idx,
+                    TrajectoryPoints(t, hx, hy, starts, lengths))  # fmt: skip
+
+
+def run_core(w: Workload) -> None:
+    """Distance along and offset for every point, with the trajectory logic."""
+    seg, grid = w.index.segments, w.index.grid
+    cands = find_candidates(seg, grid, w.px, w.py, w.shape_idx)
+    picked = select_candidates(cands, w.points)
+    miss = np.isnan(picked.dist_m)
+    project_whole_shapes(seg, w.px[miss], w.py[miss], w.shape_idx[miss])
+
+
+def shapely_lines(art: StaticArtefacts) -> np.ndarray:
+    t = art.shapes
+    return np.array([shapely.LineString(np.c_[t.x[a:b], t.y[a:b]])
+                     for a, b in zip(t.offsets[:-1], t.offsets[1:], strict=True)], dtype=object)  # fmt: skip
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure(w: Workload, repeats: int, loop_sample: int) -> dict[str, float]:
+    """Points/s of each method on one workload."""
+    lines = shapely_lines(w.index.art)[w.shape_idx]
+    points = shapely.points(w.px, w.py)
+    n = len(w.px)
+    sample = np.linspace(0, n - 1, min(loop_sample, n)).astype(np.int64)
+
+    def loop() -> None:
+        for i in sample:
+            line, point = lines[i], points[i]
+            line.project(point)
+            line.distance(point)
+
+    def vectorised() -> None:
+        shapely.line_locate_point(lines, points)
+        shapely.distance(lines, points)
+
+    return {
+        "per-point loop": len(sample) / best_of(loop, repeats),
+        "shapely vectorised": n / best_of(vectorised, repeats),
+        "transitnet core": n / best_of(lambda: run_core(w), repeats),
+        "match_positions": len(w.rows)
+        / best_of(lambda: match_positions(w.rows, w.index.art, index=w.index), repeats),
+    }
+
+
+def read_austin(day: str) -> pd.DataFrame:
+    ids = {c: str for c in ("vehicle_id", "route_id", "trip_id", "trip_headsign")}
+    path = DATA / "austin-capmetro" / "vehicle_positions" / f"{day}.csv"
+    rows = pd.read_csv(path, dtype=ids)  # type: ignore[arg-type]
+    stamps = pd.to_datetime(rows["timestamp"], utc=True)
+    return rows.drop(columns=["timestamp", "speed"]).assign(vehicle_timestamp=stamps)
+
+
+def read_auckland(art: StaticArtefacts, limit: int | None) -> pd.DataFrame:
+    variants = set(strip_version_suffix(art.trips["route_id"]).dropna())
+    frames = []
+    with tarfile.open(DATA / "auckland-2019-08-13" / "vehicle_positions.tar.xz", "r|xz") as tar:
+        for member in tar:
+            if limit is not None and len(frames) >= limit:
+                break
+            body = tar.extractfile(member)
+            if not member.isfile() or body is None:
+                continue
+            rows = decode_vehicle_positions(body.read(), feed_id="akl").positions.to_pandas()
+            keep = strip_version_suffix(rows["route_id"]).isin(variants).fillna(False)
+            frames.append(rows[keep.to_numpy(dtype=bool)])
+    return pd.concat(frames, ignore_index=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer passes, 300 Auckland polls")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/transitnet-bench-static"),
+                        help="static artefact cache folder")  # fmt: skip
+    args = parser.parse_args(argv)
+    repeats, loop_sample = (3, 1000) if args.quick else (7, 5000)
+    print(f"# {pin_to_one_core()}")
+    print(f"# {machine_facts()}")
+    austin = load_or_build_artefacts(DATA / "austin-capmetro" / "gtfs_2017-01", args.cache)
+    akl = load_or_build_artefacts(DATA / "auckland-2019-08-13" / "static_subset_2019-06",
+                                  args.cache)  # fmt: skip
+    workloads = [
+        prepare("austin 2017-03-21", read_austin("2017-03-21"), austin),
+        prepare("auckland subset", read_auckland(akl, 300 if args.quick else None), akl),
+    ]
+    ok = True
+    for w in workloads:
+        rates = measure(w, repeats, loop_sample)
+        loop = rates["per-point loop"]
+        print(f"\n{w.name}: {len(w.px):,} points on shapes ({len(w.rows):,} rows), "
+              f"{len(w.points.starts):,} trajectories")  # fmt: skip
+        print(f"{'method':<20} {'points/s':>12} {'x loop':>8} {'x vectorised':>13}")
+        for name, rate in rates.items():
+            print(f"{name:<20} {rate:>12,.0f} {rate / loop:>8.1f} "
+                  f"{rate / rates['shapely vectorised']:>13.1f}")  # fmt: skip
+        core = rates["transitnet core"]
+        ok &= core >= BAR_POINTS_PER_S and core / loop >= BAR_VS_LOOP
+    print(f"\nbars (core >= {BAR_POINTS_PER_S:,}/s and >= {BAR_VS_LOOP:.0f}x loop): "
+          f"{'met' if ok else 'NOT met'}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
