@@ -70,38 +70,48 @@ def parse_period(spec: Sequence[str], timezone: str) -> Period:
 
 
 def read_matched(store: Path, feed_ids: Sequence[str] | None, utc_dates: set[str]) -> pd.DataFrame:
-    """Read ``store/matched/feed=*/date=*/`` partitions for the given UTC dates.
+    """Read matched fixes whose ``vehicle_timestamp`` falls on the given UTC dates.
+
+    Partitions are named by our fetch clock, which for a replayed or backfilled archive
+    is not the vehicles' day, so every partition of the feeds is scanned with a
+    timestamp filter (Parquet statistics keep that cheap).
 
     Returns:
         The matched columns (see :func:`transitnet.gtfs.match.match_positions`).
     """
     root = store / MATCHED_DIR
-    if not root.exists():
-        return pd.DataFrame()
     files = [
         p
         for p in sorted(root.glob("feed=*/date=*/*.parquet"))
         if not p.name.startswith(".")
-        and p.parent.name.removeprefix("date=") in utc_dates
         and (feed_ids is None or p.parent.parent.name.removeprefix("feed=") in feed_ids)
     ]
-    if not files:
+    if not files or not utc_dates:
         return pd.DataFrame()
     dataset = ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=str(root))
-    frame: pd.DataFrame = dataset.to_table().to_pandas()
+    lo = pd.Timestamp(min(utc_dates), tz="UTC")
+    hi = pd.Timestamp(max(utc_dates), tz="UTC") + pd.Timedelta(days=1)
+    ts = ds.field("vehicle_timestamp")
+    table = dataset.to_table(filter=(ts >= lo.to_pydatetime()) & (ts < hi.to_pydatetime()))
+    frame: pd.DataFrame = table.to_pandas()
+    if "feed" in frame.columns:
+        frame = frame.drop(columns=["feed", "date"], errors="ignore")
     return frame
 
 
 def ensure_matched(
     store: Path, static: str | None, feed_ids: Sequence[str] | None, utc_dates: set[str]
 ) -> pd.DataFrame:
-    """Matched positions for ``utc_dates``, matching stored positions first if needed."""
+    """Matched positions for ``utc_dates``, matching stored positions first if needed.
+
+    Matching is incremental: partitions already matched with the same static version and
+    settings are skipped.
+    """
     if static is not None:
         from transitnet.gtfs.match import match_store
 
-        feeds = list(feed_ids) if feed_ids else [None]
-        for feed in feeds:
-            match_store(store, static, feed_id=feed, dates=sorted(utc_dates), skip_existing=True)
+        for feed in list(feed_ids) if feed_ids else [None]:
+            match_store(store, static, feed_id=feed)
     matched = read_matched(store, feed_ids, utc_dates)
     if matched.empty:
         raise ValueError(
