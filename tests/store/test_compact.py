@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -58,6 +59,9 @@ def test_compaction_merges_dedups_sorts_and_is_idempotent(tmp_path: Path) -> Non
     assert list(zip(after["vehicle_id"], after["latitude"], strict=True)) == sorted(
         zip(before["vehicle_id"], before["latitude"], strict=True)
     )
+    glob = f"{tmp_path}/positions/**/*.parquet"
+    con = duckdb.connect()
+    assert con.execute(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall() == [(4,)]
     stamp = (folder(tmp_path) / COMPACTED_NAME).stat().st_mtime_ns
     (again,) = compact_store(tmp_path, before=LATER, kinds=["positions"])
     assert again.parts_merged == 0 and again.error is None

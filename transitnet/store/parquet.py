@@ -10,6 +10,9 @@ Every write is atomic and adds one new file per partition touched, so concurrent
 (:mod:`transitnet.store.compact`) later merges a day's parts into ``part-compacted.parquet``
 and records the merged part names in that file's metadata; readers here skip any part
 listed there, which hides the duplicates a crash between publish and delete could leave.
+Tools that glob the folder themselves (DuckDB ``read_parquet('positions/**/*.parquet',
+hive_partitioning = true)``, ``pandas.read_parquet('positions')``) see exactly the same rows
+except in that crash window, until the next compaction removes the leftover parts.
 """
 
 from __future__ import annotations
