@@ -5,19 +5,24 @@ Auckland day 2019-08-13 (2,280 snapshots; ``--quick``: the first 300). Bodies ar
 into memory and decompressed before timing, so every row below starts from the same
 protobuf bytes.
 
-Rows (rows/s = VehiclePosition rows per second, best of N passes, one process pinned to
-one core):
+Rows (rows/s = VehiclePosition rows per CPU second of this single-threaded process,
+pinned to one core; CPU time rather than wall time so that other jobs on a shared machine
+do not distort the figures; best of N passes):
 
 - ``ParseFromString``: protobuf parse alone, nothing extracted (the ceiling);
-- ``parse + IsInitialized``: what ``parse_feed_message`` does before any extraction;
-- ``naive``: ParseFromString + ``MessageToDict`` + ``pandas.json_normalize`` (on every
-  10th snapshot when the set is large, normalised per row);
+- ``parse + IsInitialized``: ``parse_feed_message`` (the decoder skips IsInitialized when
+  its C walker found every required field of a VehiclePositions-only feed present);
+- ``naive``: ParseFromString + ``MessageToDict`` + ``pandas.json_normalize``;
 - ``decode (C)``: ``decode_vehicle_positions`` with the C extension (the default);
 - ``decode (Python fallback)``: the same with ``engine="python"``;
 - ``decode + validate``: decode, sha256, then ``FeedValidator.validate`` (feed-only rules)
   from :mod:`transitnet.realtime.validate`, when that module is present.
 
-Each row prints ``x ceiling`` (its speed over ParseFromString's) and ``x naive``.
+The two slow rows (naive, Python fallback) run on every 10th snapshot when a set has more
+than 50; all figures are per row. Passes are interleaved across methods and the best of
+N rounds is kept. Each row prints ``x ceiling`` (its speed over ParseFromString's) and
+``x naive``.
+
 Bars: decode+validate >= 250k rows/s per core and >= 10x the naive path.
 
 Usage: ``.venv/bin/python benchmarks/bench_decode.py [--quick]``.
@@ -156,35 +161,46 @@ def make_decode_validate() -> Runner | None:
     return run
 
 
-def best_time(run: Runner, bodies: list[bytes], repeat: int) -> float:
-    """Best wall time over ``repeat`` passes."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run(bodies)
-        best = min(best, time.perf_counter() - start)
-    return best
+def time_once(run: Runner, bodies: list[bytes]) -> float:
+    """CPU seconds of this (single-threaded, pinned) process for one pass."""
+    start = time.process_time()
+    run(bodies)
+    return time.process_time() - start
+
+
+def build_plan(bodies: list[bytes]) -> dict[str, tuple[Runner, list[bytes]]]:
+    """Method -> (runner, the snapshots it runs on); the slow ones get every 10th snapshot."""
+    subset = bodies if len(bodies) <= 50 else bodies[::10]
+    plan: dict[str, tuple[Runner | None, list[bytes]]] = {
+        "naive": (run_naive, subset),
+        "ParseFromString (ceiling)": (run_parse, bodies),
+        "parse + IsInitialized": (run_parse_checked, bodies),
+        "decode (C)": (make_decode("c") if load_extension() else None, bodies),
+        "decode (Python fallback)": (make_decode("python"), subset),
+        "decode (C) + validate": (make_decode_validate(), bodies),
+    }
+    return {m: (run, data) for m, (run, data) in plan.items() if run is not None}
 
 
 def measure_dataset(name: str, bodies: list[bytes], repeat: int) -> dict[str, float]:
-    """Print one block of rows for a dataset; returns rows/s per method."""
-    rows = make_decode("python")(bodies)
-    naive_bodies = bodies if len(bodies) <= 50 else bodies[::10]
-    naive_rows = run_naive(naive_bodies)
-    speeds = {"naive": naive_rows / best_time(run_naive, naive_bodies, repeat)}
-    methods: dict[str, Runner | None] = {
-        "ParseFromString (ceiling)": run_parse,
-        "parse + IsInitialized": run_parse_checked,
-        "decode (C)": make_decode("c") if load_extension() else None,
-        "decode (Python fallback)": make_decode("python"),
-        "decode (C) + validate": make_decode_validate(),
-    }
-    for method, run in methods.items():
-        if run is not None:
-            speeds[method] = rows / best_time(run, bodies, repeat)
+    """Print one block of rows for a dataset; returns rows/s per method.
+
+    The passes are interleaved (every method once per round, best of ``repeat`` rounds),
+    so a change in machine load hits all methods alike.
+    """
+    plan = build_plan(bodies)
+    count = make_decode("auto")
+    counts = {id(data): count(data) for _, data in plan.values()}
+    rows = {m: counts[id(data)] for m, (_, data) in plan.items()}
+    best = dict.fromkeys(plan, float("inf"))
+    for _ in range(repeat):
+        for method, (run, data) in plan.items():
+            best[method] = min(best[method], time_once(run, data))
+    speeds = {m: rows[m] / best[m] for m in plan}
     ceiling = speeds["ParseFromString (ceiling)"]
-    print(f"\n{name}: {len(bodies)} snapshots, {rows:,} rows "
-          f"(naive on {len(naive_bodies)} snapshots, {naive_rows:,} rows)")  # fmt: skip
+    print(f"\n{name}: {len(bodies)} snapshots, {max(rows.values()):,} rows "
+          f"(naive and Python fallback on {len(plan['naive'][1])} snapshots, "
+          f"{rows['naive']:,} rows)")  # fmt: skip
     print(f"  {'method':<28}{'rows/s':>13}{'x ceiling':>11}{'x naive':>9}")
     for method, speed in speeds.items():
         print(f"  {method:<28}{speed:>13,.0f}{speed / ceiling:>11.3f}"
