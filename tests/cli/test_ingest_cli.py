@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ import pytest
 import yaml
 
 from tests.faultserver import FaultServer, Reply, build_feed
-from transitnet.cli import compact, ingest
+from transitnet.cli import build_parser
 from transitnet.store.archive import read_meta
 from transitnet.store.log import read_fetch_log
 from transitnet.store.parquet import read_positions
@@ -23,11 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(*argv: str | Path) -> int:
-    parser = argparse.ArgumentParser(prog="transitnet")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ingest.register(sub)
-    compact.register(sub)
-    args = parser.parse_args([str(a) for a in argv])
+    """The real ``transitnet`` parser and handlers (``main`` minus its logging setup)."""
+    args = build_parser().parse_args([str(a) for a in argv])
     status: int = args.func(args)
     return status
 
@@ -101,19 +96,6 @@ def test_ingest_import_wires_to_the_importers(tmp_path: Path) -> None:
                tmp_path / "absent") == 2  # fmt: skip
 
 
-RUNNER = textwrap.dedent(
-    """
-    import argparse, sys
-    from transitnet.cli import configure_logging, ingest
-    parser = argparse.ArgumentParser()
-    ingest.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(sys.argv[1:])
-    configure_logging("INFO")
-    sys.exit(args.func(args))
-    """
-)
-
-
 def test_sigterm_stops_ingest_run_cleanly(tmp_path: Path, server: FaultServer) -> None:
     bodies = [build_feed(3000, timestamp=1704067200 + 30 * n) for n in range(50)]
     server.route("/vp", *[Reply(200, b) for b in bodies])
@@ -123,8 +105,8 @@ def test_sigterm_stops_ingest_run_cleanly(tmp_path: Path, server: FaultServer) -
     store = tmp_path / "s"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, "ingest", "run", "--config", str(config), "--store",
-         str(store)], env=env, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "transitnet", "ingest", "run", "--config", str(config),
+         "--store", str(store)], env=env, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30

@@ -10,17 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from transitnet.cli import compact, ingest
+from transitnet.cli import build_parser
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "data_pipelines" / "examples"
 
 
 def parse_cli(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="transitnet")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ingest.register(sub)
-    compact.register(sub)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def is_cli(word: str) -> bool:
