@@ -146,3 +146,24 @@ def test_every_fault_at_once_in_one_tick(tmp_path: Path, server: FaultServer) ->
     assert set(stored["feed_id"]) == {"flaky", "bare-gzip", "moved", "good"}
     assert (stored.groupby("feed_id").size() == 4).all()
     assert len(list(tmp_path.rglob("*.meta.json"))) == len(log)
+
+
+@pytest.mark.real_data
+def test_static_feed_enables_static_rules_and_a_broken_one_does_not_stop_ingest(
+    tmp_path: Path, server: FaultServer, shared_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    feeds = shared_data / "feeds/bullrunner"
+    server.route("/vp", Reply(200, (feeds / "vehicle_positions.pb").read_bytes()))
+    good = str(feeds / "bullrunner-gtfs.zip")
+    cfg = parse_config({"feeds": [
+        {"id": "with-static", "url": server.url("/vp"), "static": good},
+        {"id": "bad-static", "url": server.url("/vp"), "static": str(feeds / "badgtfs.zip")},
+        {"id": "no-static", "url": server.url("/vp")},
+    ]})  # fmt: skip
+    assert run_once(cfg, tmp_path) is True
+    stored = read_positions(tmp_path).set_index("feed_id")
+    assert stored.loc["with-static", "flag_e003"].notna().all()
+    assert stored.loc["bad-static", "flag_e003"].isna().all()
+    assert stored.loc["no-static", "flag_e003"].isna().all()
+    assert stored.loc["no-static", "flag_w001"].notna().all()  # feed-only rules always run
+    assert "cannot load static GTFS" in caplog.text
