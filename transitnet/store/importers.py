@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,12 @@ from transitnet.store.importers_pb import (
     is_raw_source,
     iter_raw_snapshots,
 )
-from transitnet.store.importers_rows import SeenKeys, flag_flat_rows, write_rows
+from transitnet.store.importers_rows import (
+    SeenKeys,
+    compute_partition_days,
+    flag_flat_rows,
+    write_rows,
+)
 from transitnet.store.layout import check_feed_id
 
 logger = logging.getLogger(__name__)
@@ -133,10 +139,13 @@ def import_paths(
         raise FileNotFoundError(f"input paths not found: {missing}")
     run = _ImportRun(Path(store), feed_id, columns, progress, static_checker)
     expanded = _expand(paths)
-    for path in tqdm(expanded, desc="import files", unit="file",
-                     disable=not progress or len(expanded) < 2):  # fmt: skip
-        run.import_one(path)
-    run.flush()
+    try:
+        for path in tqdm(expanded, desc="import files", unit="file",
+                         disable=not progress or len(expanded) < 2):  # fmt: skip
+            run.import_one(path)
+        run.flush()
+    finally:
+        run.finish()
     logger.info("import done: %s", run.result.summary())
     return run.result
 
@@ -168,6 +177,9 @@ class _ImportRun:
         self.pending_rows = 0
         self.snapshot_ordinal = 0
         self.rules: Counter[str] = Counter()
+        # Parquet encoding releases the GIL: writes overlap with decoding the next batch
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer")
+        self.writes: list[Future[list[Path]]] = []
 
     def import_one(self, path: Path) -> None:
         self.result.files += 1
@@ -258,7 +270,16 @@ class _ImportRun:
         keep = self.seen.select_new(batch, snaps)
         fresh = batch.drop_columns(["__snap"]).filter(pa.array(keep))
         self.result.duplicate_rows += int((~keep).sum())
-        written = write_rows(self.store, fresh, source)
-        self.result.written.extend(written)
+        if fresh.num_rows:
+            days = compute_partition_days(fresh, source)  # raises here, for this input
+            self.writes.append(self.writer.submit(write_rows, self.store, fresh, days))
         self.result.rows_written += fresh.num_rows
         self.result.rule_counts = dict(sorted(self.rules.items()))
+
+    def finish(self) -> None:
+        """Wait for the background Parquet writes; a write error is raised here."""
+        try:
+            for future in self.writes:
+                self.result.written.extend(future.result())
+        finally:
+            self.writer.shutdown(wait=True)

@@ -31,7 +31,9 @@ import hashlib
 import itertools
 import logging
 import os
+import queue
 import tarfile
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,12 +92,18 @@ def count_raw_snapshots(path: Path) -> int | None:
     return None if is_tar_path(path) else 1
 
 
-def iter_raw_snapshots(path: Path) -> Iterator[RawSnapshot]:
+def iter_raw_snapshots(path: Path, *, prefetch: int = 64) -> Iterator[RawSnapshot]:
     """Yield the snapshots of a folder (recursive), tar or single file in name order.
+
+    Reading (and decompressing) runs in a background thread, ``prefetch`` snapshots ahead,
+    so it overlaps with the caller's work (``lzma``/``zlib`` release the GIL).
 
     Raises:
         ValueError: when a tar cannot be read.
     """
+    if prefetch > 0:
+        yield from _prefetched(iter_raw_snapshots(path, prefetch=0), prefetch)
+        return
     if path.is_dir():
         files = sorted((p for p in path.rglob("*") if p.is_file() and is_snapshot_name(p.name)),
                        key=lambda p: p.relative_to(path).as_posix())  # fmt: skip
@@ -106,6 +114,37 @@ def iter_raw_snapshots(path: Path) -> Iterator[RawSnapshot]:
         yield from _iter_tar(path)
     else:
         yield RawSnapshot(str(path), path.name, path.read_bytes(), path.stat().st_mtime)
+
+
+def _prefetched(items: Iterator[RawSnapshot], size: int) -> Iterator[RawSnapshot]:
+    """Run ``items`` in a daemon thread, ``size`` items ahead; errors are re-raised here."""
+    buffer: queue.Queue[RawSnapshot | BaseException | None] = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put(item)
+            buffer.put(None)
+        except BaseException as exc:  # handed to the consumer
+            buffer.put(exc)
+
+    thread = threading.Thread(target=produce, name="import-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
 
 
 def _iter_tar(path: Path) -> Iterator[RawSnapshot]:
@@ -171,10 +210,13 @@ class BatchPublisher:
         self.root = root
         self.pending: list[tuple[Path, Path]] = []
         self.reserved: set[Path] = set()
+        self._folders: set[Path] = set()
 
     def add(self, path: Path, data: bytes) -> None:
         """Stage ``data`` for ``path`` (invisible to ``*.pb``/``*.json`` globs until published)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path.parent)
         staged = path.with_name(f"{TEMP_PREFIX}{path.name}.staged")
         staged.write_bytes(data)
         self.pending.append((staged, path))

@@ -273,19 +273,17 @@ def compute_partition_days(table: pa.Table, source: str) -> pa.Array:
     return pc.fill_null(days, fallback).combine_chunks()
 
 
-def write_rows(store: Path, table: pa.Table, source: str) -> list[Path]:
+def write_rows(store: Path, table: pa.Table, days: pa.Array) -> list[Path]:
     """Write flagged rows (stored schema + extras) as new part files, one per (feed, day).
 
     Args:
         store: Store root.
         table: :data:`~transitnet.schema.POSITIONS_SCHEMA` columns then extra columns.
-        source: Name for log lines and errors.
+        days: Partition date per row (see :func:`compute_partition_days`).
 
     Returns:
         The part files written.
     """
     if table.num_rows == 0:
         return []
-    days = compute_partition_days(table, source)
-    now = datetime.now(UTC)
-    return write_partitioned(store, POSITIONS_DIR, table, days, now)
+    return write_partitioned(store, POSITIONS_DIR, table, days, datetime.now(UTC))
