@@ -50,11 +50,13 @@ CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from transitnet.store.importers import import_paths
+before = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 r = import_paths(Path(sys.argv[1]), "akl", [Path(sys.argv[2])], progress=False)
 wall = time.perf_counter() - t0
 usage = resource.getrusage(resource.RUSAGE_SELF)
-rss, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+rss = usage.ru_maxrss * 1024
+cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
 print(json.dumps({"wall_s": wall, "cpu_s": cpu, "rss_bytes": rss, "snapshots": r.snapshots,
                   "rows_read": r.rows_read, "rows_written": r.rows_written}))
 """
@@ -159,8 +161,8 @@ def report(ours: dict[str, float], naive_s: float, naive_rows: int, stream_s: fl
     print(f"input: {int(ours['snapshots'])} snapshots, {int(rows)} rows -> "
           f"{int(ours['rows_written'])} stored after dedup")  # fmt: skip
     print(f"ours : {ours['wall_s']:8.1f} s  {rows / ours['wall_s']:>10,.0f} rows/s  "
-          f"peak RSS {rss_gib:.2f} GiB  (CPU {ours['cpu_s']:.1f} s user+sys, process total "
-          "incl. imports; wall > CPU means the machine was busy)")  # fmt: skip
+          f"peak RSS {rss_gib:.2f} GiB  (CPU {ours['cpu_s']:.1f} s user+sys over all threads; "
+          "wall > CPU means the machine was busy)")  # fmt: skip
     print(
         f"naive: {naive_day:8.1f} s  {rows / naive_day:>10,.0f} rows/s  (measured on "
         f"{n_subset} snapshots / {naive_rows} rows, scaled; + {stream_s:.1f} s tar stream)"
