@@ -30,70 +30,8 @@ def register(sub: Any) -> None:
         description="Turn a static GTFS feed into a realistic SIMULATED VehiclePositions "
         "stream (ids prefixed 'sim-'), written to --out or served over HTTP.",
     )
-    parser.add_argument(
-        "--static",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="static GTFS zip or folder (default: the built-in network)",
-    )
-    parser.add_argument(
-        "--start",
-        default="now",
-        metavar="ISO",
-        help="first snapshot time, ISO 8601 with offset (e.g. "
-        "2025-01-15T08:00:00+01:00) or 'now' (default)",
-    )
-    parser.add_argument(
-        "--duration-s",
-        type=float,
-        default=3600.0,
-        metavar="S",
-        help="simulated window length in seconds (default 3600)",
-    )
-    parser.add_argument(
-        "--step-s",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="seconds between snapshots (default 30)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--max-trips",
-        type=int,
-        default=None,
-        metavar="N",
-        help="simulate only the first N trips of the window",
-    )
-    parser.add_argument(
-        "--max-vehicles",
-        type=int,
-        default=None,
-        metavar="N",
-        help="simulate only the first N vehicles of the window",
-    )
-    parser.add_argument(
-        "--gps-noise-m",
-        type=float,
-        default=5.0,
-        metavar="M",
-        help="GPS noise standard deviation per axis (default 5 m)",
-    )
-    parser.add_argument(
-        "--p-missing",
-        type=float,
-        default=0.03,
-        metavar="P",
-        help="probability a vehicle is absent from a snapshot (default 0.03)",
-    )
-    parser.add_argument(
-        "--p-stale",
-        type=float,
-        default=0.05,
-        metavar="P",
-        help="probability a vehicle repeats its previous fix (default 0.05)",
-    )
+    _add_window_options(parser)
+    _add_realism_options(parser)
     parser.add_argument(
         "--out",
         type=Path,
@@ -102,7 +40,79 @@ def register(sub: Any) -> None:
         help="write the snapshots to DIR instead of serving them",
     )
     add_server_options(parser)
-    parser.set_defaults(func=handle_simulate)  # fmt: skip
+    parser.set_defaults(func=handle_simulate)
+
+
+def _add_window_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
+        "--static",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="static GTFS zip or folder (default: the built-in network)",
+    )
+    add(
+        "--start",
+        default="now",
+        metavar="ISO",
+        help="first snapshot time, ISO 8601 with offset (e.g. 2025-01-15T08:00:00+01:00) or "
+        "'now' (default)",
+    )
+    add(
+        "--duration-s",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="simulated window length in seconds (default 3600)",
+    )
+    add(
+        "--step-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds between snapshots (default 30)",
+    )
+    add(
+        "--max-trips",
+        type=int,
+        default=None,
+        metavar="N",
+        help="simulate only the first N trips of the window",
+    )
+    add(
+        "--max-vehicles",
+        type=int,
+        default=None,
+        metavar="N",
+        help="simulate only the first N vehicles of the window",
+    )
+
+
+def _add_realism_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    add(
+        "--gps-noise-m",
+        type=float,
+        default=5.0,
+        metavar="M",
+        help="GPS noise standard deviation per axis (default 5 m)",
+    )
+    add(
+        "--p-missing",
+        type=float,
+        default=0.03,
+        metavar="P",
+        help="probability a vehicle is absent from a snapshot (default 0.03)",
+    )
+    add(
+        "--p-stale",
+        type=float,
+        default=0.05,
+        metavar="P",
+        help="probability a vehicle repeats its previous fix (default 0.05)",
+    )
 
 
 def parse_start(text: str) -> datetime | None:

@@ -300,16 +300,20 @@ def _assemble(parts: list[dict[str, Any]], to_metric: pyproj.Transformer) -> pa.
             "current_stop_sequence": plan.stop_sequence[stop],
             "current_status": np.where(part["stopped"], _STOPPED, _IN_TRANSIT),
         }  # fmt: skip
-        constants = {"entity_id": part["vehicle_id"], "vehicle_id": part["vehicle_id"],
-                     "vehicle_label": "SIM " + part["vehicle_id"].removeprefix(SIM_PREFIX),
-                     "trip_id": plan.trip_id, "route_id": plan.route_id,
-                     "direction_id": plan.direction_id, "start_time": plan.start_time,
-                     "start_date": plan.service_date, "schedule_relationship": 0}  # fmt: skip
         for name, value in values.items():
             columns[name].extend(list(value))
-        for name, value in constants.items():
-            columns[name].extend([value] * n)
+        for name, constant in _trip_constants(plan, part["vehicle_id"]).items():
+            columns[name].extend([constant] * n)
     return pa.table({name: pa.array(columns[name], _FIX_TYPES.get(name)) for name in _FIX_COLUMNS})
+
+
+def _trip_constants(plan: TripPlan, vehicle: str) -> dict[str, Any]:
+    """Columns that are the same for every fix of one trip."""
+    return {"entity_id": vehicle, "vehicle_id": vehicle,
+            "vehicle_label": "SIM " + vehicle.removeprefix(SIM_PREFIX),
+            "trip_id": plan.trip_id, "route_id": plan.route_id,
+            "direction_id": plan.direction_id, "start_time": plan.start_time,
+            "start_date": plan.service_date, "schedule_relationship": 0}  # fmt: skip
 
 
 _FIX_TYPES: dict[str, pa.DataType] = {
