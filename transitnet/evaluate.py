@@ -28,6 +28,13 @@ from transitnet.metrics import (
     compute_rmse,
     summarise_by_horizon,
 )
+from transitnet.report import (
+    format_mae_table,
+    plot_mae_by_horizon,
+    plot_per_line,
+    save_figure,
+    write_report,
+)
 from transitnet.store.atomic import write_text_atomic
 from transitnet.tasks.forecasting import ForecastingTask
 
@@ -149,3 +156,25 @@ def write_metrics(metrics: dict[str, Any], out_dir: Path) -> Path:
     text = json.dumps(metrics, indent=2, sort_keys=True, allow_nan=True).replace("NaN", "null")
     write_text_atomic(path, text + "\n")
     return path
+
+
+def write_evaluation_report(metrics: dict[str, Any], out: Path, title: str) -> Path:
+    """The Markdown report with its plots, as ``transitnet evaluate`` writes it."""
+    save_figure(plot_mae_by_horizon(metrics), out / "mae_by_horizon.png")
+    horizons = list(metrics["model"]["mae_m"])
+    focus = "300" if "300" in horizons else horizons[len(horizons) // 2]
+    save_figure(plot_per_line(metrics, focus), out / "per_line.png")
+    cov = metrics["model"]["coverage"]
+    cov_rows = " | ".join(
+        f"{int(h) // 60} min: {v:.1%}" if v is not None else f"{int(h) // 60} min: –"
+        for h, v in cov["by_horizon"].items()
+    )
+    return write_report(
+        out / "report.md",
+        f"Forecast evaluation: {title}",
+        [
+            ("MAE along route (m)", format_mae_table(metrics) + "\n\n![](mae_by_horizon.png)"),
+            (f"P{round(cov['band'][0] * 100)}–P{round(cov['band'][1] * 100)} coverage", cov_rows),
+            ("Per line", "![](per_line.png)"),
+        ],
+    )

@@ -35,34 +35,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write the report; returns the exit status."""
-    from transitnet.evaluate import run_evaluation, summarise, write_metrics
-    from transitnet.report import (
-        format_mae_table,
-        plot_mae_by_horizon,
-        plot_per_line,
-        save_figure,
-        write_report,
+    from transitnet.evaluate import (
+        run_evaluation,
+        summarise,
+        write_evaluation_report,
+        write_metrics,
     )
 
     evaluation = run_evaluation(args.ckpt, store=args.store, static=args.static, dates=args.dates)
     metrics = summarise(evaluation)
-    out: Path = args.out
-    write_metrics(metrics, out)
-    save_figure(plot_mae_by_horizon(metrics), out / "mae_by_horizon.png")
-    horizons = list(metrics["model"]["mae_m"])
-    focus = "300" if "300" in horizons else horizons[len(horizons) // 2]
-    save_figure(plot_per_line(metrics, focus), out / "per_line.png")
-    cov = metrics["model"]["coverage"]
-    cov_rows = " | ".join(f"{int(h) // 60} min: {v:.1%}" for h, v in cov["by_horizon"].items())
-    write_report(
-        out / "report.md",
-        f"Forecast evaluation: {args.ckpt.name}",
-        [
-            ("MAE along route (m)", format_mae_table(metrics) + "\n\n![](mae_by_horizon.png)"),
-            (f"P{int(cov['band'][0] * 100)}–P{int(cov['band'][1] * 100)} coverage", cov_rows),
-            ("Per line", "![](per_line.png)"),
-            ("Windows", f"{len(evaluation.windows):,} test windows with at least one target."),
-        ],
-    )
-    logger.info("wrote %s (metrics.json, report.md, plots)", out)
+    write_metrics(metrics, args.out)
+    write_evaluation_report(metrics, args.out, args.ckpt.name)
+    logger.info("wrote %s (metrics.json, report.md, plots)", args.out)
     return 0

@@ -37,6 +37,9 @@ class ForecastNet(nn.Module):
         num_layers: Encoder layers.
         dropout: Dropout in the encoder and trunk.
         output_scale: Head output units per raw step (see :class:`QuantileForecastHead`).
+        speed_scale: When set, each horizon's increment is weighted by its length (in
+            the units of ``horizons``) times this speed, so raw outputs near 0 mean about
+            this speed at every horizon (e.g. 5 m/s with horizons in seconds).
         max_len: Longest past window (transformer positions).
         pad_lines_to_multiple_of: Spare embedding capacity (see :class:`LineEmbedding`).
         num_base_lines: Rows in the embedding's freezable base part; default all.
@@ -59,6 +62,7 @@ class ForecastNet(nn.Module):
         max_len: int = 64,
         pad_lines_to_multiple_of: int | None = None,
         num_base_lines: int | None = None,
+        speed_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.horizons = _check_increasing(horizons, "horizons", low=0.0)
@@ -85,8 +89,16 @@ class ForecastNet(nn.Module):
             nn.GELU(),
             nn.Dropout(dropout),
         )
+        weights = None
+        if speed_scale is not None:
+            gaps = [b - a for a, b in zip((0.0, *self.horizons[:-1]), self.horizons, strict=True)]
+            weights = [g * speed_scale / output_scale for g in gaps]
         self.head = QuantileForecastHead(
-            hidden_dim, len(self.horizons), len(self.quantiles), output_scale=output_scale
+            hidden_dim,
+            len(self.horizons),
+            len(self.quantiles),
+            output_scale=output_scale,
+            step_weights=weights,
         )
 
     def forward(

@@ -10,7 +10,9 @@ The head is monotone by construction, for any input and any weights:
   are themselves cumulative over horizons, so P10 ≤ P50 ≤ P90 and the band never
   narrows at a later horizon.
 
-Concretely ``out[b, h, q] = scale · Σ_{q'≤q} Σ_{h'≤h} softplus(raw[b, h', q'])``.
+Concretely ``out[b, h, q] = scale · Σ_{q'≤q} Σ_{h'≤h} w[h'] · softplus(raw[b, h', q'])``,
+where ``w`` weights each horizon's increment (e.g. its length in seconds times a typical
+speed), so a raw output near 0 already means a plausible speed at every horizon.
 """
 
 from __future__ import annotations
@@ -28,10 +30,19 @@ class QuantileForecastHead(nn.Module):
         n_quantiles: Number of quantile levels (increasing).
         output_scale: Units of one raw step, e.g. 100.0 to output metres from a network
             working at the scale of 100 m (targets are then in metres).
+        step_weights: Per-horizon weights ``w`` of the increments (default all 1).
     """
 
+    step_weights: torch.Tensor
+
     def __init__(
-        self, in_dim: int, n_horizons: int, n_quantiles: int, *, output_scale: float = 1.0
+        self,
+        in_dim: int,
+        n_horizons: int,
+        n_quantiles: int,
+        *,
+        output_scale: float = 1.0,
+        step_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         if min(in_dim, n_horizons, n_quantiles) < 1 or output_scale <= 0:
@@ -40,6 +51,10 @@ class QuantileForecastHead(nn.Module):
         self.n_quantiles = n_quantiles
         self.output_scale = output_scale
         self.linear = nn.Linear(in_dim, n_horizons * n_quantiles)
+        weights = torch.ones(n_horizons) if step_weights is None else torch.tensor(step_weights)
+        if weights.shape != (n_horizons,) or not bool((weights > 0).all()):
+            raise ValueError("step_weights must be n_horizons positive numbers")
+        self.register_buffer("step_weights", weights.float().view(1, n_horizons, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Forecast.
@@ -51,7 +66,7 @@ class QuantileForecastHead(nn.Module):
             ``(B, n_horizons, n_quantiles)``, non-negative, non-decreasing along dims 1 and 2.
         """
         raw = self.linear(x).view(-1, self.n_horizons, self.n_quantiles)
-        steps = nn.functional.softplus(raw)
+        steps = nn.functional.softplus(raw) * self.step_weights
         return steps.cumsum(dim=1).cumsum(dim=2) * self.output_scale
 
 

@@ -41,6 +41,8 @@ class ForecastingTask(BaseTask):
         weight_decay: AdamW weight decay.
         new_row_lr: Learning rate of new embedding rows (default: ``lr``).
         max_epochs_hint: Epochs the cosine schedule spans (the trainer may stop earlier).
+        speed_scale_mps: Typical along-route speed; the head's raw outputs are scaled so
+            that 0 means about this speed at every horizon.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class ForecastingTask(BaseTask):
         weight_decay: float = 1e-4,
         new_row_lr: float | None = None,
         max_epochs_hint: int = 20,
+        speed_scale_mps: float = 4.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -88,7 +91,8 @@ class ForecastingTask(BaseTask):
             n_context=n_context,
             num_layers=hp.num_layers,
             dropout=hp.dropout,
-            output_scale=hp.loss_scale_m / 10.0,
+            output_scale=1.0,
+            speed_scale=hp.speed_scale_mps,
         )
 
     def configure_model(self) -> None:
