@@ -221,6 +221,7 @@ def test_columns_mapping_detects_millisecond_timestamps(tmp_path: Path) -> None:
     assert df["flag_e001"].tolist() == [False, True, True]  # ms: flagged, never guessed silently
     assert df["vehicle_timestamp"].iloc[1] == pd.Timestamp("2023-11-14T22:13:20Z")  # scaled
     assert df["flag_e026"].tolist() == [True, False, False]  # (0, 0)
+    assert any("2 vehicle timestamps are not POSIX seconds" in n for n in result.notes)
     with pytest.raises(FileNotFoundError):
         import_paths(tmp_path / "s", "other", [tmp_path / "missing.csv"], progress=False)
     bad = import_paths(tmp_path / "s", "other", [path], columns={"nope": "vehicle_id"},
@@ -272,3 +273,16 @@ def test_stored_schema_is_the_contract_plus_headsign(tmp_path: Path) -> None:
     (part,) = sorted((tmp_path / "s").glob("positions/**/part-*.parquet"))
     schema = pq.read_schema(part)
     assert schema.names == [*POSITIONS_SCHEMA.names, "trip_headsign"]
+
+
+@pytest.mark.real_data
+def test_a_store_export_imports_back_unchanged(shared_data: Path, tmp_path: Path) -> None:
+    import_paths(tmp_path / "a", "mbta", [shared_data / MBTA / "vehicle_positions_flat.parquet"],
+                 progress=False)  # fmt: skip
+    exported = tmp_path / "export.parquet"
+    read_positions(tmp_path / "a").to_parquet(exported)
+    result = import_paths(tmp_path / "b", "mbta2", [exported], progress=False)
+    assert result.layouts[str(exported)] == "positions" and result.rows_written == 426
+    a = _stored(tmp_path / "a").drop(columns=["feed_id", "source_file"])
+    b = _stored(tmp_path / "b").drop(columns=["feed_id", "source_file"])
+    pd.testing.assert_frame_equal(a, b)

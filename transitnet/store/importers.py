@@ -204,11 +204,26 @@ class _ImportRun:
             logger.info("%s: header only, no rows: nothing to import", path)
             self.result.empty_files.append(str(path))
             return
-        table = flat.table.append_column("feed_id", pa.array([self.feed_id] * flat.table.num_rows))
+        table = flat.table
+        if "feed_id" in table.column_names:  # a mapped feed_id column: --feed-id wins
+            table = table.drop_columns(["feed_id"])
+            self.result.notes.append(f"{path}: feed_id column replaced by {self.feed_id!r}")
+        table = table.append_column("feed_id", pa.array([self.feed_id] * table.num_rows))
         flagged = flag_flat_rows(table, flat.zero_positions, self.static_checker)
+        self._note_time_units(path, flagged)
         self._count_flags(flagged)
         self._add(flagged, self._table_snapshots(flagged))
         self.flush(source=str(path))
+
+    def _note_time_units(self, path: Path, table: pa.Table) -> None:
+        """Say how many timestamps were not POSIX seconds (flagged E001, scaled for use)."""
+        count = pc.sum(pc.cast(table.column("flag_e001"), pa.int64())).as_py() or 0
+        if count:
+            message = (f"{path}: {count} vehicle timestamps are not POSIX seconds (e.g. "
+                       "milliseconds): flagged E001, raw value kept, scaled in "
+                       "vehicle_timestamp")  # fmt: skip
+            logger.warning(message)
+            self.result.notes.append(message)
 
     def _table_snapshots(self, table: pa.Table) -> np.ndarray:
         """Snapshot ordinal per row: one per header timestamp, else one per row."""

@@ -239,7 +239,11 @@ def _layout_mapping(layout: str, names: list[str]) -> dict[str, str]:
     if layout == "gtfs_rt_flat":
         found = {c: FLAT_FIELDS.get(normalise_field_path(c)) for c in names}
         return {c: t for c, t in found.items() if t is not None}
-    return {c: c for c in names if c in _TYPES or c in _TIME_TARGETS}
+    mapping = {c: c for c in names if (c in _TYPES or c in _TIME_TARGETS) and c != "feed_id"}
+    for parsed, raw in _TIME_TARGETS.items():  # a store export has both: keep the raw value
+        if parsed in mapping and raw in mapping:
+            del mapping[parsed]
+    return mapping
 
 
 def _convert_column(
