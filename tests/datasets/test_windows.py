@@ -78,3 +78,12 @@ def test_unusable_rows_are_left_out_and_gaps_split_trajectories() -> None:
     w = build_windows(df, WindowConfig(past_fixes=3, horizons_s=(60,), max_gap_s=600))
     assert len(w) == 5
     assert w.meta["trajectory"].nunique() == 2
+
+
+def test_fit_scale_only_centres_constant_features() -> None:
+    from transitnet.datasets.batches import fit_scale
+
+    values = np.array([[1.0, 5.0], [3.0, 5.0]])
+    mean, std = fit_scale(values)
+    np.testing.assert_allclose(mean, [2.0, 5.0])
+    np.testing.assert_allclose(std, [1.0, 1.0])

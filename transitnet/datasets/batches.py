@@ -95,7 +95,11 @@ def collate_batch(batch: ForecastBatch) -> ForecastBatch:
 
 
 def fit_scale(values: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature ``(mean, std)`` over the last axis, on valid rows only; std ≥ 1e-6.
+    """Per-feature ``(mean, std)`` over the last axis, on valid rows only.
+
+    A feature (nearly) constant in the training data (std < 1e-3, e.g. day of week when
+    training on one day) is only centred (std 1): dividing by a tiny std would blow up
+    the same feature on other days.
 
     Args:
         values: ``(..., F)`` features.
@@ -107,5 +111,6 @@ def fit_scale(values: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.n
     if len(flat) == 0:
         return np.zeros(values.shape[-1]), np.ones(values.shape[-1])
     mean = flat.mean(axis=0)
-    std = np.maximum(flat.std(axis=0), 1e-6)
+    std = flat.std(axis=0)
+    std = np.where(std < 1e-3, 1.0, std)
     return mean, std
