@@ -201,6 +201,10 @@ def test_tar_and_folder_of_the_same_snapshots_store_the_same_rows(
     assert from_folder.snapshots == from_tar.snapshots == 40
     assert from_folder.rows_written == from_tar.rows_written > 0
     assert from_folder.duplicate_rows > 0  # polls re-publish unchanged fixes
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    broken = import_paths(tmp_path / "c", "akl", [truncated], progress=False)
+    assert not broken.ok and "cannot read the tar archive" in broken.failed[0][1]
     a = _stored(tmp_path / "a").drop(columns="source_file")
     b = _stored(tmp_path / "b").drop(columns="source_file")
     key = ["vehicle_id", "vehicle_timestamp_raw"]

@@ -30,6 +30,7 @@ import ctypes
 import hashlib
 import itertools
 import logging
+import lzma
 import os
 import queue
 import tarfile
@@ -162,7 +163,7 @@ def _iter_tar(path: Path) -> Iterator[RawSnapshot]:
             logger.info("%s: members are not in name order; reading them into memory", path)
         snaps = _stream_tar(path)
         yield from snaps if in_order else sorted(snaps, key=lambda s: s.name)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
         raise ValueError(f"{path}: cannot read the tar archive: {exc}") from exc
 
 
