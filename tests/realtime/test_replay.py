@@ -25,18 +25,6 @@ from transitnet.realtime.replay import (
 from transitnet.store.importers_flat import read_flat_table
 
 N_SNAPS = 8
-#: Runs the ``replay``/``simulate`` subcommands through their own ``register`` functions.
-CLI_SCRIPT = """
-import argparse, sys
-from transitnet.cli import configure_logging, replay, simulate
-parser = argparse.ArgumentParser(prog="transitnet")
-sub = parser.add_subparsers(required=True)
-replay.register(sub)
-simulate.register(sub)
-args = parser.parse_args(sys.argv[1:])
-configure_logging("INFO")
-sys.exit(args.func(args))
-"""
 
 
 def run_cli(argv: list[str]) -> int:
@@ -199,7 +187,7 @@ def test_flattened_table_is_reencoded_per_timestamp(shared_data: Path) -> None:
 def test_cli_serves_until_done(akl_folder: Path, tmp_path: Path) -> None:
     url_file = tmp_path / "url.txt"
     proc = subprocess.Popen(
-        [sys.executable, "-c", CLI_SCRIPT, "replay", str(akl_folder), "--speed", "0",
+        [sys.executable, "-m", "transitnet", "replay", str(akl_folder), "--speed", "0",
          "--exit-when-done", "--url-file", str(url_file)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
