@@ -159,6 +159,9 @@ def test_snapshots_group_by_header_then_vehicle_timestamp() -> None:
     snaps = encode_snapshots(by_vehicle)
     assert [s.header_timestamp_raw for s in snaps] == [4, 5, None]
     assert not gtfs_realtime_pb2.FeedMessage.FromString(snaps[2].body).header.HasField("timestamp")
+    binned = [(ts, t.column("entity_id").to_pylist())
+              for ts, t in iter_snapshot_tables(by_vehicle, bin_s=30)]  # fmt: skip
+    assert binned == [(30, ["a", "c"]), (None, ["b"])]  # one window [0, 30) ends at 30
     with pytest.raises(EncodeError, match="header_timestamp_raw or vehicle_timestamp_raw"):
         list(iter_snapshot_tables(_table(entity_id=["a"])))
 

@@ -204,3 +204,14 @@ def test_cli_serves_until_done(akl_folder: Path, tmp_path: Path) -> None:
     assert out.strip() == url and url.startswith("http://127.0.0.1:")
     assert bodies == [f.read_bytes() for f in sorted(akl_folder.glob("*.pb"))]
     assert "last snapshot served" in err
+
+
+@pytest.mark.real_data
+def test_capmetrics_csv_replays_as_polls(shared_data: Path) -> None:
+    path = shared_data / "austin-capmetro/vehicle_positions/2016-12-18.csv"
+    flat = read_flat_table(path)
+    snaps = snapshots_from_table(flat.table, bin_s=120)
+    stamps = [s.header_timestamp_raw for s in snaps]
+    assert stamps == sorted(stamps) and all(t is not None and t % 120 == 0 for t in stamps)
+    rows = [decode_vehicle_positions(s.read(), feed_id="a").positions for s in snaps]
+    assert sum(t.num_rows for t in rows) == flat.table.num_rows == 11

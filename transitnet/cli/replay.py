@@ -39,6 +39,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--columns", default=None, metavar="JSON",
                         help='for tables of another layout: {"source column": "positions '
                         'column"}')  # fmt: skip
+    parser.add_argument("--window-s", type=int, default=30, metavar="S",
+                        help="for tables without header timestamps: one snapshot per S "
+                        "seconds of fixes (default 30)")  # fmt: skip
     parser.set_defaults(func=handle_replay)
 
 
@@ -70,7 +73,7 @@ def handle_replay(args: argparse.Namespace) -> int:
         if is_table_path(args.source):
             columns = json.loads(args.columns) if args.columns else None
             table = read_flat_table(args.source, columns=columns).table
-            snapshots = snapshots_from_table(table)
+            snapshots = snapshots_from_table(table, bin_s=args.window_s)
         else:
             snapshots = load_snapshots(args.source)
     except (LayoutError, ValueError, OSError) as exc:

@@ -179,18 +179,21 @@ def _set_position(vp: Any, row: dict[str, Any]) -> int:
 
 
 def iter_snapshot_tables(
-    positions: pa.Table, *, time_column: str | None = None
+    positions: pa.Table, *, time_column: str | None = None, bin_s: int | None = None
 ) -> Iterator[tuple[int | None, pa.Table]]:
     """Split a positions table into snapshots, in time order.
 
     Rows are grouped by ``header_timestamp_raw`` when the table has that column with at
-    least one value, else by ``vehicle_timestamp_raw`` (one snapshot per distinct fix
-    time, header timestamp = that time). Rows whose grouping value is null form one last
-    snapshot without a header timestamp. Row order inside a snapshot is kept.
+    least one value, else by ``vehicle_timestamp_raw``: one snapshot per distinct fix time
+    (header timestamp = that time), or with ``bin_s`` one per window of that many seconds
+    holding the fixes made in it (header timestamp = the window's end), like a feed polled
+    every ``bin_s`` seconds. Rows whose grouping value is null form one last snapshot
+    without a header timestamp. Row order inside a snapshot is kept.
 
     Args:
         positions: Input rows; needs ``header_timestamp_raw`` or ``vehicle_timestamp_raw``.
         time_column: Force the grouping column instead of choosing automatically.
+        bin_s: Window length for grouping by vehicle timestamp (ignored for headers).
 
     Yields:
         ``(timestamp_raw or None, rows)`` pairs, ascending by timestamp.
@@ -200,6 +203,11 @@ def iter_snapshot_tables(
     """
     column = time_column or _choose_time_column(positions)
     keys = positions.column(column).cast(pa.uint64())
+    if bin_s is not None and column == "vehicle_timestamp_raw":
+        if bin_s < 1:
+            raise EncodeError(f"bin_s must be a positive number of seconds, got {bin_s}")
+        window = pa.scalar(bin_s, pa.uint64())
+        keys = pc.multiply(pc.add(pc.divide(keys, window), pa.scalar(1, pa.uint64())), window)
     indices = pc.array_sort_indices(keys, null_placement="at_end")
     ordered = positions.take(indices)
     sorted_keys = keys.take(indices).to_pylist()
@@ -227,6 +235,7 @@ def encode_snapshots(
     version: str | None = None,
     feed_version: str | None = None,
     time_column: str | None = None,
+    bin_s: int | None = None,
 ) -> list[EncodedSnapshot]:
     """Encode a positions table as a time-ordered list of FeedMessages, one per timestamp.
 
@@ -239,12 +248,13 @@ def encode_snapshots(
         version: Override for FeedHeader.gtfs_realtime_version.
         feed_version: Optional FeedHeader.feed_version for every message.
         time_column: Force the grouping column.
+        bin_s: Window for tables without header timestamps (see :func:`iter_snapshot_tables`).
 
     Returns:
         One :class:`EncodedSnapshot` per distinct timestamp, ascending.
     """
     out: list[EncodedSnapshot] = []
-    for ts, rows in iter_snapshot_tables(positions, time_column=time_column):
+    for ts, rows in iter_snapshot_tables(positions, time_column=time_column, bin_s=bin_s):
         header_version, incrementality = _header_fields(rows, version)
         body = encode_feed_message(
             rows,

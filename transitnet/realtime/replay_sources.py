@@ -160,18 +160,23 @@ def _load_tar(path: Path) -> list[Snapshot]:
     return out
 
 
-def snapshots_from_table(positions: pa.Table, *, feed_version: str | None = None) -> list[Snapshot]:
+def snapshots_from_table(
+    positions: pa.Table, *, feed_version: str | None = None, bin_s: int | None = 30
+) -> list[Snapshot]:
     """Re-encode a positions table into one FeedMessage snapshot per timestamp.
 
     Args:
         positions: Positions columns (see :func:`transitnet.realtime.encode.encode_snapshots`
             for the grouping by ``header_timestamp_raw`` or ``vehicle_timestamp_raw``).
         feed_version: Optional FeedHeader.feed_version for every message.
+        bin_s: For tables without header timestamps (e.g. CapMetrics CSV): one snapshot
+            per window of this many seconds, holding the fixes made in it; None = one
+            snapshot per distinct vehicle timestamp.
 
     Returns:
         Snapshots named ``snapshot-<timestamp>`` in time order.
     """
-    encoded = encode_snapshots(positions, feed_version=feed_version)
+    encoded = encode_snapshots(positions, feed_version=feed_version, bin_s=bin_s)
     return [
         Snapshot(f"snapshot-{e.header_timestamp_raw}", e.header_timestamp_raw, e.body)
         for e in encoded
