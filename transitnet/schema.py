@@ -85,9 +85,15 @@ def flag_column(rule: str) -> str:
 
 FLAG_COLUMNS: list[str] = [flag_column(r) for r in VP_RULES]
 
-#: The stored positions schema: decoded columns plus one boolean flag per rule.
-#: A flag is null when the rule could not be evaluated (e.g. no static feed given).
-POSITIONS_SCHEMA = pa.schema(POSITION_FIELDS + [pa.field(c, pa.bool_()) for c in FLAG_COLUMNS])
+#: Columns some backfilled archives carry beyond GTFS-realtime (null for polled feeds):
+#: CapMetrics rows name their trip's headsign, which matches old trips to shapes.
+EXTRA_POSITION_FIELDS: list[pa.Field] = [pa.field("trip_headsign", pa.string())]
+
+#: The stored positions schema: decoded columns, the backfill extras, and one boolean flag
+#: per rule. A flag is null when the rule could not be evaluated (e.g. no static feed given).
+POSITIONS_SCHEMA = pa.schema(
+    POSITION_FIELDS + EXTRA_POSITION_FIELDS + [pa.field(c, pa.bool_()) for c in FLAG_COLUMNS]
+)
 
 #: Row-dedup key (vehicle id falls back to label, then entity id: see ``vehicle_key``).
 DEDUP_KEY: tuple[str, ...] = ("feed_id", "vehicle_key", "vehicle_timestamp_raw", "trip_id",
@@ -110,5 +116,11 @@ FETCH_LOG_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("raw_path", pa.string()),
         pa.field("rows", pa.int64()),
+        pa.field("rules", pa.list_(pa.string())),
+        pa.field("rows_written", pa.int64()),
+        pa.field("slippage_s", pa.float64()),
+        pa.field("header_age_s", pa.float64()),
+        pa.field("vehicle_age_p90_s", pa.float64()),
+        pa.field("final_url", pa.string()),
     ]
 )

@@ -46,7 +46,13 @@ from transitnet.realtime.validate_vehicle import (
     is_present,
     to_bool,
 )
-from transitnet.schema import POSITIONS_SCHEMA, STATIC_RULES, VP_RULES
+from transitnet.schema import (
+    EXTRA_POSITION_FIELDS,
+    POSITION_FIELDS,
+    POSITIONS_SCHEMA,
+    STATIC_RULES,
+    VP_RULES,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +271,10 @@ def _assemble(
     """Append one flag column per VP rule; return the table and the occurrence counts."""
     n = positions.num_rows
     counts: dict[str, int] = {}
-    arrays = list(positions.columns)
+    arrays = [
+        positions.column(f.name) if f.name in positions.column_names else pa.nulls(n, f.type)
+        for f in POSITION_FIELDS + EXTRA_POSITION_FIELDS
+    ]
     constant = {
         None: pa.nulls(n, pa.bool_()),
         False: pa.array(np.zeros(n, dtype=bool)),

@@ -3,7 +3,7 @@
 Stored like positions: ``fetch_log/feed=<id>/date=<UTC date of started_at>/part-*.parquet``,
 one file per tick, merged daily by compaction.
 
-Schema: :data:`FETCH_LOG_SCHEMA_EXT` = :data:`transitnet.schema.FETCH_LOG_SCHEMA` plus
+Schema: :data:`transitnet.schema.FETCH_LOG_SCHEMA`, whose last columns are
 
 - ``rules`` (list<string>): snapshot-level validator rules raised (E017, W007, …);
 - ``rows_written`` (int64): rows stored after row dedup (``rows`` counts decoded rows);
@@ -36,15 +36,8 @@ from transitnet.store.parquet import (
     write_partitioned,
 )
 
-FETCH_LOG_EXTRA_FIELDS: list[pa.Field] = [
-    pa.field("rules", pa.list_(pa.string())),
-    pa.field("rows_written", pa.int64()),
-    pa.field("slippage_s", pa.float64()),
-    pa.field("header_age_s", pa.float64()),
-    pa.field("vehicle_age_p90_s", pa.float64()),
-    pa.field("final_url", pa.string()),
-]
-FETCH_LOG_SCHEMA_EXT = pa.schema(list(FETCH_LOG_SCHEMA) + FETCH_LOG_EXTRA_FIELDS)
+#: The stored fetch-log schema (kept under this name for existing imports).
+FETCH_LOG_SCHEMA_EXT = FETCH_LOG_SCHEMA
 
 
 @dataclass
