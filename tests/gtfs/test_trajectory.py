@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from transitnet.gtfs.project import build_segment_arrays, build_segment_grid, find_candidates
+from transitnet.gtfs.project import ShapeGeometry, build_shape_geometry, find_candidates
 from transitnet.gtfs.shapes import make_shape_table
 from transitnet.gtfs.trajectory import (
     DwellConfig,
@@ -28,6 +28,12 @@ OUT_AND_BACK = [(0.0, 0.0), (1500.0, 0.0), (3000.0, 0.0), (3000.0, 20.0), (0.0, 
 LOOP = [(0.0, 0.0), (1000.0, 0.0), (1000.0, 1000.0), (0.0, 1000.0), (0.0, 0.0)]
 
 
+def _geometry(shape: list[tuple[float, float]]) -> ShapeGeometry:
+    table = make_shape_table(["s"], [np.array([p[0] for p in shape])],
+                             [np.array([p[1] for p in shape])], "EPSG:32614")  # fmt: skip
+    return build_shape_geometry(table.offsets, table.x, table.y, table.cum_m)
+
+
 def _match(
     shape: list[tuple[float, float]],
     xy: list[tuple[float, float]],
@@ -37,12 +43,9 @@ def _match(
     starts: list[int] | None = None,
 ) -> Selection:
     """Match fixes ``xy`` (one trajectory unless ``starts`` says otherwise) onto ``shape``."""
-    table = make_shape_table(["s"], [np.array([p[0] for p in shape])],
-                             [np.array([p[1] for p in shape])], "EPSG:32614")  # fmt: skip
-    seg = build_segment_arrays(table.offsets, table.x, table.y, table.cum_m)
     px, py = np.array([p[0] for p in xy]), np.array([p[1] for p in xy])
     n = len(xy)
-    cands = find_candidates(seg, build_segment_grid(seg), px, py, np.zeros(n, dtype=np.int64))
+    cands = find_candidates(_geometry(shape), px, py, np.zeros(n, dtype=np.int64))
     first = np.array(starts if starts is not None else [0])
     lengths = np.diff(np.append(first, n))
     times = np.array(t if t is not None else [30.0 * i for i in range(n)])
@@ -200,10 +203,7 @@ def test_service_date_of_a_trip_past_midnight() -> None:
 
 def test_window_config_is_used() -> None:
     # 25 m backwards is jitter inside back_m=30, but outside the window when back_m=10.
-    table = make_shape_table(["s"], [np.array([p[0] for p in OUT_AND_BACK])],
-                             [np.array([p[1] for p in OUT_AND_BACK])], "EPSG:32614")  # fmt: skip
-    seg = build_segment_arrays(table.offsets, table.x, table.y, table.cum_m)
-    cands = find_candidates(seg, build_segment_grid(seg), np.array([1000.0, 975.0]),
+    cands = find_candidates(_geometry(OUT_AND_BACK), np.array([1000.0, 975.0]),
                             np.array([2.0, 2.0]), np.zeros(2, dtype=np.int64))  # fmt: skip
     pts = TrajectoryPoints(np.array([0.0, 30.0]), np.full(2, np.nan), np.full(2, np.nan),
                            np.array([0]), np.array([2]))  # fmt: skip

@@ -39,10 +39,8 @@ from tqdm.auto import tqdm
 
 from transitnet.gtfs.artefacts import StaticArtefacts, load_or_build_artefacts
 from transitnet.gtfs.project import (
-    SegmentArrays,
-    SegmentGrid,
-    build_segment_arrays,
-    build_segment_grid,
+    ShapeGeometry,
+    build_shape_geometry,
     find_candidates,
     project_whole_shapes,
 )
@@ -112,6 +110,8 @@ class MatchConfig:
     Attributes:
         off_shape_m: Fixes farther than this from every point of their shape are
             ``off_shape`` (validator rule E029) and never steer the trajectory.
+        simplify_m: Candidates are searched on shapes simplified within this (metres),
+            then measured on the exact shapes (0: search the exact shapes).
         window: How far a vehicle may move between fixes and how candidates are scored.
         dwell: When a still vehicle near a stop counts as dwelling.
         max_candidates: Candidate legs kept per fix (the closest, when more).
@@ -125,6 +125,7 @@ class MatchConfig:
     """
 
     off_shape_m: float = 200.0
+    simplify_m: float = 1.0
     window: WindowConfig = field(default_factory=WindowConfig)
     dwell: DwellConfig = field(default_factory=DwellConfig)
     max_candidates: int = 8
@@ -141,16 +142,14 @@ class MatchIndex:
 
     Attributes:
         art: The static artefacts.
-        segments: Segment arrays of ``art.shapes``.
-        grid: Candidate grid over the segments.
+        geometry: Exact and simplified shapes with the candidate grid.
         stops: Stop distances per shape (dwell detection).
         schedule: Scheduled times by distance per trip, or None without stop_times.
         timezone: The feed's IANA time zone, or None when unknown.
     """
 
     art: StaticArtefacts
-    segments: SegmentArrays
-    grid: SegmentGrid
+    geometry: ShapeGeometry
     stops: StopIndex
     schedule: ScheduleIndex | None
     timezone: str | None
@@ -162,11 +161,13 @@ def build_match_index(art: StaticArtefacts, config: MatchConfig = MatchConfig())
     Args:
         art: Static artefacts; uses ``shapes``, ``stop_dist`` (``shape_id, dist_m``) and
             ``stop_times`` (``trip_id, stop_index, arrival_s, departure_s, dist_m``).
-        config: Uses ``off_shape_m`` (grid radius) and ``timezone``.
+        config: Uses ``off_shape_m`` (grid radius), ``simplify_m`` and ``timezone``.
     """
     table = art.shapes
-    segments = build_segment_arrays(table.offsets, table.x, table.y, table.cum_m)
-    grid = build_segment_grid(segments, radius_m=config.off_shape_m)
+    geometry = build_shape_geometry(
+        table.offsets, table.x, table.y, table.cum_m,
+        radius_m=config.off_shape_m, tol_m=config.simplify_m,
+    )  # fmt: skip
     stop_shape = table.index_of(art.stop_dist["shape_id"])
     stop_dist = art.stop_dist["dist_m"].to_numpy(dtype=np.float64, na_value=np.nan)
     stops = build_stop_index(stop_shape, stop_dist, len(table))
@@ -179,9 +180,8 @@ def build_match_index(art: StaticArtefacts, config: MatchConfig = MatchConfig())
             *(st[c].to_numpy(dtype=np.float64, na_value=np.nan)
               for c in ("dist_m", "arrival_s", "departure_s")),
         )  # fmt: skip
-    return MatchIndex(
-        art, segments, grid, stops, schedule, _check_zone(config.timezone or art.timezone)
-    )
+    zone = _check_zone(config.timezone or art.timezone)
+    return MatchIndex(art, geometry, stops, schedule, zone)
 
 
 def _check_zone(zone: str | None) -> str | None:
@@ -366,14 +366,13 @@ def _match_rows(
     px, py, shape_idx, t_s = rows.x[src], rows.y[src], rows.shape_idx[src], rows.t_s[src]
     hx, hy = compute_headings(px, py, starts, lengths, rows.bearing[src],
                               min_move_m=cfg.heading_min_move_m)  # fmt: skip
-    cands = find_candidates(index.segments, index.grid, px, py, shape_idx,
-                            max_candidates=cfg.max_candidates)  # fmt: skip
+    cands = find_candidates(index.geometry, px, py, shape_idx, max_candidates=cfg.max_candidates)
     picked = select_candidates(cands, TrajectoryPoints(t_s, hx, hy, starts, lengths), cfg.window)
     found = np.isfinite(picked.dist_m)
     dist, offset = picked.dist_m.copy(), picked.offset_m.copy()
     if (~found).any():
         miss = ~found
-        dist[miss], offset[miss] = project_whole_shapes(index.segments, px[miss], py[miss],
+        dist[miss], offset[miss] = project_whole_shapes(index.geometry, px[miss], py[miss],
                                                         shape_idx[miss])  # fmt: skip
     stale = _unsort(order, _find_stale(rows, order, traj))
     speed = compute_along_speed(dist, t_s, found & ~stale[src], picked.reacquired, tr,

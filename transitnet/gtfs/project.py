@@ -8,12 +8,15 @@ Why not ``shapely.line_locate_point``: its cost grows with the vertex count of t
 line (about 62k points/s on Austin shapes, median 328 vertices), and it returns only the
 globally nearest point, which is the wrong leg of a loop or out-and-back shape.
 
-Instead, a grid (:class:`SegmentGrid`) lists, per (shape, cell), the segments that come
-within ``radius_m`` of that cell. :func:`find_candidates` looks each point's cell up once,
-projects the point onto those few segments with flat numpy arrays (no Python loop over
-points), and keeps only the *local minima* of the distance along the shape: one candidate
-per pass of the shape near the point (one per leg of an out-and-back). Choosing among them
-needs the trajectory's history: see :mod:`transitnet.gtfs.trajectory`.
+Instead (:class:`ShapeGeometry`), shapes are simplified (Douglas-Peucker, 1 m by default,
+:func:`simplify_polylines`) and a grid (:class:`SegmentGrid`) lists, per (shape, cell),
+the simplified segments that come within ``radius_m`` of that cell.
+:func:`find_candidates` looks each point's cell up once (a hash lookup), screens the point
+against those few segments in float32 with flat numpy arrays (no Python loop over
+points), keeps the *local minima* of the distance along the shape, and measures each
+exactly (float64) on the original segments under it: one candidate per pass of the shape
+near the point (one per leg of an out-and-back). Choosing among them needs the
+trajectory's history: see :mod:`transitnet.gtfs.trajectory`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class SegmentArrays:
         first_seg: (V,) first segment of the same shape.
         last_seg: (V,) last real segment of the same shape.
         origin: (x, y) metric origin subtracted from every coordinate.
-        coarse: float32 copies of ``x0, y0, dx, dy, inv_len2`` for screening pairs.
+        f32: float32 copies of ``x0, y0, dx, dy, inv_len2`` for screening pairs.
     """
 
     offsets: np.ndarray
@@ -64,7 +67,7 @@ class SegmentArrays:
     first_seg: np.ndarray
     last_seg: np.ndarray
     origin: tuple[float, float]
-    coarse: tuple[np.ndarray, ...]
+    f32: tuple[np.ndarray, ...]
 
     @property
     def n_shapes(self) -> int:
@@ -73,7 +76,12 @@ class SegmentArrays:
 
 
 def build_segment_arrays(
-    offsets: np.ndarray, x: np.ndarray, y: np.ndarray, cum_m: np.ndarray
+    offsets: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    cum_m: np.ndarray,
+    *,
+    origin: tuple[float, float] | None = None,
 ) -> SegmentArrays:
     """Build :class:`SegmentArrays` from CSR vertex arrays (metres).
 
@@ -82,6 +90,7 @@ def build_segment_arrays(
         x: (V,) metric x of every vertex.
         y: (V,) metric y of every vertex.
         cum_m: (V,) distance along the shape at every vertex (0 at each shape start).
+        origin: Metric origin to subtract (default: the mean vertex).
 
     Raises:
         ValueError: When the arrays disagree in length, a shape has no vertex, or a
@@ -94,7 +103,8 @@ def build_segment_arrays(
         raise ValueError("shape table arrays are inconsistent")
     if np.any(np.diff(offsets) < 1) or not np.isfinite(np.concatenate([x, y, cum])).all():
         raise ValueError("every shape needs at least one vertex with finite coordinates")
-    origin = (float(np.mean(x)), float(np.mean(y))) if n_vertices else (0.0, 0.0)
+    if origin is None:
+        origin = (float(np.mean(x)), float(np.mean(y))) if n_vertices else (0.0, 0.0)
     counts = np.diff(offsets)
     is_last = np.zeros(n_vertices, dtype=bool)
     is_last[offsets[1:] - 1] = True
@@ -115,7 +125,7 @@ def build_segment_arrays(
         first_seg=np.repeat(offsets[:-1], counts),
         last_seg=np.repeat(np.maximum(offsets[:-1], offsets[1:] - 2), counts),
         origin=origin,
-        coarse=tuple(a.astype(np.float32) for a in (x0, y0, dx, dy, inv_len2)),
+        f32=tuple(a.astype(np.float32) for a in (x0, y0, dx, dy, inv_len2)),
     )
 
 
@@ -146,7 +156,7 @@ def screen_squared_offsets(
     Computed in float32, accurate to about a centimetre: enough to screen pairs; the
     pairs kept are measured again in float64 with :func:`project_to_segments`.
     """
-    x0, y0, dx, dy, inv_len2 = (a[segment] for a in seg.coarse)
+    x0, y0, dx, dy, inv_len2 = (a[segment] for a in seg.f32)
     ex, ey = rx - x0, ry - y0
     t = (ex * dx + ey * dy) * inv_len2
     np.clip(t, 0.0, 1.0, out=t)
@@ -155,7 +165,7 @@ def screen_squared_offsets(
     ex *= ex
     ey *= ey
     ex += ey
-    return ex
+    return np.asarray(ex)
 
 
 @dataclass(frozen=True)
@@ -224,11 +234,99 @@ def build_segment_grid(
                        counts.astype(np.int64), segments[order])  # fmt: skip
 
 
+def simplify_polylines(
+    x: np.ndarray, y: np.ndarray, offsets: np.ndarray, tol_m: float
+) -> np.ndarray:
+    """Douglas-Peucker on every shape at once: True for the vertices to keep.
+
+    Every dropped vertex lies within ``tol_m`` of the kept chord that replaces it. The
+    recursion runs over depth (all open ranges of all shapes split together), not over
+    vertices or shapes.
+    """
+    keep = np.zeros(len(x), dtype=bool)
+    keep[offsets[:-1]] = keep[offsets[1:] - 1] = True
+    lo, hi = offsets[:-1].astype(np.int64), (offsets[1:] - 1).astype(np.int64)
+    while True:
+        lo, hi = lo[hi - lo > 1], hi[hi - lo > 1]
+        if not len(lo):
+            return keep
+        width = hi - lo - 1
+        starts = np.cumsum(width) - width
+        a, b = np.repeat(lo, width), np.repeat(hi, width)
+        inner = a + 1 + np.arange(len(a)) - np.repeat(starts, width)
+        dx, dy = x[b] - x[a], y[b] - y[a]
+        len2 = dx * dx + dy * dy
+        num = (x[inner] - x[a]) * dx + (y[inner] - y[a]) * dy
+        t = np.clip(np.divide(num, len2, out=np.zeros_like(num), where=len2 > 0), 0.0, 1.0)
+        dev = np.hypot(x[inner] - x[a] - t * dx, y[inner] - y[a] - t * dy)
+        worst = _argmin_per_group(-dev, starts)
+        split = dev[worst] > tol_m
+        mid = inner[worst[split]]
+        keep[mid] = True
+        lo, hi = np.concatenate([lo[split], mid]), np.concatenate([mid, hi[split]])
+
+
+@dataclass(frozen=True)
+class ShapeGeometry:
+    """What the matcher searches: exact shapes, a simplified copy and a grid over it.
+
+    Candidates are found on the simplified shapes (few segments per point) and measured
+    on the exact ones: each simplified segment spans ``span_lo..span_hi`` exact segments.
+
+    Attributes:
+        fine: Segment arrays of the exact shapes.
+        coarse: Segment arrays of the shapes simplified within ``tol_m`` (same origin).
+        span_lo: (Vc,) first exact segment under each simplified segment.
+        span_hi: (Vc,) last exact segment under each simplified segment.
+        grid: Grid over the simplified segments (radius ``radius + tol_m``).
+        radius_m: Candidates farther than this from a point are not kept.
+        tol_m: Simplification tolerance.
+    """
+
+    fine: SegmentArrays
+    coarse: SegmentArrays
+    span_lo: np.ndarray
+    span_hi: np.ndarray
+    grid: SegmentGrid
+    radius_m: float
+    tol_m: float
+
+
+def build_shape_geometry(
+    offsets: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    cum_m: np.ndarray,
+    *,
+    radius_m: float = 200.0,
+    tol_m: float = 1.0,
+) -> ShapeGeometry:
+    """Build the :class:`ShapeGeometry` of a CSR shape table (metres).
+
+    Raises:
+        ValueError: For inconsistent arrays or a non-positive radius / negative tolerance.
+    """
+    if tol_m < 0:
+        raise ValueError("tol_m must not be negative")
+    fine = build_segment_arrays(offsets, x, y, cum_m)
+    kept = np.flatnonzero(simplify_polylines(fine.x0, fine.y0, fine.offsets, tol_m))
+    shape_of = np.searchsorted(fine.offsets, kept, side="right") - 1
+    c_offsets = np.searchsorted(kept, fine.offsets).astype(np.int64)
+    coarse = build_segment_arrays(c_offsets, np.asarray(x)[kept], np.asarray(y)[kept],
+                                  np.asarray(cum_m)[kept], origin=fine.origin)  # fmt: skip
+    span_hi = np.append(kept[1:], 0) - 1
+    last = c_offsets[shape_of + 1] - 1 == np.arange(len(kept))
+    span_hi = np.where(last, kept, span_hi)
+    grid = build_segment_grid(coarse, radius_m=radius_m + tol_m)
+    return ShapeGeometry(fine, coarse, kept, np.minimum(span_hi, fine.last_seg[kept]), grid,
+                         radius_m, tol_m)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Candidates:
     """Up to ``C`` candidate positions per point: one per pass of its shape nearby.
 
-    Rows hold ``count`` candidates (by distance along the shape), then padding: ``inf``
+    Rows hold ``count`` candidates (in no particular order), then padding: ``inf``
     distances and offsets (so any score built from them is ``inf``) and NaN directions.
 
     Attributes:
@@ -247,39 +345,78 @@ class Candidates:
 
 
 def find_candidates(
-    seg: SegmentArrays,
-    grid: SegmentGrid,
+    geom: ShapeGeometry,
     px: np.ndarray,
     py: np.ndarray,
     shape_idx: np.ndarray,
     *,
     max_candidates: int = 8,
+    merge_m: float = 50.0,
+    prune_m: float = 100.0,
 ) -> Candidates:
     """Return each point's local-minimum projections onto its shape within the radius.
 
+    Local minima of the distance to the simplified shape are found first (screened in
+    float32, with ties loose enough to cover the simplification), then each is measured
+    exactly on the segments of the exact shape under it. Minima closer than ``merge_m``
+    along the shape (wiggles of a densely digitised shape, a tight turnaround) are one
+    pass: the nearest stands for it.
+    Passes more than ``prune_m`` farther than the nearest one are dropped: with the
+    default scores they could only win if the nearest lay tens of kilometres outside its
+    window.
+
     Args:
-        seg: Segment arrays.
-        grid: Grid built from ``seg``.
+        geom: Shape geometry.
         px: (N,) metric x (absolute, same CRS as the shape table).
         py: (N,) metric y.
         shape_idx: (N,) int64 shape row of each point (must be valid).
-        max_candidates: ``C``; points with more local minima keep the closest ``C``.
+        max_candidates: ``C``; points with more passes keep the closest ``C``.
+        merge_m: Local minima closer than this along the shape count as one.
+        prune_m: Candidates farther than the nearest one by more than this are dropped.
     """
-    rx, ry = px - seg.origin[0], py - seg.origin[1]
-    point, segment = _lookup_pairs(grid, rx, ry, shape_idx)
+    rx, ry = px - geom.fine.origin[0], py - geom.fine.origin[1]
+    point, segment = _lookup_pairs(geom.grid, rx, ry, shape_idx)
     rough = screen_squared_offsets(
-        seg, rx.astype(np.float32)[point], ry.astype(np.float32)[point], segment
+        geom.coarse, rx.astype(np.float32)[point], ry.astype(np.float32)[point], segment
     )
-    near = rough <= (grid.radius_m + _SCREEN_M) ** 2
+    slack = geom.tol_m + _SCREEN_M
+    near = rough <= (geom.radius_m + slack) ** 2
     point, segment, rough = point[near], segment[near], np.sqrt(rough[near])
-    maybe = _is_local_minimum(point, segment, rough, tie_m=-_SCREEN_M)
+    maybe = _is_local_minimum(point, segment, rough, tie_m=-2.0 * slack)
     point, segment = point[maybe], segment[maybe]
-    dist, offset = project_to_segments(seg, rx[point], ry[point], segment)
-    keep = _is_exact_minimum(seg, rx[point], ry[point], segment, offset)
-    keep &= offset <= grid.radius_m
-    return _pack_candidates(
-        seg, len(px), point[keep], segment[keep], dist[keep], offset[keep], max_candidates
+    segment, dist, offset = _refine(geom, rx, ry, point, segment)
+    keep = np.flatnonzero(offset <= geom.radius_m)
+    keep = keep[_merge_close(point[keep], dist[keep], offset[keep], merge_m)]
+    keep = keep[_within_of_nearest(point[keep], offset[keep], prune_m)]
+    return _pack_candidates(geom.fine, len(px), point[keep], segment[keep], dist[keep],
+                            offset[keep], max_candidates)  # fmt: skip
+
+
+def _refine(
+    geom: ShapeGeometry, rx: np.ndarray, ry: np.ndarray, point: np.ndarray, coarse: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest exact segment under each (point, simplified segment) pair.
+
+    The exact shape stays within ``tol_m`` of the simplified one, so an exact minimum in
+    the span of a neighbouring simplified segment makes that neighbour a (loose) local
+    minimum too: it is refined in its own pair.
+
+    Returns:
+        ``(segment, dist_m, offset_m)`` on the exact shapes, one per pair.
+    """
+    lo, width = geom.span_lo[coarse], geom.span_hi[coarse] - geom.span_lo[coarse] + 1
+    starts = np.cumsum(width) - width
+    fine = np.repeat(lo - starts, width) + np.arange(int(width.sum()))
+    pair = np.repeat(np.arange(len(point)), width)
+    at = point[pair]
+    d2 = screen_squared_offsets(
+        geom.fine, rx.astype(np.float32)[at], ry.astype(np.float32)[at], fine
     )
+    low = np.sqrt(np.minimum.reduceat(d2, starts))[pair] if len(starts) else d2
+    close = np.flatnonzero(d2 <= (low + _SCREEN_M) ** 2)  # the nearest and its near-ties
+    dist, offset = project_to_segments(geom.fine, rx[at[close]], ry[at[close]], fine[close])
+    best = _argmin_per_group(offset, np.flatnonzero(np.diff(pair[close], prepend=-1) != 0))
+    return fine[close][best], dist[best], offset[best]
 
 
 def _lookup_pairs(
@@ -291,7 +428,7 @@ def _lookup_pairs(
     inside = (cx >= 0) & (cx < grid.n_x) & (cy >= 0) & (cy < grid.n_y)
     cx, cy = np.where(inside, cx, 0).astype(np.int64), np.where(inside, cy, 0).astype(np.int64)
     key = (shape_idx * grid.n_x + cx) * grid.n_y + cy
-    cell = grid.cells.get_indexer(key)
+    cell = grid.cells.get_indexer(pd.Index(key))
     found = inside & (cell >= 0)
     lo = np.where(found, grid.starts[cell], 0)
     counts = np.where(found, grid.counts[cell], 0)
@@ -324,15 +461,29 @@ def _is_local_minimum(
     return np.asarray((~same_prev | before) & (~same_next | after))
 
 
-def _is_exact_minimum(
-    seg: SegmentArrays, rx: np.ndarray, ry: np.ndarray, segment: np.ndarray, offset: np.ndarray
+def _merge_close(
+    point: np.ndarray, dist: np.ndarray, offset: np.ndarray, merge_m: float
 ) -> np.ndarray:
-    """The local-minimum test of :func:`_is_local_minimum`, with both neighbours measured."""
-    prev = np.maximum(segment - 1, seg.first_seg[segment])
-    nxt = np.minimum(segment + 1, seg.last_seg[segment])
-    before = (prev == segment) | (offset < project_to_segments(seg, rx, ry, prev)[1] - _TIE_M)
-    after = (nxt == segment) | (offset <= project_to_segments(seg, rx, ry, nxt)[1] + _TIE_M)
-    return np.asarray(before & after)
+    """Indices keeping the nearest of each run of candidates within ``merge_m`` along.
+
+    Candidates come grouped by point, in order along the shape.
+    """
+    new = np.ones(len(point), dtype=bool)
+    new[1:] = (point[1:] != point[:-1]) | (np.diff(dist) > merge_m)
+    starts = np.flatnonzero(new)
+    if len(starts) == len(point):
+        return np.arange(len(point))
+    return _argmin_per_group(offset, starts)
+
+
+def _within_of_nearest(point: np.ndarray, offset: np.ndarray, prune_m: float) -> np.ndarray:
+    """Indices of candidates within ``prune_m`` of their point's nearest (grouped by point)."""
+    starts = np.flatnonzero(np.r_[True, point[1:] != point[:-1]]) if len(point) else point
+    if len(starts) == len(point):
+        return np.arange(len(point))
+    nearest = np.minimum.reduceat(offset, starts)
+    size = np.diff(np.append(starts, len(point)))
+    return np.flatnonzero(offset <= np.repeat(nearest, size) + prune_m)
 
 
 def _pack_candidates(
@@ -372,33 +523,52 @@ def _pack_candidates(
 
 
 def project_whole_shapes(
-    seg: SegmentArrays, px: np.ndarray, py: np.ndarray, shape_idx: np.ndarray
+    geom: ShapeGeometry, px: np.ndarray, py: np.ndarray, shape_idx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return the globally nearest projection of each point onto every segment of its shape.
+    """Return the globally nearest projection of each point onto its whole shape.
 
     Cost grows with shape size: use it only for the few points :func:`find_candidates`
-    finds nothing for (fixes off their shape), to report how far off they are.
+    finds nothing for (fixes off their shape), to report how far off they are. Repeated
+    points (a parked vehicle) are projected once; the simplified shape is screened in
+    float32 and its near-nearest segments are measured exactly.
 
     Returns:
         ``(dist_m, offset_m)`` per point.
     """
-    rx, ry = px - seg.origin[0], py - seg.origin[1]
-    dist, offset = np.full(len(px), np.nan), np.full(len(px), np.nan)
-    first = seg.offsets[shape_idx]
-    width = seg.last_seg[first] - first + 1
+    key = np.stack([px, py, shape_idx.astype(np.float64)], axis=1)
+    uniq, inverse = np.unique(key, axis=0, return_inverse=True)
+    ux, uy = uniq[:, 0] - geom.fine.origin[0], uniq[:, 1] - geom.fine.origin[1]
+    first = geom.coarse.offsets[uniq[:, 2].astype(np.int64)]
+    width = geom.coarse.last_seg[first] - first + 1
+    points, segments = [], []
     bounds = np.searchsorted(np.cumsum(width), np.arange(0, width.sum(), _CHUNK_PAIRS))
-    for lo, hi in zip(bounds, [*bounds[1:], len(px)], strict=True):
+    for lo, hi in zip(bounds, [*bounds[1:], len(uniq)], strict=True):
         rows = np.arange(lo, hi)
+        starts = np.cumsum(width[rows]) - width[rows]
         point = np.repeat(rows, width[rows])
-        local = np.arange(len(point)) - np.repeat(np.cumsum(width[rows]) - width[rows], width[rows])
-        d, o = project_to_segments(seg, rx[point], ry[point], first[point] + local)
-        best = _argmin_per_group(o, point - lo, hi - lo)
-        dist[rows], offset[rows] = d[best], o[best]
-    return dist, offset
+        segment = first[point] + np.arange(len(point)) - np.repeat(starts, width[rows])
+        d2 = screen_squared_offsets(geom.coarse, ux.astype(np.float32)[point],
+                                    uy.astype(np.float32)[point], segment)  # fmt: skip
+        low = np.sqrt(np.minimum.reduceat(d2, starts))[point - lo]
+        close = d2 <= (low + 2.0 * (geom.tol_m + _SCREEN_M)) ** 2  # near-ties: measure all
+        points.append(point[close])
+        segments.append(segment[close])
+    point, segment = (
+        np.concatenate([[], *points]).astype(np.int64),
+        np.concatenate([[], *segments]).astype(np.int64),
+    )
+    segment, dist, offset = _refine(geom, ux, uy, point, segment)
+    best = _argmin_per_group(offset, np.flatnonzero(np.diff(point, prepend=-1) != 0))
+    inverse = inverse.reshape(-1)
+    return dist[best][inverse], offset[best][inverse]
 
 
-def _argmin_per_group(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-    """Index of the smallest value of each (contiguous, non-empty) group."""
-    order = np.lexsort((values, group))
-    starts = np.searchsorted(group[order], np.arange(n_groups), side="left")
-    return np.asarray(order[starts])
+def _argmin_per_group(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Index of the (first) smallest value of each contiguous, non-empty group."""
+    if not len(starts):
+        return np.asarray(starts, dtype=np.int64)
+    group = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(values))))
+    is_min = np.flatnonzero(values == np.minimum.reduceat(values, starts)[group])
+    first = np.ones(len(is_min), dtype=bool)
+    first[1:] = group[is_min][1:] != group[is_min][:-1]
+    return np.asarray(is_min[first])

@@ -102,26 +102,46 @@ class Selection:
 def select_candidates(
     cands: Candidates, pts: TrajectoryPoints, cfg: WindowConfig = WindowConfig()
 ) -> Selection:
-    """Choose one candidate per fix, trajectory by trajectory (see the module docstring)."""
-    n_rows = len(cands.count)
-    dist, offset = np.full(n_rows, np.nan), np.full(n_rows, np.nan)
-    reacquired = np.zeros(n_rows, dtype=bool)
+    """Choose one candidate per fix, trajectory by trajectory (see the module docstring).
+
+    The loop runs over k (the k-th fix of every trajectory at once), never over points.
+    Fixes with one candidate (most) only update the window; the others are scored.
+    """
+    dist, offset = cands.dist_m[:, 0].copy(), cands.offset_m[:, 0].copy()
+    reacquired = np.zeros(len(dist), dtype=bool)
     order = np.argsort(-pts.lengths, kind="stable")
     starts, lengths = pts.starts[order], pts.lengths[order]
     max_len = int(lengths[0]) if len(lengths) else 0
     n_active = np.searchsorted(-lengths, -np.arange(max_len), side="left")
     anchor, anchor_t = np.full(len(starts), np.nan), np.full(len(starts), np.nan)
+    multi = cands.count > 1
     for k in range(max_len):
         n = int(n_active[k])
         rows = starts[:n] + k
-        step = _Step(rows, anchor[:n], anchor_t[:n], lengths[:n] > k + 1)
-        d, off, jump = _select_step(cands, pts, step, cfg)
-        dist[rows], offset[rows], reacquired[rows] = d, off, jump
+        a, at = anchor[:n], anchor_t[:n]
+        pick = np.flatnonzero(multi[rows])
+        if len(pick):
+            step = _Step(rows[pick], a[pick], at[pick], lengths[:n][pick] > k + 1)
+            best = np.argmin(_score(cands, pts, step, cfg), axis=1)
+            dist[step.rows] = cands.dist_m[step.rows, best]
+            offset[step.rows] = cands.offset_m[step.rows, best]
+        d = dist[rows]
+        jump = _outside(d, a, pts.t_s[rows] - at, cfg)
+        reacquired[rows] = jump
+        moved = np.where(np.isnan(a) | jump, d, np.fmax(a, d))
         ok = np.isfinite(d)
-        moved = np.where(np.isnan(anchor[:n]) | jump, d, np.fmax(anchor[:n], d))
-        anchor[:n] = np.where(ok, moved, anchor[:n])
-        anchor_t[:n] = np.where(ok, pts.t_s[rows], anchor_t[:n])
+        anchor[:n] = np.where(ok, moved, a)
+        anchor_t[:n] = np.where(ok, pts.t_s[rows], at)
+    none = ~np.isfinite(offset)
+    dist[none], offset[none] = np.nan, np.nan
     return Selection(dist, offset, reacquired)
+
+
+def _outside(d: np.ndarray, a: np.ndarray, dt: np.ndarray, cfg: WindowConfig) -> np.ndarray:
+    """True where a found distance lies outside the window of a set anchor."""
+    reach = cfg.speed_cap_mps * np.maximum(dt, 0.0) + cfg.slack_m
+    with np.errstate(invalid="ignore"):  # unknown times: NaN reach, never beyond
+        return np.asarray((d < a - cfg.back_m) | ((d > a + reach) & np.isfinite(d)))
 
 
 @dataclass(frozen=True)
@@ -152,27 +172,6 @@ def _window_score(
         score = off + np.where(outside, cfg.outside_penalty_m + away, inside)
     score[np.isnan(score)] = np.inf
     return score, outside
-
-
-def _select_step(
-    cands: Candidates, pts: TrajectoryPoints, step: _Step, cfg: WindowConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Choose the candidate of one fix per active trajectory.
-
-    Most fixes have one candidate (or none): only the others are scored in full.
-    """
-    rows = step.rows
-    best = np.zeros(len(rows), dtype=np.int64)
-    multi = np.flatnonzero(cands.count[rows] > 1)
-    if len(multi):
-        sub = _Step(rows[multi], step.anchor[multi], step.anchor_t[multi], step.has_next[multi])
-        best[multi] = np.argmin(_score(cands, pts, sub, cfg), axis=1)
-    d, off = cands.dist_m[rows, best], cands.offset_m[rows, best]
-    dt = pts.t_s[rows] - step.anchor_t
-    _, outside = _window_score(d, off, step.anchor, dt, cfg)
-    found = np.isfinite(off)
-    jump = found & outside & ~np.isnan(step.anchor)
-    return np.where(found, d, np.nan), np.where(found, off, np.nan), jump
 
 
 def _score(cands: Candidates, pts: TrajectoryPoints, step: _Step, cfg: WindowConfig) -> np.ndarray:
