@@ -106,7 +106,7 @@ def prepare(name: str, rows: pd.DataFrame, art: StaticArtefacts) -> Workload:
     starts = np.flatnonzero(np.diff(traj, prepend=-1) != 0)
     lengths = np.diff(np.append(starts, len(traj)))
     t = order["vehicle_timestamp"].to_numpy(dtype="datetime64[us]").astype(np.int64) / 1e6
-    hx, hy = compute_headings(x, y, starts, lengths, np.full(len(x), np.nan))
+    hx, hy = compute_headings(np.full(len(x), np.nan))
     shape_idx = art.shapes.index_of(order["shape_id"])
     return Workload(name, rows, index, x, y, shape_idx,
                     TrajectoryPoints(t, hx, hy, starts, lengths))  # fmt: skip

@@ -66,6 +66,17 @@ def test_a_folder_that_is_not_a_store_exits_2(
     assert "not a transitnet store" in capsys.readouterr().err
 
 
+def test_an_unreadable_part_file_exits_1(
+    store: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, static = store
+    (part,) = (root / "positions").rglob("part-*.parquet")
+    part.write_bytes(b"not parquet at all")
+    assert cli.main(["match", "--store", str(root), "--static", str(static)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read the positions store" in err and "Traceback" not in err
+
+
 @pytest.mark.real_data
 def test_bad_static_feed_exits_2_with_one_line(
     store: tuple[Path, Path], shared_data: Path, capsys: pytest.CaptureFixture[str]

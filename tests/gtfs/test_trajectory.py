@@ -50,7 +50,7 @@ def _match(
     lengths = np.diff(np.append(first, n))
     times = np.array(t if t is not None else [30.0 * i for i in range(n)])
     bearings = np.array(bearing if bearing is not None else [np.nan] * n)
-    hx, hy = compute_headings(px, py, first, lengths, bearings)
+    hx, hy = compute_headings(bearings)
     return select_candidates(cands, TrajectoryPoints(times, hx, hy, first, lengths))
 
 
@@ -122,15 +122,11 @@ def test_unknown_times_and_separate_trajectories() -> None:
     np.testing.assert_allclose(sel.dist_m[2:], [100.0, 200.0], atol=0.5)
 
 
-def test_headings_from_bearing_or_next_move() -> None:
-    px = np.array([0.0, 0.0, 10.0, 100.0, 0.0])
-    py = np.array([0.0, 5.0, 5.0, 5.0, 0.0])
-    hx, hy = compute_headings(px, py, np.array([0, 4]), np.array([4, 1]),
-                              np.array([90.0, np.nan, 400.0, np.nan, np.nan]))  # fmt: skip
-    np.testing.assert_allclose([hx[0], hy[0]], [1.0, 0.0], atol=1e-12)
-    np.testing.assert_allclose([hx[1], hy[1]], [1.0, 0.0])  # to (100, 5): 100 m east
-    assert np.isnan(hx[3]) and np.isnan(hx[4])  # nothing ahead in its trajectory
-    np.testing.assert_allclose([hx[2], hy[2]], [1.0, 0.0])  # bearing 400 ignored: next move
+def test_headings_from_bearing() -> None:
+    hx, hy = compute_headings(np.array([90.0, 0.0, 225.0, np.nan, 400.0, -5.0]))
+    np.testing.assert_allclose(hx[:3], [1.0, 0.0, -np.sqrt(0.5)], atol=1e-12)
+    np.testing.assert_allclose(hy[:3], [0.0, 1.0, -np.sqrt(0.5)], atol=1e-12)
+    assert np.isnan(hx[3:]).all() and np.isnan(hy[3:]).all()
 
 
 def test_along_speed_skips_unusable_fixes_restarts_and_short_gaps() -> None:

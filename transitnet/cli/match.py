@@ -2,8 +2,9 @@
 
 ``transitnet match --store DIR --static PATH [--feed-id ID] [--dates D ...]`` reads
 ``DIR/positions/`` and writes ``DIR/matched/feed=<id>/date=<day>/part-matched.parquet``
-(see :func:`transitnet.gtfs.match.match_store`). Exit status: 0 on success, 2 for a bad
-static feed, store or option (one-line message on stderr).
+(see :func:`transitnet.gtfs.match.match_store`). Exit status: 0 on success, 1 when the
+store holds an unreadable file, 2 for a bad static feed, store or option (one-line
+message on stderr).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _day(text: str) -> str:
@@ -114,5 +117,8 @@ def handle_match(args: argparse.Namespace) -> int:
     except (StaticFeedError, OSError) as exc:
         logger.error("%s", " ".join(str(exc).split()))
         return EXIT_USAGE
+    except pa.ArrowException as exc:  # an unreadable part file in the store
+        logger.error("cannot read the positions store: %s", " ".join(str(exc).split()))
+        return EXIT_FAILED
     logger.info("wrote %d matched partition(s) under %s", len(written), args.store / "matched")
     return EXIT_OK

@@ -116,7 +116,6 @@ class MatchConfig:
         dwell: When a still vehicle near a stop counts as dwelling.
         max_candidates: Candidate legs kept per fix (the closest, when more).
         trajectory_gap_s: A longer silence splits a vehicle's trip into two trajectories.
-        heading_min_move_m: Shortest move between fixes that defines a heading.
         speed_min_dt_s: Along-route speed is measured over at least this many seconds.
         timezone: IANA zone for service dates and delays; None takes ``art.timezone``
             (agency.txt). Without either, delays are not computed and service dates are
@@ -130,7 +129,6 @@ class MatchConfig:
     dwell: DwellConfig = field(default_factory=DwellConfig)
     max_candidates: int = 8
     trajectory_gap_s: float = 3 * 3600.0
-    heading_min_move_m: float = 30.0
     speed_min_dt_s: float = 15.0
     timezone: str | None = None
     fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS
@@ -364,8 +362,7 @@ def _match_rows(
     starts = np.flatnonzero(np.diff(tr, prepend=-1) != 0)
     lengths = np.diff(np.append(starts, len(sub)))
     px, py, shape_idx, t_s = rows.x[src], rows.y[src], rows.shape_idx[src], rows.t_s[src]
-    hx, hy = compute_headings(px, py, starts, lengths, rows.bearing[src],
-                              min_move_m=cfg.heading_min_move_m)  # fmt: skip
+    hx, hy = compute_headings(rows.bearing[src])
     cands = find_candidates(index.geometry, px, py, shape_idx, max_candidates=cfg.max_candidates)
     picked = select_candidates(cands, TrajectoryPoints(t_s, hx, hy, starts, lengths), cfg.window)
     found = np.isfinite(picked.dist_m)

@@ -218,47 +218,17 @@ def _heading_penalty(
     return np.where(cos < -0.5, cfg.heading_penalty_m, 0.0)
 
 
-def compute_headings(
-    px: np.ndarray,
-    py: np.ndarray,
-    pts_starts: np.ndarray,
-    pts_lengths: np.ndarray,
-    bearing_deg: np.ndarray,
-    *,
-    min_move_m: float = 30.0,
-    lookahead: int = 5,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return a unit heading per fix in the metric plane (NaN where unknown).
+def compute_headings(bearing_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the unit heading of each fix in the metric plane from its reported bearing.
 
-    The heading is the reported bearing (degrees clockwise from north; UTM grid
-    convergence is a few degrees, far below the 120° test it feeds), else the move to
-    the first of the next ``lookahead`` fixes of the same trajectory at least
-    ``min_move_m`` away.
-
-    Args:
-        px: (N,) metric x in trajectory order (NaN allowed).
-        py: (N,) metric y.
-        pts_starts: (T,) first row of each trajectory, ascending.
-        pts_lengths: (T,) rows per trajectory.
-        bearing_deg: (N,) reported bearing, NaN when absent.
-        min_move_m: Shortest move that defines a heading.
-        lookahead: How many later fixes to try.
+    Bearings are degrees clockwise from north; UTM grid convergence (a few degrees) is far
+    below the 120° test the heading feeds. Missing or out-of-range bearings give NaN (a
+    vehicle's own moves are used through the next-fix consistency instead: a heading
+    drawn between fixes minutes apart misleads on curves and at loop terminals).
     """
-    n = len(px)
-    rad = np.deg2rad(np.where((bearing_deg >= 0) & (bearing_deg <= 360), bearing_deg, np.nan))
-    hx, hy = np.sin(rad), np.cos(rad)
-    ends = np.repeat(pts_starts + pts_lengths, pts_lengths)
-    todo = np.flatnonzero(np.isnan(hx))
-    for step in range(1, lookahead + 1):
-        ahead = np.minimum(todo + step, n - 1)
-        inside = todo + step < ends[todo]
-        ax = np.where(inside, px[ahead] - px[todo], np.nan)
-        ay = np.where(inside, py[ahead] - py[todo], np.nan)
-        far = np.hypot(ax, ay) >= min_move_m
-        norm = np.hypot(ax[far], ay[far])
-        hx[todo[far]], hy[todo[far]] = ax[far] / norm, ay[far] / norm
-        todo = todo[~far]
-    return hx, hy
+    bearing = np.asarray(bearing_deg, dtype=np.float64)
+    rad = np.deg2rad(np.where((bearing >= 0) & (bearing <= 360), bearing, np.nan))
+    return np.sin(rad), np.cos(rad)
 
 
 def compute_along_speed(
