@@ -1,0 +1,180 @@
+"""``ClassExtensionTask``: teach a trained route classifier new classes, by mode.
+
+Modes and what each needs and guarantees (new classes are added first with
+:meth:`~transitnet.models.classifier.ExtensibleClassifier.add_classes`):
+
+- ``none``: nothing trains. With ``low_bias`` or masked new classes the old classes'
+  argmax is unchanged for every input.
+- ``frozen``: the encoder, the old rows, the old biases and the scale are in no
+  optimizer group; only the new rows (and, with ``train_new_bias``, their biases) train,
+  on new-class windows: **no old data needed**. Old rows are bit-identical afterwards;
+  the old classes can only lose windows to the new ones. To teach the new rows where
+  the old classes lie, each batch adds pseudo-features of old classes drawn from
+  N(mean, std²) of their training features (PASS-style prototype augmentation; the
+  statistics, 2·H numbers per class, travel in the checkpoint), ``pseudo_ratio`` times
+  as many per old class as there are real windows per new class. Without
+  statistics the new biases stay at their init (trained on new data alone they can only
+  grow) and weight aligning (WA) is what limits the pull of the new rows.
+- ``replay``: everything trains on the new windows plus a class-balanced buffer of old
+  windows, with LwF-style distillation of the old classes' logits towards the frozen
+  base model (KL at temperature ``T``, times ``T²``); then WA or BiC.
+- ``naive``: everything trains on the new windows alone with no protection: the lower
+  bound for forgetting, for experiments.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from transitnet.datasets.class_batches import ClassBatch
+from transitnet.tasks.classification import ClassificationTask
+
+MODES = ("none", "frozen", "replay", "naive")
+
+
+class ClassExtensionTask(ClassificationTask):
+    """A :class:`ClassificationTask` trained on new classes under one mode.
+
+    Args:
+        mode: One of :data:`MODES`.
+        new_row_lr: Learning rate of the new rows (no weight decay).
+        layer_lr: Learning rate of the encoder and old rows (``replay``, ``naive``).
+        distill_weight: Weight of the distillation loss (``replay``).
+        temperature: Distillation temperature.
+        train_new_bias: Train the new classes' biases in ``frozen`` mode (only when
+            pseudo-features of old classes are available).
+        pseudo_ratio: Pseudo-features per old class over real windows per new class in
+            ``frozen`` mode (1: class-balanced batches; 0 turns them off).
+        **kwargs: Passed to :class:`ClassificationTask`.
+    """
+
+    def __init__(
+        self,
+        mode: str = "frozen",
+        new_row_lr: float = 1e-2,
+        layer_lr: float = 3e-4,
+        distill_weight: float = 1.0,
+        temperature: float = 2.0,
+        train_new_bias: bool = True,
+        pseudo_ratio: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        self.mode = mode
+        self.teacher: tuple[nn.Module, ...] | None = None
+        self.pseudo: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.n_old = 0
+
+    def prepare_mode(self, n_old: int) -> None:
+        """Freeze per mode and keep a frozen copy of the base; call after ``add_classes``.
+
+        Args:
+            n_old: Classes the base model had (rows ``[0, n_old)``).
+        """
+        encoder, head, _ = self.net()
+        if head.weight.n_base != n_old:
+            head.weight.split_at(n_old)
+            head.bias.split_at(n_old)
+        self.n_old = n_old
+        teacher = tuple(copy.deepcopy(m).eval() for m in (encoder, self.neck, head))
+        for module in teacher:
+            module.requires_grad_(False)
+        object.__setattr__(self, "teacher", teacher)  # not a submodule: not saved, not trained
+        frozen = self.mode in ("none", "frozen")
+        self.pseudo = self._pseudo_source(head.class_names[:n_old]) if frozen else None
+        encoder.requires_grad_(not frozen)
+        head.requires_grad_(not frozen)
+        new = head.new_parameters()
+        new[0].requires_grad_(True)
+        new[1].requires_grad_(
+            not frozen or (bool(self.hparams["train_new_bias"]) and self.pseudo is not None)
+        )
+        self.trainable = [p for p in self.parameters() if p.requires_grad]
+
+    def _pseudo_source(
+        self, old_names: tuple[str, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Rows, means and stds of the old classes that have feature statistics."""
+        have = [(i, n) for i, n in enumerate(old_names) if n in self.class_stats]
+        if not have or float(self.hparams["pseudo_ratio"]) <= 0:
+            return None
+        rows = torch.tensor([i for i, _ in have], dtype=torch.long)
+        means = torch.stack([self.class_stats[n][0] for _, n in have])
+        stds = torch.stack([self.class_stats[n][1] for _, n in have])
+        return rows, means, stds
+
+    def pseudo_features(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` pseudo-features of old classes (uniform over classes) and their rows."""
+        if self.pseudo is None:
+            raise RuntimeError("no old-class statistics to sample from")
+        rows, means, stds = (t.to(self.device) for t in self.pseudo)
+        pick = torch.randint(len(rows), (n,), device=self.device)
+        noise = torch.randn(n, means.shape[1], device=self.device)
+        return means[pick] + stds[pick] * noise, rows[pick]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """New rows at ``new_row_lr`` (no weight decay); the rest at ``layer_lr``."""
+        if self.trainable is None:
+            raise RuntimeError("call prepare_mode() before training")
+        hp: Any = self.hparams
+        new_ids = {id(p) for p in self.net()[1].new_parameters()}
+        new = [p for p in self.trainable if id(p) in new_ids and p.numel()]
+        rest = [p for p in self.trainable if id(p) not in new_ids and p.numel()]
+        groups: list[dict[str, Any]] = []
+        if new:
+            groups.append({"params": new, "lr": hp.new_row_lr, "weight_decay": 0.0})
+        if rest:
+            groups.append({"params": rest, "lr": hp.layer_lr, "weight_decay": hp.weight_decay})
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        """Constant-rate AdamW over the mode's groups (extension runs are short)."""
+        return torch.optim.AdamW(self.parameter_groups())
+
+    def training_step(self, batch: ClassBatch, batch_idx: int) -> torch.Tensor:
+        """Cross-entropy over every class, plus distillation in ``replay`` mode."""
+        encoder, head, _ = self.net()
+        labels = batch.labels
+        if self.mode in ("none", "frozen"):
+            encoder.eval()  # no dropout, frozen statistics: the base model's features exactly
+            self.neck.eval()
+            with torch.no_grad():
+                feats = self.encode(batch)
+            if self.pseudo is not None:
+                n_new = max(len(self.net()[1].class_names) - self.n_old, 1)
+                per_class = float(self.hparams["pseudo_ratio"]) * len(batch) / n_new
+                n = max(1, round(per_class * len(self.pseudo[0])))
+                fake, rows = self.pseudo_features(n)
+                feats, labels = torch.cat([feats, fake]), torch.cat([labels, rows])
+        else:
+            feats = self.encode(batch)
+        logits = head(feats)
+        loss = nn.functional.cross_entropy(
+            logits, labels, label_smoothing=float(self.hparams["label_smoothing"])
+        )
+        if self.mode == "replay" and float(self.hparams["distill_weight"]) > 0:
+            loss = loss + float(self.hparams["distill_weight"]) * self.distill(batch, logits)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def distill(self, batch: ClassBatch, logits: torch.Tensor) -> torch.Tensor:
+        """LwF: ``T² · KL(teacher ‖ student)`` over the old classes' logits."""
+        if self.teacher is None:
+            raise RuntimeError("call prepare_mode() before training")
+        t = float(self.hparams["temperature"])
+        with torch.no_grad():
+            encoder, neck, head = self.teacher
+            target = head(neck(encoder(batch.features, batch.lengths)))
+        student = nn.functional.log_softmax(logits[:, : self.n_old] / t, dim=1)
+        teacher = nn.functional.softmax(target[:, : self.n_old] / t, dim=1)
+        return nn.functional.kl_div(student, teacher, reduction="batchmean") * t * t
+
+    def on_validation_epoch_start(self) -> None:
+        """Keep the prototypes: extension adds them from the new examples instead."""

@@ -1,0 +1,363 @@
+"""``ClassificationTask``: which line is this vehicle on, from a short window of fixes.
+
+The network is the shared :class:`~transitnet.models.encoder.TrajectoryEncoder`
+followed by an :class:`~transitnet.models.classifier.ExtensibleClassifier` (linear or
+cosine) and a :class:`~transitnet.models.prototype.PrototypeHead` (cosine nearest class
+mean over the same features, refitted from the training split at every validation, so
+it never needs training of its own). ``predict_with`` chooses which head answers.
+
+Its size depends on the data (classes, features), so it is built in
+:meth:`configure_model` from the attached DataModule, or in :meth:`on_load_checkpoint`
+from what the checkpoint recorded. The checkpoint records the class names; loading a
+checkpoint with fewer classes into a grown head moves rows by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import nn
+
+from transitnet.datasets.class_batches import ClassBatch, ClassWindowDataset
+from transitnet.models.classifier import MASKED_LOGIT, ExtensibleClassifier
+from transitnet.models.encoder import TrajectoryEncoder
+from transitnet.models.prototype import PrototypeHead
+from transitnet.tasks.base import BaseTask
+
+logger = logging.getLogger(__name__)
+
+CKPT_KEY = "transitnet_classifier"
+HEADS = ("linear", "cosine")
+NECKS = ("batchnorm", "none")
+ANSWERS = ("classifier", "prototype")
+#: Windows encoded per forward pass outside training.
+CHUNK = 4096
+
+
+class ClassificationTask(BaseTask):
+    """Route classification on a shared trajectory encoder with a growable head.
+
+    Args:
+        hidden_dim: Encoder output (feature) size.
+        encoder: ``gru`` (default), ``transformer`` or ``tcn``.
+        neck: ``batchnorm`` (centre and whiten the features with running training
+            statistics, no affine part) or ``none``. Centred features are what make an
+            imprinted row or a class mean discriminative instead of the direction every
+            window shares.
+        num_layers: Encoder layers.
+        dropout: Dropout inside the encoder.
+        head: ``cosine`` (logits ``s·cos + b``, learnable ``s``) or ``linear``.
+        scale: Initial cosine scale; also the scale of prototype similarities.
+        label_smoothing: Cross-entropy label smoothing.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        max_epochs_hint: Epochs the cosine learning-rate schedule spans.
+        prototype_per_class: Training windows per class the prototypes are fitted on.
+        predict_with: ``classifier`` or ``prototype`` (nearest class mean).
+        max_len: Longest window the transformer encoder accepts.
+    """
+
+    feature_mean: torch.Tensor
+
+    def __init__(
+        self,
+        hidden_dim: int = 64,
+        encoder: str = "gru",
+        neck: str = "batchnorm",
+        num_layers: int = 1,
+        dropout: float = 0.1,
+        head: str = "cosine",
+        scale: float = 16.0,
+        label_smoothing: float = 0.0,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        max_epochs_hint: int = 20,
+        prototype_per_class: int = 256,
+        predict_with: str = "classifier",
+        max_len: int = 64,
+    ) -> None:
+        super().__init__()
+        if head not in HEADS or predict_with not in ANSWERS or neck not in NECKS:
+            raise ValueError(
+                f"head must be one of {HEADS}, neck one of {NECKS} and predict_with one of "
+                f"{ANSWERS}; got {head!r}, {neck!r}, {predict_with!r}"
+            )
+        self.save_hyperparameters()
+        self.encoder: TrajectoryEncoder | None = None
+        self.neck: nn.Module = nn.Identity()
+        self.head: ExtensibleClassifier | None = None
+        self.prototypes: PrototypeHead | None = None
+        self.correction: dict[str, Any] | None = None
+        self.class_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.trainable: list[nn.Parameter] | None = None
+        self._counts: dict[str, dict[str, torch.Tensor]] = {}
+
+    # -- building ------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names in row order."""
+        return self.net()[1].class_names
+
+    def net(self) -> tuple[TrajectoryEncoder, ExtensibleClassifier, PrototypeHead]:
+        """Encoder, classifier and prototype head (RuntimeError before they are built)."""
+        if self.encoder is None or self.head is None or self.prototypes is None:
+            raise RuntimeError("the network is not built: attach a datamodule or load a checkpoint")
+        return self.encoder, self.head, self.prototypes
+
+    def build_net(self, class_names: tuple[str, ...] | list[str], n_features: int) -> None:
+        """Create encoder and heads for ``class_names`` (row order) and ``n_features``."""
+        hp: Any = self.hparams
+        self.encoder = TrajectoryEncoder(
+            n_features,
+            hp.hidden_dim,
+            kind=hp.encoder,
+            num_layers=hp.num_layers,
+            dropout=hp.dropout,
+            max_len=hp.max_len,
+        )
+        if hp.neck == "batchnorm":
+            self.neck = nn.BatchNorm1d(hp.hidden_dim, affine=False)
+        self.head = ExtensibleClassifier(
+            hp.hidden_dim, list(class_names), cosine=hp.head == "cosine", scale=hp.scale
+        )
+        self.prototypes = PrototypeHead(hp.hidden_dim)
+        self.register_buffer("feature_mean", torch.zeros(hp.hidden_dim))
+
+    def configure_model(self) -> None:
+        """Build the network from the attached DataModule's classes (after its setup)."""
+        if self.encoder is not None or self._trainer is None:
+            return
+        dm: Any = getattr(self.trainer, "datamodule", None)
+        if dm is None or not getattr(dm, "classes", None):
+            raise RuntimeError("ClassificationTask needs a set-up RouteClassDataModule")
+        self.build_net(tuple(dm.classes), dm.n_features)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the class names, feature count and any logit correction."""
+        encoder, head, _ = self.net()
+        checkpoint[CKPT_KEY] = {
+            "class_names": list(head.class_names),
+            "n_features": encoder.n_features,
+            "correction": self.correction,
+            "class_stats": {k: [m.tolist(), s.tolist()] for k, (m, s) in self.class_stats.items()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Build the network at the checkpoint's size, or migrate the head by class name.
+
+        When this task already holds a head with more classes, the checkpoint's rows are
+        moved to this head's rows by name (old classes keep their trained rows, the
+        others keep this head's rows; dropping or re-ordering classes is refused) and
+        the optimizer state is reset, with a warning (a warm start, not a resume).
+        """
+        meta = checkpoint.get(CKPT_KEY)
+        if meta is None:
+            raise ValueError("this checkpoint was not written by transitnet's ClassificationTask")
+        self.correction = meta.get("correction")
+        self.class_stats = {
+            k: (torch.tensor(m), torch.tensor(s))
+            for k, (m, s) in meta.get("class_stats", {}).items()
+        }
+        saved = tuple(meta["class_names"])
+        if self.head is None:
+            self.build_net(saved, int(meta["n_features"]))
+            return
+        if saved == self.head.class_names:
+            return
+        self.head.migrate_state_dict(checkpoint["state_dict"], "head.")
+        if checkpoint.get("optimizer_states"):
+            logger.warning(
+                "checkpoint has %d classes, this model %d: optimizer state reset",
+                len(saved),
+                len(self.head.class_names),
+            )
+            fresh = torch.optim.AdamW(self.parameter_groups())
+            checkpoint["optimizer_states"] = [fresh.state_dict()]
+            checkpoint["lr_schedulers"] = []
+
+    # -- inference -----------------------------------------------------------------
+    def encode(self, batch: ClassBatch) -> torch.Tensor:
+        """Window features ``(B, hidden_dim)``: the encoder's output through the neck."""
+        out: torch.Tensor = self.neck(self.net()[0](batch.features, batch.lengths))
+        return out
+
+    def center(self, features: torch.Tensor) -> torch.Tensor:
+        """Features minus the mean training feature: what the prototype head compares.
+
+        Centring (as in SimpleShot) removes the direction every window shares, which
+        otherwise dominates the cosine between a window and a class mean.
+        """
+        return features - self.feature_mean.to(features)
+
+    def prototype_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """``scale · cos`` to each class's prototype ``(B, C)``; -1e4 for classes without one."""
+        _, head, protos = self.net()
+        out = features.new_full((features.shape[0], len(head.class_names)), MASKED_LOGIT)
+        if protos.class_names:
+            rows = [head.index(name) for name in protos.class_names]
+            out[:, rows] = float(self.hparams["scale"]) * protos(self.center(features))
+        return out
+
+    def logits(self, features: torch.Tensor, answer: str | None = None) -> torch.Tensor:
+        """Class logits ``(B, C)`` of features, by the chosen head, with any correction."""
+        answer = answer or str(self.hparams["predict_with"])
+        z = self.prototype_logits(features) if answer == "prototype" else self.net()[1](features)
+        return self.apply_correction(z)
+
+    def apply_correction(self, logits: torch.Tensor) -> torch.Tensor:
+        """Apply a recorded BiC correction ``alpha·z + beta`` to its classes' logits."""
+        if not self.correction:
+            return logits
+        head = self.net()[1]
+        mask = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        mask[[head.index(n) for n in self.correction["classes"]]] = True
+        alpha, beta = float(self.correction["alpha"]), float(self.correction["beta"])
+        return torch.where(mask, alpha * logits + beta, logits)
+
+    def forward(self, batch: ClassBatch) -> torch.Tensor:
+        """Logits ``(B, C)`` from the head chosen by ``predict_with``."""
+        return self.logits(self.encode(batch))
+
+    @torch.no_grad()
+    def encode_dataset(self, dataset: ClassWindowDataset) -> torch.Tensor:
+        """Features ``(N, hidden_dim)`` of every window, in eval mode."""
+        was_training = self.training
+        self.eval()
+        out = [
+            self.encode(dataset.__getitems__(range(i, min(i + CHUNK, len(dataset)))))
+            for i in range(0, len(dataset), CHUNK)
+        ]
+        self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, int(self.hparams["hidden_dim"]))
+
+    def fit_prototypes(self, dataset: ClassWindowDataset, per_class: int | None = None) -> None:
+        """Refit every class prototype from at most ``per_class`` labelled windows each."""
+        _, head, _ = self.net()
+        per_class = per_class or int(self.hparams["prototype_per_class"])
+        gen = torch.Generator().manual_seed(0)
+        order = torch.randperm(len(dataset), generator=gen)
+        labels = dataset.labels[order]
+        picks = [order[labels == c][:per_class] for c in range(len(head.class_names))]
+        chosen = torch.cat(picks).sort().values if picks else torch.zeros(0, dtype=torch.long)
+        feats = self.encode_dataset(_subset(dataset, chosen))
+        if len(feats):
+            self.feature_mean = feats.mean(0)
+        protos = PrototypeHead(feats.shape[1]).to(feats.device)
+        for c, name in enumerate(head.class_names):
+            rows = dataset.labels[chosen] == c
+            if bool(rows.any()):
+                self.add_class_features(name, feats[rows], protos)
+        self.prototypes = protos
+
+    def add_class_features(
+        self, name: str, features: torch.Tensor, protos: PrototypeHead | None = None
+    ) -> None:
+        """Record a class's prototype and feature statistics from its features ``(n, H)``.
+
+        The statistics (per-dimension mean and std, ``2·H`` numbers per class) travel in
+        the checkpoint; frozen-encoder extension samples pseudo-features of old classes
+        from them instead of needing old data.
+        """
+        (protos or self.net()[2]).add_class(name, self.center(features))
+        std = (
+            features.std(0, unbiased=False) if len(features) > 1 else torch.zeros_like(features[0])
+        )
+        self.class_stats[name] = (features.mean(0).detach(), std.detach())
+
+    # -- steps ---------------------------------------------------------------------
+    def training_step(self, batch: ClassBatch, batch_idx: int) -> torch.Tensor:
+        """Cross-entropy of the classifier head."""
+        logits = self.net()[1](self.encode(batch))
+        loss = nn.functional.cross_entropy(
+            logits, batch.labels, label_smoothing=float(self.hparams["label_smoothing"])
+        )
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def _eval_step(self, batch: ClassBatch, split: str) -> None:
+        feats = self.encode(batch)
+        logits = self.logits(feats, "classifier")
+        loss = nn.functional.cross_entropy(logits, batch.labels, ignore_index=-1)
+        self.log(f"{split}_loss", loss, batch_size=len(batch))
+        self.update_counts(split, logits, batch.labels, "")
+        if self.net()[2].class_names:
+            self.update_counts(split, self.logits(feats, "prototype"), batch.labels, "proto_")
+
+    def validation_step(self, batch: ClassBatch, batch_idx: int) -> None:
+        """Loss and accuracy on the validation split."""
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: ClassBatch, batch_idx: int) -> None:
+        """Loss and accuracy on the test split."""
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: ClassBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Predicted class row and its softmax probability per window."""
+        prob = self(batch).softmax(dim=1)
+        best = prob.max(dim=1)
+        return {"index": batch.index, "pred": best.indices, "prob": best.values}
+
+    # -- metrics -------------------------------------------------------------------
+    def update_counts(
+        self, split: str, logits: torch.Tensor, labels: torch.Tensor, prefix: str
+    ) -> None:
+        """Accumulate per-class window and hit counts (labels -1 are skipped)."""
+        n_classes = logits.shape[1]
+        known = labels >= 0
+        hits = (logits.argmax(dim=1) == labels) & known
+        sums = self._counts.setdefault(split, {})
+        for name, rows in ((prefix + "n", labels[known]), (prefix + "hit", labels[hits])):
+            counts = torch.bincount(rows, minlength=n_classes).double()
+            sums[name] = sums.get(name, torch.zeros_like(counts)) + counts
+
+    def log_counts(self, split: str) -> None:
+        """Log ``{split}_acc``, ``_bacc`` (mean per-class recall) and the prototype ones."""
+        sums = self._counts.pop(split, {})
+        for prefix in ("", "proto_"):
+            if prefix + "n" not in sums:
+                continue
+            n, hit = sums[prefix + "n"], sums[prefix + "hit"]
+            seen = n > 0
+            acc = hit.sum() / n.sum().clamp(min=1)
+            bacc = (hit[seen] / n[seen]).mean() if bool(seen.any()) else acc * 0
+            self.log(f"{split}_{prefix}acc", acc.float(), prog_bar=not prefix, sync_dist=True)
+            self.log(f"{split}_{prefix}bacc", bacc.float(), sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        """Refit the prototypes from the training split, so they follow the encoder."""
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        dm: Any = getattr(self.trainer, "datamodule", None)
+        if dm is not None and "train" in getattr(dm, "windows", {}):
+            self.fit_prototypes(dm.dataset("train"))
+
+    def on_train_end(self) -> None:
+        """Refit the prototypes on the final encoder."""
+        self.on_validation_epoch_start()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the validation metrics of the epoch."""
+        self.log_counts("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log the test metrics."""
+        self.log_counts("test")
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """One AdamW group of every trainable parameter (or :attr:`trainable` when set)."""
+        self.net()
+        hp: Any = self.hparams
+        params = self.trainable if self.trainable is not None else list(self.parameters())
+        params = [p for p in params if p.requires_grad and p.numel()]
+        return [{"params": params, "lr": hp.lr, "weight_decay": hp.weight_decay}]
+
+
+def _subset(dataset: ClassWindowDataset, rows: torch.Tensor) -> ClassWindowDataset:
+    """A view of ``dataset`` holding only ``rows``."""
+    out = ClassWindowDataset.__new__(ClassWindowDataset)
+    out.features, out.lengths = dataset.features[rows], dataset.lengths[rows]
+    out.labels = dataset.labels[rows]
+    return out
