@@ -27,32 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from transitnet.gtfs.segments import (
-    SegmentArrays,
-    SegmentGrid,
-    argmin_per_group,
-    build_segment_arrays,
-    build_segment_grid,
-    project_to_segments,
-    screen_squared_offsets,
-    simplify_polylines,
-)
-
-#: Public names (the segment kernel is re-exported: it used to live here).
-__all__ = [
-    "Candidates",
-    "SegmentArrays",
-    "SegmentGrid",
-    "ShapeGeometry",
-    "build_segment_arrays",
-    "build_segment_grid",
-    "build_shape_geometry",
-    "find_candidates",
-    "project_to_segments",
-    "project_whole_shapes",
-    "screen_squared_offsets",
-    "simplify_polylines",
-]
+# The segment kernel moved to :mod:`transitnet.gtfs.segments`; its public names are re-exported
+# here (``X as X``) for existing imports.
+from transitnet.gtfs.segments import SegmentArrays as SegmentArrays
+from transitnet.gtfs.segments import SegmentGrid as SegmentGrid
+from transitnet.gtfs.segments import argmin_per_group
+from transitnet.gtfs.segments import build_segment_arrays as build_segment_arrays
+from transitnet.gtfs.segments import build_segment_grid as build_segment_grid
+from transitnet.gtfs.segments import project_to_segments as project_to_segments
+from transitnet.gtfs.segments import screen_squared_offsets as screen_squared_offsets
+from transitnet.gtfs.segments import simplify_polylines as simplify_polylines
 
 logger = logging.getLogger(__name__)
 
