@@ -9,7 +9,7 @@ Per-fix features (:data:`CLASS_FEATURES`):
 
 - ``x_km``, ``y_km``: position relative to one fixed, city-wide origin (the median
   training fix, kept with the model), on an equirectangular projection at the origin's
-  latitude (under 0.1 % scale error within 50 km). A fixed origin is what makes lines
+  latitude (under 0.5 % scale error within 50 km). A fixed origin is what makes lines
   separable: a window-relative origin would throw away *where* the bus is;
 - ``dx_m``, ``dy_m``: displacement since the vehicle's previous fix (0 at a
   trajectory's first fix);
@@ -54,30 +54,13 @@ CLASS_FEATURES: tuple[str, ...] = (
     "tod_sin",
     "tod_cos",
 )
+#: Columns a window cannot be cut without.
+REQUIRED_INPUTS: tuple[str, ...] = ("feed_id", "vehicle_id", "trip_id", "route_id")
+REQUIRED_INPUTS += ("latitude", "longitude", "vehicle_timestamp")
+#: Columns used when present (vehicle-id fallbacks, direction, service date, bearing).
+OPTIONAL_INPUTS = ("vehicle_label", "entity_id", "direction_id", "start_date", "bearing")
 #: Columns read from the positions store.
-POSITION_INPUTS: tuple[str, ...] = (
-    "feed_id",
-    "vehicle_id",
-    "vehicle_label",
-    "entity_id",
-    "trip_id",
-    "route_id",
-    "direction_id",
-    "start_date",
-    "latitude",
-    "longitude",
-    "bearing",
-    "vehicle_timestamp",
-)
-REQUIRED_INPUTS = (
-    "feed_id",
-    "vehicle_id",
-    "trip_id",
-    "route_id",
-    "latitude",
-    "longitude",
-    "vehicle_timestamp",
-)
+POSITION_INPUTS: tuple[str, ...] = REQUIRED_INPUTS + OPTIONAL_INPUTS
 EARTH_RADIUS_M = 6_371_008.8
 META_COLUMNS = (
     "feed_id",
@@ -282,17 +265,12 @@ def compute_fix_features(
     dt = np.diff(df["t_s"].to_numpy(np.float64), prepend=0.0)
     dx[first], dy[first], dt[first] = 0.0, 0.0, 0.0
     dist = np.hypot(dx, dy)
-    moved = dist >= config.min_move_m
     bearing = (
         df["bearing"].to_numpy(np.float64, na_value=np.nan)
         if "bearing" in df.columns
         else np.full(len(df), np.nan)
     )
-    reported = np.isfinite(bearing) & (bearing >= 0) & (bearing <= 360) & ~moved
-    rad = np.radians(np.where(reported, bearing, 0.0))
-    safe = np.maximum(dist, 1e-9)
-    hsin = np.where(moved, dx / safe, np.where(reported, np.sin(rad), 0.0))
-    hcos = np.where(moved, dy / safe, np.where(reported, np.cos(rad), 0.0))
+    hsin, hcos, has_heading = _headings(dx, dy, bearing, config.min_move_m)
     speed = np.where(dt > 0, dist / np.maximum(dt, 1e-9), 0.0)
     capped = int((speed > config.max_speed_mps).sum())
     local = df["vehicle_timestamp"].dt.tz_convert(config.timezone)
@@ -304,13 +282,27 @@ def compute_fix_features(
         "dy_m": dy,
         "heading_sin": hsin,
         "heading_cos": hcos,
-        "has_heading": (moved | reported).astype(np.float64),
+        "has_heading": has_heading,
         "speed_mps": np.minimum(speed, config.max_speed_mps),
         "dt_s": np.clip(dt, 0.0, config.max_gap_s),
         "tod_sin": np.sin(2 * np.pi * tod / 86400),
         "tod_cos": np.cos(2 * np.pi * tod / 86400),
     }
     return np.stack([cols[c] for c in CLASS_FEATURES], axis=1).astype(np.float32), capped
+
+
+def _headings(
+    dx: np.ndarray, dy: np.ndarray, bearing: np.ndarray, min_move_m: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sin, cos (compass) and presence of each fix's heading: moved, else reported bearing."""
+    dist = np.hypot(dx, dy)
+    moved = dist >= min_move_m
+    reported = np.isfinite(bearing) & (bearing >= 0) & (bearing <= 360) & ~moved
+    rad = np.radians(np.where(reported, bearing, 0.0))
+    safe = np.maximum(dist, 1e-9)
+    hsin = np.where(moved, dx / safe, np.where(reported, np.sin(rad), 0.0))
+    hcos = np.where(moved, dy / safe, np.where(reported, np.cos(rad), 0.0))
+    return hsin, hcos, (moved | reported).astype(np.float64)
 
 
 def compute_anchors(traj: np.ndarray, config: ClassWindowConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -347,18 +339,30 @@ def build_class_windows(
     """
     df, dropped = prepare_class_trajectories(positions, config)
     feats, dropped["speed_capped"] = compute_fix_features(df, origin, config)
-    traj = df["trajectory"].to_numpy(np.int64)
-    anchors, lengths = compute_anchors(traj, config)
-    in_window = np.zeros(len(df), dtype=bool)
-    k = config.window_fixes
-    steps = np.arange(k)[None, :]
+    anchors, lengths = compute_anchors(df["trajectory"].to_numpy(np.int64), config)
+    steps = np.arange(config.window_fixes)[None, :]
     valid = steps < lengths[:, None]
     rows = np.where(valid, anchors[:, None] - lengths[:, None] + 1 + steps, anchors[:, None])
+    in_window = np.zeros(len(df), dtype=bool)
     in_window[rows[valid]] = True
     dropped["not_in_window"] = int((~in_window).sum())
     features = feats[rows]
     features[~valid] = 0.0
-    first = df.iloc[rows[:, 0]]
+    meta = _window_meta(df, rows[:, 0], anchors, lengths)
+    logger.info(
+        "class windows: %d from %d fixes (%s)",
+        len(anchors),
+        len(positions),
+        ", ".join(f"{k}={v}" for k, v in dropped.items() if v),
+    )
+    return ClassWindows(features, lengths, meta, dropped)
+
+
+def _window_meta(
+    df: pd.DataFrame, first_rows: np.ndarray, anchors: np.ndarray, lengths: np.ndarray
+) -> pd.DataFrame:
+    """:data:`META_COLUMNS` of windows from their first and anchor fixes in ``df``."""
+    first = df.iloc[first_rows]
     last = df.iloc[anchors]
     meta = pd.DataFrame(
         {
@@ -373,13 +377,7 @@ def build_class_windows(
     )
     for col in ("start_time", "anchor_time"):
         meta[col] = pd.to_datetime(meta[col], utc=True)
-    logger.info(
-        "class windows: %d from %d fixes (%s)",
-        len(anchors),
-        len(positions),
-        ", ".join(f"{k}={v}" for k, v in dropped.items() if v),
-    )
-    return ClassWindows(features, lengths, meta, dropped)
+    return meta
 
 
 def is_member(labels: np.ndarray, names: list[str] | tuple[str, ...]) -> np.ndarray:
