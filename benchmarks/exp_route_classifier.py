@@ -468,6 +468,59 @@ CURVES = (
 )
 
 
+def joint_point(result: dict[str, Any], n: int) -> tuple[float, float]:
+    """Old-class drop (pp, against the base model) and new-class accuracy of joint(n)."""
+    joint = result["joint"][str(n)]
+    return 100 * (result["base"]["old"]["acc"] - joint["old"]["acc"]), joint["new"]["acc"]
+
+
+def plot_tradeoff(result: dict[str, Any], n: int) -> Any:
+    """Every method at ``n`` as (old-class drop, new-class accuracy); joint retraining starred."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    rows = [r for r in result["runs"] if r["n"] == n and r["new_acc"] is not None]
+    for family, marker in (("frozen", "o"), ("replay", "s"), ("naive", "v"), ("none", "x"),
+                           ("prototype", "D")):  # fmt: skip
+        sel = [r for r in rows if r["mode"] == family]
+        ax.scatter([r["old_acc_drop_pp"] for r in sel], [100 * r["new_acc"] for r in sel],
+                   marker=marker, label=family, alpha=0.75)  # fmt: skip
+    drop, new = joint_point(result, n)
+    ax.scatter([drop], [100 * new], marker="*", s=250, c="k", label=f"joint retraining (n={n})")
+    ax.axvline(1.0, color="r", ls=":", label="bar: 1 pp")
+    ax.axhline(80 * new, color="g", ls=":", label="bar: 80 % of joint")
+    ax.set_xlabel("old-class accuracy drop (pp)")
+    ax.set_ylabel("new-class accuracy (%)")
+    ax.set_title(f"{result['dataset']}, n={n}: what each method trades")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def bars_text(result: dict[str, Any], s: Settings) -> str:
+    """The bars as Markdown bullets, met or missed, with their figures."""
+    bars, n = result["bars"], max(s.shots)
+    lines = []
+    for method, v in bars["frozen_imprint_wa"].items():
+        drops = ", ".join(f"n={k}: {d:+.1f} pp" for k, d in v["old_drop_pp"].items())
+        news = ", ".join(f"n={k}: {100 * a:.0f} %" for k, a in v["new_acc"].items())
+        ratio = v[f"bar2_ratio_to_joint_n{n}"]
+        lines.append(
+            f"- imprint · {method}: old drop {drops} → bar 1 (≤ 1 pp) "
+            f"**{'met' if v['bar1_drop_le_1pp'] else 'missed'}**; new-class accuracy {news} "
+            f"(at n={n}, {100 * ratio:.0f} % of joint's) → bar 2 (≥ 80 %) "
+            f"**{'met' if ratio >= 0.8 else 'missed'}**"
+        )
+    both = ", ".join(bars["bars_1_and_2_together"]) or "none"
+    lines.append(f"- methods meeting bars 1 and 2 together at n={n}: {both}")
+    unchanged = "met" if bars["bar3_low_bias_and_mask_unchanged"] else "missed"
+    lines.append(
+        f"- bar 3 (low_bias or masked: old argmax identical right after add_classes): "
+        f"**{unchanged}** in {bars['bar3_argmax_unchanged_runs']} runs"
+    )
+    drop, new = joint_point(result, n)
+    lines.append(f"- joint retraining at n={n}: old drop {drop:+.1f} pp, new {100 * new:.0f} %")
+    return "\n".join(lines)
+
+
 def write_outputs(
     results: list[dict[str, Any]], s: Settings, out: Path, meta: dict[str, Any]
 ) -> None:
@@ -479,6 +532,7 @@ def write_outputs(
         for key, ylabel in CURVES:
             save_figure(plot_curves(res, key, s.shots, ylabel), out / f"{name}_{key}.png")
         save_figure(plot_grid(res, n_max), out / f"{name}_grid_n{n_max}.png")
+        save_figure(plot_tradeoff(res, n_max), out / f"{name}_tradeoff_n{n_max}.png")
         b, ja, bl = res["base"], res["joint_all_data"], res["base_linear"]
         body = [
             f"Old lines ({len(res['old_classes'])}): base accuracy {100 * b['old']['acc']:.1f} % "
@@ -489,9 +543,9 @@ def write_outputs(
             "",
             "**Bars**",
             "",
-            "```",
-            json.dumps(res["bars"], indent=1),
-            "```",
+            bars_text(res, s),
+            "",
+            f"![tradeoff]({name}_tradeoff_n{n_max}.png)",
             "",
             "**Old-class accuracy drop (pp; lower is better)**",
             "",
@@ -536,7 +590,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--hidden-dim", type=int, help="Encoder width (ablation).")
     parser.add_argument("--epochs", type=int, help="Training epochs (ablation).")
+    parser.add_argument(
+        "--from-json", action="store_true", help="Re-render OUT/report.md and plots from JSON."
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads((args.out / "report.json").read_text())
+        settings = Settings(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in saved.pop("settings").items()})  # fmt: skip
+        results = saved.pop("results")
+        write_outputs(results, settings, args.out, {**saved, "settings": asdict(settings)})
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "transitnet"):
         logging.getLogger(name).setLevel(logging.ERROR)
