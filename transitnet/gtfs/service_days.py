@@ -6,7 +6,8 @@ holds each trip's stop distances and times (:func:`build_schedule_index`);
 :func:`compute_scheduled_s` interpolates the scheduled time at any distance along the
 trip; :func:`choose_service_dates` picks each trajectory's service date and
 :func:`compute_day_origins` turns it into epoch seconds, so that
-``delay = t - day origin - scheduled``.
+``delay = t - day origin - scheduled``. :func:`build_trajectory_ids` names each
+trajectory after its vehicle, trip and service date.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+#: Columns naming a vehicle in decoded positions; per row, the first one set wins.
+VEHICLE_COLUMNS: tuple[str, ...] = ("vehicle_id", "vehicle_label", "entity_id")
 
 
 @dataclass(frozen=True)
@@ -175,3 +179,54 @@ def choose_service_dates(
         fits = np.abs(sched_t[has] - compute_day_origins(today, timezone) - sched_s[has])
         dates[has] = np.where(late < fits, before, today)
     return np.where(pd.notna(start_date), start_date, dates)
+
+
+def read_start_dates(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Read the feed's ``start_date`` of some rows as ``YYYY-MM-DD``.
+
+    Args:
+        frame: Positions; uses ``start_date`` (``YYYYMMDD`` text) when present.
+        rows: (T,) positional rows of ``frame`` to read.
+
+    Returns:
+        (T,) object array of ``YYYY-MM-DD``, None where missing or unparseable.
+    """
+    if "start_date" not in frame.columns:
+        return np.full(len(rows), None, dtype=object)
+    raw = frame["start_date"].iloc[rows].astype("string").str.strip()
+    parsed = pd.to_datetime(raw, format="%Y%m%d", errors="coerce").dt.strftime("%Y-%m-%d")
+    return np.asarray(parsed.astype(object).where(parsed.notna(), None).to_numpy(), dtype=object)
+
+
+def build_trajectory_ids(frame: pd.DataFrame, first: np.ndarray, dates: np.ndarray) -> np.ndarray:
+    """Name each trajectory ``[<feed>/]<vehicle>/<trip_id or route:<route_id>>/<date>[#k]``.
+
+    Args:
+        frame: Positions; uses when present ``feed_id``, the first set of
+            :data:`VEHICLE_COLUMNS`, ``trip_id`` and ``route_id`` (missing parts: ``?``).
+        first: (T,) positional row of each trajectory's first fix.
+        dates: (T,) service date of each trajectory (``YYYY-MM-DD`` or None).
+
+    Returns:
+        (T,) object array of ids; ``#k`` (k >= 2) tells apart repeats of the same id.
+    """
+    head = frame.iloc[first]
+
+    def text(*columns: str) -> pd.Series:
+        out = pd.Series(pd.NA, index=head.index, dtype="string")
+        for c in columns:
+            if c in head.columns:
+                out = out.fillna(head[c].astype("string"))
+        return out
+
+    route = "route:" + text("route_id").fillna("?")
+    parts = [text(*VEHICLE_COLUMNS).fillna("?"), text("trip_id").fillna(route),
+             pd.Series(dates, index=head.index, dtype="string").fillna("?")]  # fmt: skip
+    if "feed_id" in head.columns:
+        parts.insert(0, text("feed_id").fillna("?"))
+    ids = parts[0]
+    for part in parts[1:]:
+        ids = ids + "/" + part
+    repeat = ids.groupby(ids).cumcount()
+    ids = ids.where(repeat == 0, ids + "#" + (repeat + 1).astype("string"))
+    return np.asarray(ids.to_numpy(dtype=object), dtype=object)
