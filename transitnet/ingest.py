@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import requests
 
-from transitnet.realtime.breaker import CircuitBreaker
-from transitnet.realtime.decode import (
-    DecodedFeed,
-    FeedDecodeError,
-    decode_vehicle_positions,
-    timestamps_from_raw,
+from transitnet.ingest_records import (
+    build_fetch_log_row,
+    build_raw_meta,
+    is_snapshot,
+    read_header_time,
 )
+from transitnet.realtime.breaker import CircuitBreaker
+from transitnet.realtime.decode import DecodedFeed, FeedDecodeError, decode_vehicle_positions
 from transitnet.realtime.fetch import FeedEndpoint, FetchAttempt, fetch_feed
 from transitnet.realtime.validate import FeedValidator, StaticChecker
 from transitnet.store.archive import ArchivedBody, RawMeta, archive_body, relative_to_store
@@ -176,7 +176,7 @@ class _Tick:
         self.state.deferred_until = fetched.deferred_until
         self.result.deferred_until = fetched.deferred_until
         final_attempt, final_archived = self.attempts[-1]
-        if _is_snapshot(final_attempt):
+        if is_snapshot(final_attempt):
             self._process_snapshot(final_attempt, final_archived)
         self._set_outcome(self.metas[-1].outcome, self.metas[-1].error_class)
 
@@ -197,7 +197,7 @@ class _Tick:
         The final attempt's metadata is written again once decoding has added the header
         timestamp, the rules and the row counts.
         """
-        snapshot = _is_snapshot(attempt)
+        snapshot = is_snapshot(attempt)
         archived = archive_body(
             self.store, self.endpoint.feed_id, attempt.started_at, attempt.body,
             snapshot=snapshot, previous_sha256=self.state.last_sha256,
@@ -206,22 +206,11 @@ class _Tick:
         if archived.path is not None:
             self.result.raw_files.append(archived.path)
         self.attempts.append((attempt, archived))
-        self.metas.append(self._build_meta(attempt, archived))
+        feed_id = self.endpoint.feed_id
+        self.metas.append(
+            build_raw_meta(self.store, feed_id, attempt, archived, self.scheduled_tick)
+        )
         self.result.raw_files.append(write_raw_meta(archived.stem, self.metas[-1]))
-
-    def _build_meta(self, attempt: FetchAttempt, archived: ArchivedBody) -> RawMeta:
-        """The metadata of one attempt from the fetch facts."""
-        return RawMeta(
-            feed_id=self.endpoint.feed_id, fetched_at=attempt.started_at.isoformat(),
-            scheduled_tick=self.scheduled_tick.isoformat() if self.scheduled_tick else None,
-            attempt=attempt.attempt, duration_s=round(attempt.duration_s, 6),
-            outcome=attempt.outcome, status=attempt.status, final_url=attempt.final_url,
-            redirects=attempt.redirects, headers=attempt.headers,
-            bytes=attempt.bytes_received, sha256=archived.sha256,
-            file=relative_to_store(self.store, archived.path),
-            duplicate_of=archived.duplicate_of, body_complete=attempt.body_complete,
-            redacted=attempt.redacted, error_class=attempt.error_class, error=attempt.error,
-        )  # fmt: skip
 
     def _process_snapshot(self, attempt: FetchAttempt, archived: ArchivedBody) -> None:
         """Decode, validate, dedup and store the final attempt's snapshot."""
@@ -262,7 +251,7 @@ class _Tick:
         meta.rules = list(validated.snapshot_rules)
         meta.rows, meta.rows_written = validated.positions.num_rows, fresh.num_rows
         meta.header_timestamp_raw = decoded.header.timestamp_raw
-        header_ts = _header_time(decoded.header.timestamp_raw)
+        header_ts = read_header_time(decoded.header.timestamp_raw)
         meta.header_timestamp = header_ts.isoformat() if header_ts else None
         self._record_freshness(attempt.started_at, header_ts, validated.positions)
         self._remember_snapshot(attempt, archived, good=True)
@@ -333,20 +322,11 @@ class _Tick:
         write_fetch_log(self.store, self.rows)
 
     def _log_row(self, attempt: FetchAttempt, meta: RawMeta, slippage: float | None) -> FetchLogRow:
-        last = meta is self.metas[-1]
-        return FetchLogRow(
-            feed_id=self.endpoint.feed_id, attempt=attempt.attempt,
-            started_at=attempt.started_at, outcome=meta.outcome,
-            scheduled_tick=self.scheduled_tick, duration_s=attempt.duration_s,
-            http_status=attempt.status, bytes=attempt.bytes_received, sha256=meta.sha256,
-            header_timestamp=datetime.fromisoformat(meta.header_timestamp)
-            if meta.header_timestamp else None,
-            error_class=meta.error_class, error=meta.error,
-            raw_path=meta.file or meta.duplicate_of, rows=meta.rows, rules=meta.rules,
-            rows_written=meta.rows_written, slippage_s=slippage,
-            header_age_s=self.result.header_age_s if last else None,
-            vehicle_age_p90_s=self.result.vehicle_age_p90_s if last else None,
-            final_url=attempt.final_url,
+        r, last = self.result, meta is self.metas[-1]
+        return build_fetch_log_row(
+            attempt, meta, scheduled_tick=self.scheduled_tick, slippage_s=slippage,
+            header_age_s=r.header_age_s if last else None,
+            vehicle_age_p90_s=r.vehicle_age_p90_s if last else None,
         )  # fmt: skip
 
     def _log_summary(self) -> None:
@@ -359,40 +339,29 @@ class _Tick:
         )  # fmt: skip
 
 
-def _is_snapshot(attempt: FetchAttempt) -> bool:
-    """A complete 2xx body: archived as ``.pb`` and parsed."""
-    ok_status = attempt.status is not None and 200 <= attempt.status < 300
-    return ok_status and attempt.outcome == "ok" and attempt.body_complete
-
-
-def _header_time(raw: int | None) -> datetime | None:
-    """The header timestamp as UTC (milliseconds etc. scaled like the decoder does)."""
-    if raw is None:
-        return None
-    value: datetime | None = timestamps_from_raw(pa.array([raw], pa.uint64()))[0].as_py()
-    return value
-
-
 def make_breaker(state: FeedState) -> CircuitBreaker:
     """The feed's circuit breaker, restored from its state (a bad state starts closed)."""
     breaker = CircuitBreaker()
-    if state.breaker:
-        try:
-            breaker.load_state_dict(state.breaker)
-        except ValueError as exc:
-            logger.warning("%s: resetting breaker: %s", state.feed_id, exc)
+    _restore(breaker, state.breaker, f"{state.feed_id}: resetting breaker")
     return breaker
 
 
 def make_validator(state: FeedState, static_checker: StaticChecker | None) -> FeedValidator:
     """The feed's validator, restored from its state (a bad state starts afresh)."""
     validator = FeedValidator(state.feed_id, static_checker=static_checker)
-    if state.validator:
-        try:
-            validator.load_state_dict(state.validator)
-        except ValueError as exc:
-            logger.warning("%s: resetting validator state: %s", state.feed_id, exc)
+    _restore(validator, state.validator, f"{state.feed_id}: resetting validator state")
     return validator
+
+
+def _restore(
+    target: CircuitBreaker | FeedValidator, saved: dict[str, Any] | None, warn: str
+) -> None:
+    """Load ``saved`` (when set) into ``target``; a bad state is logged (``warn``) and skipped."""
+    if saved:
+        try:
+            target.load_state_dict(saved)
+        except ValueError as exc:
+            logger.warning("%s: %s", warn, exc)
 
 
 def _fmt_s(value: float | None) -> str:
