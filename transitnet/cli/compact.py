@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-from datetime import date
 from pathlib import Path
 from typing import Any
 
+from transitnet.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, parse_date
+
 logger = logging.getLogger(__name__)
-
-
-def _parse_date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {text!r}") from exc
 
 
 def register(sub: Any) -> None:
@@ -29,7 +23,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--store", type=Path, required=True, metavar="DIR", help="store root")
     parser.add_argument("--feed-id", action="append", default=None, metavar="ID",
                         help="only this feed (repeatable; default: all)")  # fmt: skip
-    parser.add_argument("--before", type=_parse_date, default=None, metavar="DATE",
+    parser.add_argument("--before", type=parse_date, default=None, metavar="DATE",
                         help="compact days strictly before DATE (YYYY-MM-DD, UTC; "
                         "default: today, i.e. every closed day)")  # fmt: skip
     parser.set_defaults(func=handle_compact)
@@ -42,10 +36,10 @@ def handle_compact(args: argparse.Namespace) -> int:
 
     if not args.store.is_dir():
         logger.error("store %s does not exist", args.store)
-        return 2
+        return EXIT_USAGE
     try:
         results = run_compaction(args.store, feed_ids=args.feed_id, before=args.before)
     except CompactionLockedError as exc:
         logger.error("%s", exc)
-        return 2
-    return 1 if any(r.error for r in results) else 0
+        return EXIT_USAGE
+    return EXIT_FAILED if any(r.error for r in results) else EXIT_OK

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from transitnet.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, stop_after, stop_on_signals
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+logger = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -118,37 +114,12 @@ def handle_run(args: argparse.Namespace) -> int:
 
     args.store.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
-    timer = threading.Timer(args.duration_s, stop.set) if args.duration_s else None
-    with _stop_on_signals(stop):
-        if timer is not None:
-            timer.daemon = True
-            timer.start()
-        try:
-            run_forever(config, args.store, stop_event=stop, max_ticks=args.max_ticks)
-        finally:
-            if timer is not None:
-                timer.cancel()
+    with (
+        stop_on_signals(stop, "finishing in-flight writes, starting nothing new"),
+        stop_after(stop, args.duration_s),
+    ):
+        run_forever(config, args.store, stop_event=stop, max_ticks=args.max_ticks)
     return EXIT_OK
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set ``stop`` on SIGTERM/SIGINT while inside (main thread only)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s: finishing in-flight writes, starting nothing new",
-                    signal.Signals(signum).name)  # fmt: skip
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def handle_import(args: argparse.Namespace) -> int:

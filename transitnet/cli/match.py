@@ -13,22 +13,18 @@ import argparse
 import logging
 import zoneinfo
 from dataclasses import replace
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-logger = logging.getLogger(__name__)
+from transitnet.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, parse_date
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+logger = logging.getLogger(__name__)
 
 
 def _day(text: str) -> str:
-    try:
-        return date.fromisoformat(text).isoformat()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {text!r}") from exc
+    return parse_date(text).isoformat()
 
 
 def _positive(text: str) -> float:

@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from transitnet.cli.common import EXIT_OK, EXIT_USAGE, stop_after, stop_on_signals
 
-EXIT_OK, EXIT_USAGE = 0, 2
+logger = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -107,26 +105,9 @@ def serve_snapshots(snapshots: list[Any], args: argparse.Namespace) -> int:
 
 
 def _wait(server: Any, stop: threading.Event, args: argparse.Namespace) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s: stopping the replay", signal.Signals(signum).name)
-        stop.set()
-
-    main = threading.current_thread() is threading.main_thread()
-    previous = (
-        {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
-    )
-    timer = threading.Timer(args.stop_after_s, stop.set) if args.stop_after_s else None
-    if timer is not None:
-        timer.daemon = True
-        timer.start()
-    try:
+    with stop_on_signals(stop, "stopping the replay"), stop_after(stop, args.stop_after_s):
         while not stop.wait(0.1):
             if args.exit_when_done and not args.loop and server.status()["done"]:
                 logger.info("last snapshot served: stopping")
                 break
-    finally:
-        if timer is not None:
-            timer.cancel()
-        for sig, old in previous.items():
-            signal.signal(sig, old)
     sys.stdout.flush()

@@ -15,11 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from transitnet.cli.common import EXIT_OK, EXIT_USAGE
 from transitnet.cli.replay import add_server_options, serve_snapshots
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def register(sub: Any) -> None:
