@@ -17,7 +17,6 @@ readers skip, so no row is lost or counted twice. Running it again changes nothi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import time
@@ -44,6 +43,7 @@ from transitnet.store.layout import (
 )
 from transitnet.store.log import FETCH_LOG_SCHEMA_EXT
 from transitnet.store.parquet import MERGED_PARTS_KEY, read_merged_parts
+from transitnet.store.state import hold_lock
 
 logger = logging.getLogger(__name__)
 
@@ -91,17 +91,9 @@ def compaction_lock(store: Path) -> Iterator[None]:
     Raises:
         CompactionLockedError: when another process holds it.
     """
-    path = store / STATE_DIR / "compact.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise CompactionLockedError(f"another compaction is running on {store}") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    busy = CompactionLockedError(f"another compaction is running on {store}")
+    with hold_lock(store / STATE_DIR / "compact.lock", busy):
+        yield
 
 
 def compact_partition(folder: Path, kind: str, feed_id: str, day: date) -> CompactResult:

@@ -120,13 +120,24 @@ def feed_lock(store: Path, feed_id: str) -> Iterator[None]:
     Raises:
         FeedLockedError: when another process holds it (e.g. two overlapping cron runs).
     """
-    path = state_path(store, feed_id).with_suffix(".lock")
+    busy = FeedLockedError(f"feed {feed_id} is being polled by another process")
+    with hold_lock(state_path(store, feed_id).with_suffix(".lock"), busy):
+        yield
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, busy: Exception) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created with its folder if missing).
+
+    Raises:
+        Exception: ``busy``, at once, when another process holds the lock.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise FeedLockedError(f"feed {feed_id} is being polled by another process") from exc
+            raise busy from exc
         try:
             yield
         finally:
