@@ -269,12 +269,14 @@ class ClassificationTask(BaseTask):
 
     # -- steps ---------------------------------------------------------------------
     def training_step(self, batch: ClassBatch, batch_idx: int) -> torch.Tensor:
-        """Cross-entropy of the classifier head."""
+        """Cross-entropy of the classifier head; logs ``train_loss`` and ``train_acc``."""
         logits = self.net()[1](self.encode(batch))
         loss = nn.functional.cross_entropy(
             logits, batch.labels, label_smoothing=float(self.hparams["label_smoothing"])
         )
+        acc = (logits.argmax(dim=1) == batch.labels).float().mean()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(batch))
         return loss
 
     def _eval_step(self, batch: ClassBatch, split: str) -> None:
