@@ -16,7 +16,7 @@ import pandas as pd
 from transitnet.gtfs.artefacts import StaticArtefacts
 from transitnet.gtfs.match_index import MatchConfig, MatchIndex, build_match_index
 from transitnet.gtfs.project import find_candidates, project_whole_shapes
-from transitnet.gtfs.resolve import resolve_trip_shapes
+from transitnet.gtfs.resolve import RESOLVE_STATUSES, resolve_trip_shapes
 from transitnet.gtfs.service_days import (
     VEHICLE_COLUMNS,
     build_trajectory_ids,
@@ -41,11 +41,7 @@ MATCH_STATUSES: tuple[str, ...] = (
     "no_shape",
     "trip_not_in_static",
     "invalid_position",
-    "fallback_suffix",
-    "fallback_headsign",
-    "fallback_variant",
-    "fallback_route",
-    "fallback_stops",
+    *(status for status in RESOLVE_STATUSES if status.startswith("fallback_")),
 )
 #: Columns :func:`match_positions` adds (besides the resolve columns it also keeps:
 #: ``direction_id, resolve_status, resolve_via, static_trip_id``).
