@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from transitnet.realtime.fetch import DEFAULT_USER_AGENT, FeedEndpoint
+from transitnet.realtime.fetch import FeedEndpoint
 from transitnet.store.layout import InvalidFeedIdError, check_feed_id
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -62,10 +62,11 @@ class FeedConfig:
     id: str
     url: str
     interval_s: float = 30.0
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 10.0
-    max_bytes: int = 50 * 2**20
-    user_agent: str = DEFAULT_USER_AGENT
+    # Fetch defaults come from FeedEndpoint, so the two cannot drift apart.
+    connect_timeout_s: float = FeedEndpoint.connect_timeout_s
+    read_timeout_s: float = FeedEndpoint.read_timeout_s
+    max_bytes: int = FeedEndpoint.max_bytes
+    user_agent: str = FeedEndpoint.user_agent
     headers_from_env: dict[str, str] = field(default_factory=dict)
     params_from_env: dict[str, str] = field(default_factory=dict)
     timezone: str = "UTC"
