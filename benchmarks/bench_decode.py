@@ -30,23 +30,24 @@ Usage: ``.venv/bin/python benchmarks/bench_decode.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import logging
-import os
-import platform
-import sys
-import tarfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
+from functools import partial
+from itertools import islice
 
-import google.protobuf
-import numpy as np
 import pandas as pd
-import pyarrow as pa
+from bench_common import (
+    AUCKLAND_TAR,
+    DATA,
+    build_parser,
+    iter_tar_files,
+    machine_facts,
+    pin_to_one_core,
+    time_best_of,
+)
 from google.protobuf.internal import api_implementation
 from google.protobuf.json_format import MessageToDict
 from google.transit import gtfs_realtime_pb2
@@ -54,7 +55,6 @@ from google.transit import gtfs_realtime_pb2
 from transitnet.realtime.decode import decode_vehicle_positions, parse_feed_message
 from transitnet.realtime.decode_fast import load_extension
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 BAR_ROWS_PER_S = 250_000
 BAR_VS_NAIVE = 10.0
 logger = logging.getLogger("bench_decode")
@@ -62,31 +62,11 @@ logger = logging.getLogger("bench_decode")
 Runner = Callable[[list[bytes]], int]
 
 
-def pin_to_one_core() -> str:
-    """Pin this process (and Arrow's pool) to one CPU; returns a description."""
-    pa.set_cpu_count(1)
-    if hasattr(os, "sched_setaffinity"):
-        cpu = sorted(os.sched_getaffinity(0))[-1]
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to cpu {cpu}"
-    return "not pinned (no sched_setaffinity)"
-
-
-def machine_facts() -> str:
+def describe_machine() -> str:
     """One line of machine and library facts for the log."""
-    cpu = platform.processor() or "?"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]  # fmt: skip
-        cpu = names[0] if names else cpu
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{platform.platform()} | {cpu} | cpus {os.cpu_count()} | load1 {load:.2f} | "
-        f"python {sys.version.split()[0]} | protobuf {google.protobuf.__version__} "
-        f"({api_implementation.Type()}) | pyarrow {pa.__version__} | pandas {pd.__version__} | "
-        f"numpy {np.__version__} | C extension {'built' if load_extension() else 'MISSING'}"
-    )
+    engine = "built" if load_extension() else "MISSING"
+    facts = machine_facts("protobuf", "pyarrow", "pandas", "numpy")
+    return f"{facts} | protobuf API {api_implementation.Type()} | C extension {engine}"
 
 
 def read_tfnsw() -> list[bytes]:
@@ -97,15 +77,7 @@ def read_tfnsw() -> list[bytes]:
 
 def read_auckland(limit: int | None) -> list[bytes]:
     """The Auckland day's snapshots in archive order (the first ``limit`` when given)."""
-    bodies: list[bytes] = []
-    with tarfile.open(DATA / "auckland-2019-08-13" / "vehicle_positions.tar.xz") as tar:
-        for member in tar:
-            handle = tar.extractfile(member) if member.isfile() else None
-            if handle is not None:
-                bodies.append(handle.read())
-            if limit is not None and len(bodies) >= limit:
-                break
-    return bodies
+    return [body for _, body in islice(iter_tar_files(AUCKLAND_TAR), limit)]
 
 
 def run_parse(bodies: list[bytes]) -> int:
@@ -161,13 +133,6 @@ def make_decode_validate() -> Runner | None:
     return run
 
 
-def time_once(run: Runner, bodies: list[bytes]) -> float:
-    """CPU seconds of this (single-threaded, pinned) process for one pass."""
-    start = time.process_time()
-    run(bodies)
-    return time.process_time() - start
-
-
 def build_plan(bodies: list[bytes]) -> dict[str, tuple[Runner, list[bytes]]]:
     """Method -> (runner, the snapshots it runs on); the slow ones get every 10th snapshot."""
     subset = bodies if len(bodies) <= 50 else bodies[::10]
@@ -195,7 +160,8 @@ def measure_dataset(name: str, bodies: list[bytes], repeat: int) -> dict[str, fl
     best = dict.fromkeys(plan, float("inf"))
     for _ in range(repeat):
         for method, (run, data) in plan.items():
-            best[method] = min(best[method], time_once(run, data))
+            cpu_s = time_best_of(partial(run, data), 1).cpu_s  # pinned: CPU of one core
+            best[method] = min(best[method], cpu_s)
     speeds = {m: rows[m] / best[m] for m in plan}
     ceiling = speeds["ParseFromString (ceiling)"]
     print(f"\n{name}: {len(bodies)} snapshots, {max(rows.values()):,} rows "
@@ -224,12 +190,10 @@ def report_bars(results: dict[str, dict[str, float]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="300 Auckland snapshots, 1 pass")
-    args = parser.parse_args(argv)
+    args = build_parser(__doc__, "300 Auckland snapshots, 1 pass").parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     pinned = pin_to_one_core()
-    print(machine_facts(), "|", pinned)
+    print(describe_machine(), "|", pinned)
     repeat = 1 if args.quick else 3
     results = {"tfnsw": measure_dataset("TfNSW 2020-09-01", read_tfnsw(), repeat + 2)}
     auckland = read_auckland(300 if args.quick else None)

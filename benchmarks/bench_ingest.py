@@ -25,24 +25,21 @@ Usage: ``.venv/bin/python benchmarks/bench_ingest.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
-import os
-import platform
 import resource
 import shutil
-import tarfile
 import tempfile
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import islice
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
+from bench_common import AUCKLAND_TAR, build_parser, iter_tar_files, machine_facts
 
 from transitnet.ingest import ingest_feed
 from transitnet.realtime.decode import decode_vehicle_positions
@@ -50,37 +47,13 @@ from transitnet.realtime.fetch import FeedEndpoint
 from transitnet.realtime.validate import FeedValidator
 from transitnet.store.compact import compact_store
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-TAR = DATA / "auckland-2019-08-13" / "vehicle_positions.tar.xz"
 logger = logging.getLogger("bench_ingest")
-
-
-def machine_facts() -> str:
-    """One line of machine and library facts."""
-    cpu = platform.processor() or "?"
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines()
-                 if ln.startswith("model name")]  # fmt: skip
-        cpu = names[0] if names else cpu
-    load = os.getloadavg()[0]
-    return (f"{platform.platform()} | {cpu} | cpus {os.cpu_count()} | load1 {load:.2f} | "
-            f"python {platform.python_version()} | pyarrow {pa.__version__} | "
-            f"requests {requests.__version__}")  # fmt: skip
 
 
 def read_snapshots(quick: bool) -> list[bytes]:
     """The day's snapshots in order (``quick``: 120 from 08:00)."""
     skip, limit = (360, 120) if quick else (0, 10**9)
-    bodies: list[bytes] = []
-    with tarfile.open(TAR, "r|xz") as tf:
-        for n, member in enumerate(m for m in tf if m.isfile()):
-            if n >= skip:
-                fh = tf.extractfile(member)
-                bodies.append(fh.read() if fh else b"")
-            if len(bodies) >= limit:
-                break
-    return bodies
+    return [body for _, body in islice(iter_tar_files(AUCKLAND_TAR), skip, skip + limit)]
 
 
 def serve(bodies: list[bytes]) -> tuple[ThreadingHTTPServer, str]:
@@ -167,12 +140,10 @@ def time_compaction(store: Path) -> tuple[float, float, int, int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="120 snapshots instead of 2,280")
-    args = parser.parse_args()
+    args = build_parser(__doc__, "120 snapshots instead of 2,280").parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("transitnet").setLevel(logging.WARNING)
-    logger.info("machine: %s", machine_facts())
+    logger.info("machine: %s", machine_facts("pyarrow", "requests"))
     bodies = read_snapshots(args.quick)
     n = len(bodies)
     logger.info("snapshots: %d (%.1f MB)", n, sum(map(len, bodies)) / 1e6)

@@ -22,25 +22,21 @@ Usage: ``.venv/bin/python benchmarks/bench_ingest_day.py [--quick] [--every N]``
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import os
-import platform
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 
-import google.protobuf
 import pandas as pd
-import pyarrow as pa
+from bench_common import DATA, build_parser, iter_tar_files, machine_facts
 from google.protobuf.json_format import MessageToDict
 from google.transit import gtfs_realtime_pb2
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 TAR = "auckland-2019-08-13/vehicle_positions.tar.xz"
 BAR_WALL_S = 60.0
 BAR_RSS_GIB = 2.0
@@ -62,32 +58,9 @@ print(json.dumps({"wall_s": wall, "cpu_s": cpu, "rss_bytes": rss, "snapshots": r
 """
 
 
-def machine_facts() -> str:
-    """One line: platform, CPU, cores, memory, load, library versions."""
-    cpu = "?"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                  if ln.startswith("model name")]  # fmt: skip
-        cpu = models[0] if models else cpu
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    load = os.getloadavg()[0]
-    return (f"{platform.platform()} | {cpu} | cpus {os.cpu_count()} | RAM {mem:.1f} GiB | "
-            f"load1 {load:.2f} | python {platform.python_version()} | pyarrow {pa.__version__} "
-            f"| pandas {pd.__version__} | protobuf {google.protobuf.__version__}")  # fmt: skip
-
-
 def read_members(tar_path: Path, limit: int | None) -> list[tuple[str, bytes]]:
     """Stream the tar once; returns ``(name, bytes)`` of the first ``limit`` members."""
-    out = []
-    with tarfile.open(tar_path, mode="r|*") as tar:
-        for member in tar:
-            if limit is not None and len(out) >= limit:
-                break
-            handle = tar.extractfile(member)
-            if member.isfile() and handle is not None:
-                out.append((member.name, handle.read()))
-    return out
+    return list(islice(iter_tar_files(tar_path), limit))
 
 
 def write_subset_tar(members: list[tuple[str, bytes]], path: Path) -> None:
@@ -131,12 +104,12 @@ def run_naive(members: list[tuple[str, bytes]], out: Path) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="first 300 snapshots only")
+    parser = build_parser(__doc__, "first 300 snapshots only")
     parser.add_argument("--every", type=int, default=20, help="naive path on every Nth snapshot")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     args = parser.parse_args(argv)
-    print(f"machine: {machine_facts()}", flush=True)
+    facts = machine_facts("pyarrow", "pandas", "protobuf")
+    print(f"machine: {facts}", flush=True)
     tar_path = args.data / TAR
     with tempfile.TemporaryDirectory(prefix="bench-ingest-day-") as tmp:
         t0 = time.process_time()

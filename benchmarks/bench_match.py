@@ -28,20 +28,25 @@ Usage: ``.venv/bin/python benchmarks/bench_match.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import sys
-import tarfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import shapely
+from bench_common import (
+    AUCKLAND_TAR,
+    DATA,
+    build_parser,
+    iter_tar_files,
+    machine_facts,
+    pin_to_one_core,
+    time_best_of,
+)
 
 from transitnet.gtfs.artefacts import StaticArtefacts, load_or_build_artefacts
 from transitnet.gtfs.lines import strip_version_suffix
@@ -51,33 +56,8 @@ from transitnet.gtfs.shapes import project_lonlat
 from transitnet.gtfs.trajectory import TrajectoryPoints, compute_headings, select_candidates
 from transitnet.realtime.decode import decode_vehicle_positions
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 BAR_POINTS_PER_S = 500_000
 BAR_VS_LOOP = 10.0
-
-
-def pin_to_one_core() -> str:
-    """Pin this process (and Arrow's pool) to one CPU; returns a description."""
-    pa.set_cpu_count(1)
-    if hasattr(os, "sched_setaffinity"):
-        cpu = sorted(os.sched_getaffinity(0))[-1]
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to cpu {cpu}"
-    return "not pinned (no sched_setaffinity)"
-
-
-def machine_facts() -> str:
-    """One line of machine and library facts."""
-    cpu = platform.processor() or "?"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]  # fmt: skip
-        cpu = names[0] if names else cpu
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.platform()} | {cpu} | cpus {os.cpu_count()} | load1 {load:.2f} | "
-            f"python {sys.version.split()[0]} | numpy {np.__version__} | "
-            f"shapely {shapely.__version__} | pandas {pd.__version__}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -127,17 +107,6 @@ def shapely_lines(art: StaticArtefacts) -> np.ndarray:
     return np.array([shapely.LineString(np.c_[t.x[a:b], t.y[a:b]]) for a, b in pairs], dtype=object)
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Best wall-clock and best CPU seconds of ``repeats`` calls."""
-    wall, cpu = float("inf"), float("inf")
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall = min(wall, time.perf_counter() - start)
-        cpu = min(cpu, time.process_time() - start_cpu)
-    return wall, cpu
-
-
 def measure(w: Workload, repeats: int, loop_sample: int) -> dict[str, tuple[float, float]]:
     """(wall, CPU) points/s of each method on one workload."""
     lines = shapely_lines(w.index.art)[w.shape_idx]
@@ -156,8 +125,8 @@ def measure(w: Workload, repeats: int, loop_sample: int) -> dict[str, tuple[floa
         shapely.distance(lines, points)
 
     def rate(count: int, fn: Callable[[], object]) -> tuple[float, float]:
-        wall, cpu = best_of(fn, repeats)
-        return count / wall, count / cpu
+        timing = time_best_of(fn, repeats)
+        return count / timing.wall_s, count / timing.cpu_s
 
     def full() -> None:
         match_positions(w.rows, w.index.art, index=w.index)
@@ -181,28 +150,41 @@ def read_austin(day: str) -> pd.DataFrame:
 def read_auckland(art: StaticArtefacts, limit: int | None) -> pd.DataFrame:
     variants = set(strip_version_suffix(art.trips["route_id"]).dropna())
     frames = []
-    with tarfile.open(DATA / "auckland-2019-08-13" / "vehicle_positions.tar.xz", "r|xz") as tar:
-        for member in tar:
-            if limit is not None and len(frames) >= limit:
-                break
-            body = tar.extractfile(member)
-            if not member.isfile() or body is None:
-                continue
-            rows = decode_vehicle_positions(body.read(), feed_id="akl").positions.to_pandas()
-            keep = strip_version_suffix(rows["route_id"]).isin(variants).fillna(False)
-            frames.append(rows[keep.to_numpy(dtype=bool)])
+    for _, body in islice(iter_tar_files(AUCKLAND_TAR), limit):
+        rows = decode_vehicle_positions(body, feed_id="akl").positions.to_pandas()
+        keep = strip_version_suffix(rows["route_id"]).isin(variants).fillna(False)
+        frames.append(rows[keep.to_numpy(dtype=bool)])
     return pd.concat(frames, ignore_index=True)
 
 
+def report_workload(w: Workload, rates: dict[str, tuple[float, float]]) -> bool:
+    """Print one workload's rows; returns whether the core meets the bars."""
+    loop, vec = rates["per-point loop"], rates["shapely vectorised"]
+    print(
+        f"\n{w.name}: {len(w.px):,} points on shapes ({len(w.rows):,} rows), "
+        f"{len(w.points.starts):,} trajectories; load1 now {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'method':<20} {'points/s wall':>14} {'points/s CPU':>13} {'x loop':>7} "
+        f"{'x vectorised':>13}   (ratios on CPU time; wall in brackets)"
+    )
+    for name, (wall, cpu) in rates.items():
+        print(
+            f"{name:<20} {wall:>14,.0f} {cpu:>13,.0f} {cpu / loop[1]:>7.1f} "
+            f"{cpu / vec[1]:>13.1f}   ({wall / loop[0]:.1f}x, {wall / vec[0]:.1f}x)"
+        )
+    core = rates["transitnet core"][1]
+    return core >= BAR_POINTS_PER_S and core / loop[1] >= BAR_VS_LOOP
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer passes, 300 Auckland polls")
+    parser = build_parser(__doc__, "fewer passes, 300 Auckland polls")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/transitnet-bench-static"),
                         help="static artefact cache folder")  # fmt: skip
     args = parser.parse_args(argv)
     repeats, loop_sample = (3, 1000) if args.quick else (7, 5000)
     print(f"# {pin_to_one_core()}")
-    print(f"# {machine_facts()}")
+    print(f"# {machine_facts('numpy', 'shapely', 'pandas', 'pyarrow')}")
     austin = load_or_build_artefacts(DATA / "austin-capmetro" / "gtfs_2017-01", args.cache)
     akl = load_or_build_artefacts(DATA / "auckland-2019-08-13" / "static_subset_2019-06",
                                   args.cache)  # fmt: skip
@@ -212,23 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     ok = True
     for w in workloads:
-        rates = measure(w, repeats, loop_sample)
-        loop, vec = rates["per-point loop"], rates["shapely vectorised"]
-        print(
-            f"\n{w.name}: {len(w.px):,} points on shapes ({len(w.rows):,} rows), "
-            f"{len(w.points.starts):,} trajectories; load1 now {os.getloadavg()[0]:.2f}"
-        )
-        print(
-            f"{'method':<20} {'points/s wall':>14} {'points/s CPU':>13} {'x loop':>7} "
-            f"{'x vectorised':>13}   (ratios on CPU time; wall in brackets)"
-        )
-        for name, (wall, cpu) in rates.items():
-            print(
-                f"{name:<20} {wall:>14,.0f} {cpu:>13,.0f} {cpu / loop[1]:>7.1f} "
-                f"{cpu / vec[1]:>13.1f}   ({wall / loop[0]:.1f}x, {wall / vec[0]:.1f}x)"
-            )
-        core = rates["transitnet core"][1]
-        ok &= core >= BAR_POINTS_PER_S and core / loop[1] >= BAR_VS_LOOP
+        ok &= report_workload(w, measure(w, repeats, loop_sample))
     verdict = "met" if ok else "NOT met"
     if args.quick:
         verdict += " (--quick: 300 Auckland polls are too few trajectories to amortise the loop "

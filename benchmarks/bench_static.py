@@ -25,11 +25,8 @@ Usage: ``.venv/bin/python benchmarks/bench_static.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing as mp
-import os
-import platform
 import resource
 import statistics
 import sys
@@ -37,43 +34,20 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import gtfs_kit as gk
-import numpy as np
 import pandas as pd
-import pyarrow as pa
+from bench_common import DATA, build_parser, machine_facts
 
 from transitnet.gtfs.artefacts import load_or_build_artefacts
 from transitnet.gtfs.resolve import resolve_trip_shapes
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 FEEDS = {
     "austin gtfs_2017-01": DATA / "austin-capmetro" / "gtfs_2017-01",
     "caltrain ct.zip": DATA / "feeds" / "caltrain" / "ct.zip",
     "auckland subset": DATA / "auckland-2019-08-13" / "static_subset_2019-06",
 }
-
-
-def machine_facts() -> str:
-    """One line of machine and library facts for the log."""
-    cpu = platform.processor() or "?"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} | {platform.platform()} | {cpu} | "
-        f"cpus {os.cpu_count()} | load1 {load:.2f} | python {sys.version.split()[0]} | "
-        f"numpy {np.__version__} | pandas {pd.__version__} | pyarrow {pa.__version__} | "
-        f"gtfs-kit {gk.__version__}"
-    )
 
 
 def _status_kib(field: str) -> float:
@@ -178,13 +152,11 @@ def bench_feed(name: str, path: Path, runs: int, resolve_day: str | None) -> Non
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark (``--quick``: Austin only, 2 runs)."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Austin only, 2 runs per step")
-    args = parser.parse_args(argv)
+    args = build_parser(__doc__, "Austin only, 2 runs per step").parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not DATA.is_dir():
         sys.exit(f"real data not found at {DATA}")
-    print(machine_facts())
+    print(machine_facts("numpy", "pandas", "pyarrow", "gtfs-kit"))
     runs = 2 if args.quick else 5
     names = ["austin gtfs_2017-01"] if args.quick else list(FEEDS)
     for name in names:

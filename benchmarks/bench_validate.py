@@ -16,22 +16,23 @@ Usage: ``.venv/bin/python benchmarks/bench_validate.py [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
-import os
-import platform
-import sys
-import tarfile
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
+from itertools import islice
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from bench_common import (
+    AUCKLAND_TAR,
+    DATA,
+    build_parser,
+    iter_tar_files,
+    machine_facts,
+    time_best_of,
+)
 
 from transitnet.gtfs.feeds import read_static_feed
 from transitnet.gtfs.static_rules import StaticRuleChecker
@@ -39,42 +40,19 @@ from transitnet.realtime.decode import DecodedFeed, decode_vehicle_positions
 from transitnet.realtime.decode_fast import load_extension
 from transitnet.realtime.validate import FeedValidator
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 logger = logging.getLogger("bench_validate")
 
 
-def machine_facts() -> str:
+def describe_machine() -> str:
+    """One line of machine and library facts, and which decoder runs."""
     engine = "C extension" if load_extension() is not None else "pure Python"
-    return (
-        f"{platform.platform()} | {platform.processor() or platform.machine()} | "
-        f"python {sys.version.split()[0]} | cpus {os.cpu_count()} | "
-        f"load {os.getloadavg()[0]:.1f} | numpy {np.__version__} | pyarrow {pa.__version__} | "
-        f"decoder {engine}"
-    )
+    return f"{machine_facts('numpy', 'pyarrow')} | decoder {engine}"
 
 
 def read_auckland(limit: int, stride: int) -> list[bytes]:
     """Every ``stride``-th snapshot of the day's archive, at most ``limit`` of them."""
-    bodies = []
-    with tarfile.open(DATA / "auckland-2019-08-13" / "vehicle_positions.tar.xz", "r:xz") as tar:
-        members = (m for m in tar if m.isfile() and m.name.endswith(".pb"))
-        for i, member in enumerate(members):
-            handle = tar.extractfile(member) if i % stride == 0 else None
-            if handle is not None:
-                bodies.append(handle.read())
-            if len(bodies) >= limit:
-                break
-    return bodies
-
-
-def best_of(repeat: int, fn: Callable[[], int]) -> tuple[float, int]:
-    """Best wall time of ``repeat`` runs of ``fn`` (which returns the rows it handled)."""
-    best, rows = float("inf"), 0
-    for _ in range(repeat):
-        start = time.perf_counter()
-        rows = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, rows
+    snapshots = (body for name, body in iter_tar_files(AUCKLAND_TAR) if name.endswith(".pb"))
+    return list(islice(snapshots, 0, limit * stride, stride))
 
 
 def measure(name: str, bodies: list[bytes], repeat: int, checker: StaticRuleChecker | None = None,
@@ -97,8 +75,8 @@ def measure(name: str, bodies: list[bytes], repeat: int, checker: StaticRuleChec
         ]
         return sum(v.positions.num_rows for v in out)
 
-    t_dec, rows = best_of(repeat, decode_all)
-    t_val, _ = best_of(repeat, validate_all)
+    t_dec, _, rows = time_best_of(decode_all, repeat)
+    t_val = time_best_of(validate_all, repeat).wall_s
     print(
         f"{name:<28} rows {rows:>9,}  decode {rows / t_dec:>11,.0f} rows/s (baseline 1.00)  "
         f"validate {rows / t_val:>11,.0f} rows/s ({t_dec / t_val:5.1f}x decode)  "
@@ -125,12 +103,10 @@ def auckland_remap(checker_feed: object) -> Callable[[DecodedFeed], DecodedFeed]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer snapshots and repeats")
-    args = parser.parse_args(argv)
+    args = build_parser(__doc__, "fewer snapshots and repeats").parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     repeat = 2 if args.quick else 5
-    print(machine_facts())
+    print(describe_machine())
     tfnsw = [p.read_bytes() for p in sorted((DATA / "feeds" / "tfnsw-2020-09-01").glob("*.pb.gz"))]
     measure("tfnsw feed-only", tfnsw, repeat)
     auckland = read_auckland(60, 1) if args.quick else read_auckland(600, 4)
