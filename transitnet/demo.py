@@ -9,6 +9,7 @@ the store, the static feed, the checkpoint and the evaluation report.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 import time
@@ -18,6 +19,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
+
+from transitnet.store.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +45,9 @@ class DemoConfig:
     out: Path
     archive: Path | None = None
     static: Path | None = None
-    hours: float = 14.0
+    hours: float = 8.0
     poll_s: float = 0.05
-    epochs: int = 6
+    epochs: int = 8
     seed: int = 0
     train_model: bool = True
 
@@ -164,4 +167,5 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"served": served, "stored": summarise_store(store)}
     if cfg.train_model and static is not None:
         summary["report"] = str(fit_and_evaluate(cfg, store, static, tz) / "report.md")
+    write_text_atomic(cfg.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary

@@ -25,14 +25,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--static", type=Path, help="Static GTFS: for --archive, or a real feed to simulate."
     )
-    p.add_argument("--hours", type=float, default=14.0, help="Simulated hours (default 14).")
+    p.add_argument("--hours", type=float, default=8.0, help="Simulated hours (default 8).")
     p.add_argument(
         "--poll-s",
         type=float,
         default=0.05,
         help="Seconds between ingest ticks; one snapshot per tick (default 0.05).",
     )
-    p.add_argument("--epochs", type=int, default=6, help="Training epochs (default 6).")
+    p.add_argument("--epochs", type=int, default=8, help="Training epochs (default 8).")
     p.add_argument("--seed", type=int, default=0, help="Seed (default 0).")
     p.add_argument("--no-model", action="store_true", help="Stop after ingestion.")
     p.set_defaults(func=run)
