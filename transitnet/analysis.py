@@ -26,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transitnet.realtime.decode import FeedDecodeError, decode_vehicle_positions
 from transitnet.realtime.replay_sources import is_snapshot_name, is_tar_path
+from transitnet.schema import POSITION_FIELDS
 from transitnet.store.archive import read_meta
 from transitnet.store.atomic import write_bytes_atomic
 from transitnet.store.layout import POSITIONS_DIR, iter_raw_files, list_partitions, meta_path_for
@@ -323,7 +325,8 @@ def read_raw_snapshots(
         rows.append(to_pandas(decoded.positions))
     if failed:
         logger.warning("%d raw snapshots did not decode (see RawSnapshots.failed)", len(failed))
-    frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    empty = to_pandas(pa.schema(POSITION_FIELDS).empty_table())
+    frame = pd.concat(rows, ignore_index=True) if rows else empty
     return RawSnapshots(frame, failed)
 
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
+
+from transitnet.analysis_plots import new_figure
 
 ZERO_SHOT = "k=0"
 
@@ -107,7 +108,7 @@ def plot_learning_curves(report: dict[str, Any], dataset: str) -> Figure:
     warm = [i for i in table.index if " / " in str(i)]
     refs = [i for i in table.index if " / " not in str(i)]
     tiers = list(dict.fromkeys(str(i).split(" / ")[0] for i in warm))
-    fig, axes = plt.subplots(1, max(1, len(tiers)), figsize=(4.3 * max(1, len(tiers)), 3.9),
+    fig, axes = new_figure(1, max(1, len(tiers)), figsize=(4.3 * max(1, len(tiers)), 3.9),
                              sharey=True, squeeze=False)  # fmt: skip
     x = np.arange(len(table.columns))
     focus = table.loc[[*warm, "unknown row (base model)"]].to_numpy(dtype=float)
@@ -171,7 +172,7 @@ def plot_forgetting(report: dict[str, Any], dataset: str, level: str | None = No
     labels = [f"{t}/{i}" if i != "-" else t for t, i in zip(table["tier"], table["init"],
                                                             strict=True)]  # fmt: skip
     x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(table) + 2), 4))
+    fig, ax = new_figure(figsize=(max(6.0, 0.5 * len(table) + 2), 4))
     ax.bar(x - 0.2, table["mean_rel_pct"], 0.4, label="mean over old lines")
     ax.bar(x + 0.2, table["worst_rel_pct"], 0.4, label="worst old line")
     ax.axhline(0, color="k", lw=0.8)
@@ -236,7 +237,7 @@ def plot_class_tradeoff(report: dict[str, Any], dataset: str, n: int | None = No
     res = select_dataset(report, dataset)
     n = n if n is not None else max(int(r["n"]) for r in res["runs"])
     runs = [r for r in res["runs"] if int(r["n"]) == n and r.get("new_acc") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure(figsize=(7, 4.5))
     for j, init in enumerate(dict.fromkeys(r["init"] for r in runs)):
         mine = [r for r in runs if r["init"] == init]
         ax.scatter([_get(r, "old_acc_drop_pp") for r in mine],

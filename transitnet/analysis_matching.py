@@ -68,7 +68,7 @@ def compute_headways(matched: pd.DataFrame, shape_id: str, at_m: float) -> pd.Da
         "trajectory_id": traj[i],
         "vehicle_id": rows["vehicle_id"].to_numpy()[i] if "vehicle_id" in rows else pd.NA,
         "trip_id": rows["trip_id"].to_numpy()[i] if "trip_id" in rows else pd.NA,
-        "passed_at": pd.to_datetime(passed, unit="s", utc=True),
+        "passed_at": pd.to_datetime(passed, unit="s", utc=True).astype("datetime64[us, UTC]"),
     }).sort_values("passed_at", kind="stable")  # fmt: skip
     out["headway_s"] = out["passed_at"].diff().dt.total_seconds()
     return out.reset_index(drop=True)

@@ -7,14 +7,26 @@ the ``timezone`` argument's local clock.
 
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
-from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from transitnet.analysis_quality import FRESHNESS_LIMIT_S, RULE_TITLES
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure and its axes, like ``pyplot.subplots`` but outside pyplot's registry.
+
+    Nothing is drawn or kept open behind the caller's back: a notebook shows the figure
+    once, when a cell returns it, and it is freed with its last reference.
+    """
+    figsize = kwargs.pop("figsize", None)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def to_local(times: pd.Series | pd.Index, timezone: str) -> np.ndarray:
@@ -32,7 +44,7 @@ def _time_axis(ax: Axes, timezone: str) -> None:
 def plot_contents(contents: pd.DataFrame, title: str = "Fields the feed sets") -> Figure:
     """Horizontal bars of ``set_share`` per column (from ``summarise_contents``)."""
     data = contents["set_share"].astype(float)[::-1]
-    fig, ax = plt.subplots(figsize=(6.5, 0.22 * len(data) + 1.2))
+    fig, ax = new_figure(figsize=(6.5, 0.22 * len(data) + 1.2))
     bars = ax.barh(list(map(str, data.index)), 100 * data.to_numpy(), color="C0")
     for bar, value in zip(bars, data.to_numpy(), strict=True):
         ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2, f"{100 * value:.0f} %",
@@ -46,7 +58,7 @@ def plot_contents(contents: pd.DataFrame, title: str = "Fields the feed sets") -
 
 def plot_activity(activity: pd.DataFrame, timezone: str = "UTC") -> Figure:
     """Vehicles, trips and routes seen per bin (from ``count_activity``)."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = new_figure(figsize=(7, 3.5))
     x = to_local(activity.index, timezone)
     for column in ("vehicles", "trips", "routes"):
         ax.plot(x, activity[column].to_numpy(), label=column)
@@ -59,24 +71,25 @@ def plot_activity(activity: pd.DataFrame, timezone: str = "UTC") -> Figure:
 
 def plot_flag_rates(rates: pd.DataFrame, timezone: str = "UTC") -> Figure:
     """Share of evaluated rows flagged per rule over time (from ``compute_flag_rates``)."""
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = new_figure(figsize=(7, 3.8))
     x = to_local(rates.index, timezone)
     for rule in rates.columns:
         ax.plot(x, 100 * rates[rule].to_numpy(dtype=float), marker=".",
                 label=f"{rule} {RULE_TITLES.get(str(rule), '')}")  # fmt: skip
-    if not len(rates.columns):
+    if len(rates.columns):
+        ax.legend(fontsize=7, loc="best")
+    else:
         ax.text(0.5, 0.5, "no rule raised", transform=ax.transAxes, ha="center")
     ax.set_yscale("symlog", linthresh=0.1)
     ax.set_ylabel("rows flagged (% of evaluated)")
     ax.set_title("Validator rules over time")
-    ax.legend(fontsize=7, loc="best")
     _time_axis(ax, timezone)
     return fig
 
 
 def plot_freshness(freshness: pd.DataFrame, timezone: str = "UTC") -> Figure:
     """Vehicle and header age per snapshot against the 90 s guideline (``compute_freshness``)."""
-    fig, (ax, bx) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=[3, 1.4])
+    fig, (ax, bx) = new_figure(2, 1, figsize=(7, 5), sharex=True, height_ratios=[3, 1.4])
     x = to_local(freshness["snapshot_time"], timezone)
     ax.plot(x, freshness["vehicle_age_p50_s"], label="vehicle age p50", lw=1)
     ax.plot(x, freshness["vehicle_age_p90_s"], label="vehicle age p90", lw=1)
@@ -97,7 +110,7 @@ def plot_freshness(freshness: pd.DataFrame, timezone: str = "UTC") -> Figure:
 def plot_cadence(cadence: pd.DataFrame, max_s: float = 300.0) -> Figure:
     """Histogram of the time between a vehicle's fixes (from ``compute_cadence``)."""
     gaps = cadence["gap_s"].to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    fig, ax = new_figure(figsize=(6.5, 3.5))
     ax.hist(np.clip(gaps, 0, max_s), bins=np.arange(0, max_s + 5, 5).tolist(), color="C0")
     for q, style in ((0.5, "--"), (0.9, ":")):
         value = float(np.nanquantile(gaps, q)) if len(gaps) else np.nan
@@ -112,7 +125,7 @@ def plot_cadence(cadence: pd.DataFrame, max_s: float = 300.0) -> Figure:
 
 def plot_match_status(summary: pd.DataFrame, title: str = "Match status") -> Figure:
     """Bars of rows per match status (from ``summarise_match_status`` without ``by``)."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig, ax = new_figure(figsize=(6.5, 3.2))
     names = [str(i[-1] if isinstance(i, tuple) else i) for i in summary.index]
     bars = ax.bar(names, summary["rows"].to_numpy())
     for bar, share in zip(bars, summary["share"].to_numpy(dtype=float), strict=True):
@@ -127,7 +140,7 @@ def plot_match_status(summary: pd.DataFrame, title: str = "Match status") -> Fig
 
 def plot_offsets(matched: pd.DataFrame, max_m: float = 250.0) -> Figure:
     """Histogram of ``offset_m`` (distance from the shape) per ``match_status``."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    fig, ax = new_figure(figsize=(6.5, 3.5))
     bins = np.arange(0, max_m + 5, 5).tolist()
     for status, group in matched.groupby("match_status", observed=True):
         offsets = pd.to_numeric(group["offset_m"]).astype(float).dropna().to_numpy()
@@ -152,7 +165,7 @@ def plot_trajectories(
     dist_along_m``; optional ``is_reacquired`` (drawn as crosses: a jump after a gap) and
     ``is_dwell`` (dots: dwelling at a stop).
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = new_figure(figsize=(7.5, 4.2))
     for _, traj in trajectories.groupby("trajectory_id", sort=False):
         x = to_local(traj["vehicle_timestamp"], timezone)
         line = ax.plot(x, traj["dist_along_m"].to_numpy(dtype=float) / 1000, lw=1)[0]
@@ -170,7 +183,7 @@ def plot_trajectories(
 
 def plot_headways(headways: pd.DataFrame, timezone: str = "UTC", title: str = "Headways") -> Figure:
     """Headway at an observation point against passing time (from ``compute_headways``)."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = new_figure(figsize=(7, 3.5))
     x = to_local(headways["passed_at"], timezone)
     ax.stem(x, headways["headway_s"].to_numpy(dtype=float) / 60, basefmt=" ")
     median = headways["headway_s"].median() / 60

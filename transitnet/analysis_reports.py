@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
+from transitnet.analysis_plots import new_figure
 from transitnet.metrics import compute_eta_band_accuracy
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def tabulate_per_line(metrics: dict[str, Any], horizon: str | int) -> pd.DataFra
 def plot_error_by_horizon(metrics: dict[str, Any], title: str = "") -> Figure:
     """MAE by horizon for every forecaster, and the model's quantile-band coverage."""
     table = tabulate_metrics(metrics)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8), width_ratios=[3, 2])
+    fig, (ax, bx) = new_figure(1, 2, figsize=(10, 3.8), width_ratios=[3, 2])
     minutes = [int(h) / 60 for h, _ in _by_horizon(metrics["model"]["mae_m"])]
     for name, row in table.iterrows():
         ax.plot(minutes, row.to_numpy(dtype=float), marker="o", label=str(name),
@@ -167,7 +167,7 @@ def plot_per_line_error(metrics: dict[str, Any], horizon: str | int, min_n: int 
     table = table[(table["n"] >= min_n) & table["model"].notna()]
     base = table[[c for c in table.columns if c not in ("n", "model", "best_baseline",
                                                          "improvement")]].min(axis=1)  # fmt: skip
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = new_figure(figsize=(5.5, 5))
     ax.scatter(base, table["model"], s=10 + 200 * table["n"] / max(1, table["n"].max()), alpha=0.6)
     top = float(np.nanmax([base.max(), table["model"].max(), 1.0])) if len(table) else 1.0
     ax.plot([0, top], [0, top], "k--", lw=1)
@@ -249,7 +249,7 @@ def tabulate_eta_bands(evaluation: Evaluation) -> pd.DataFrame:
 
 def plot_eta_bands(bands: pd.DataFrame) -> Figure:
     """Grouped bars of ETA accuracy per bucket and forecaster (from ``tabulate_eta_bands``)."""
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = new_figure(figsize=(7, 3.8))
     width = 0.8 / max(1, len(bands))
     x = np.arange(len(ETA_BANDS) + 1)
     for j, (name, row) in enumerate(bands.iterrows()):
