@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.synthetic import train_base_checkpoint
-from transitnet.extend import ExtensionConfig, extend_lines, report_dict
+from transitnet.extend import ExtensionConfig, extend_lines, report_dict, train_extension
 from transitnet.tasks import ForecastingTask
 
 
@@ -74,4 +74,47 @@ def test_no_new_lines_is_a_clear_error(base) -> None:
             tmp / "none",
             ExtensionConfig(new_lines="auto", min_windows=10**6),
             data_overrides={"train_dates": ["2024-05-07"]},
+        )
+
+
+def _old_only_datamodule(ckpt):
+    from transitnet.evaluate import load_datamodule
+
+    dm = load_datamodule(
+        torch.load(ckpt, weights_only=False),
+        train_dates=["2024-05-07"],
+        val_dates=None,
+        exclude_lines=None,
+    )
+    dm.setup("fit")
+    train = dm.windows["train"]
+    dm.windows["train"] = train.subset(~train.meta["line_key"].eq("C").to_numpy())
+    return dm
+
+
+def test_train_extension_zero_shot_needs_no_data_of_the_new_line(base) -> None:
+    ckpt, _, _ = base
+    dm = _old_only_datamodule(ckpt)
+    task, report = train_extension(
+        torch.load(ckpt, weights_only=False),
+        ForecastingTask.load_from_checkpoint(ckpt),
+        dm,
+        ["C"],
+        ExtensionConfig(tier="zero-shot", init="mean"),
+        progress_bar=False,
+    )
+    assert report.steps == 0 and report.train_windows == 0
+    assert task.line_keys[-1] == "C" and dm.vocab.keys[-1] == "C"
+
+
+def test_train_extension_refuses_to_train_without_new_line_windows(base) -> None:
+    ckpt, _, _ = base
+    with pytest.raises(ValueError, match="none for"):
+        train_extension(
+            torch.load(ckpt, weights_only=False),
+            ForecastingTask.load_from_checkpoint(ckpt),
+            _old_only_datamodule(ckpt),
+            ["C"],
+            ExtensionConfig(tier="row-only", max_steps=3),
+            progress_bar=False,
         )

@@ -199,6 +199,48 @@ def _run_extension(
     if eval_dates:
         dm.setup("test")
         before = evaluate_lines(base, dm, "test", new_keys)
+    task, report = train_extension(ckpt, base, dm, new_keys, cfg, out_dir=out_dir)
+    if eval_dates:
+        report.evaluation = {"before": before, "after": evaluate_lines(task, dm, "test", new_keys)}
+    return report
+
+
+def train_extension(
+    ckpt: dict[str, Any],
+    base: ForecastingTask,
+    dm: TransitDataModule,
+    new_keys: list[str],
+    cfg: ExtensionConfig,
+    *,
+    out_dir: Path | None = None,
+    progress_bar: bool = True,
+) -> tuple[LineExtensionTask, ExtensionReport]:
+    """Grow ``base`` by ``new_keys`` and train it under ``cfg.tier`` on ``dm``'s windows.
+
+    The in-memory core of :func:`extend_lines`, for callers that already hold prepared
+    windows (experiments run many init × tier combinations on the same data). ``dm`` is
+    modified: its vocabulary gains ``new_keys`` and its ``train`` windows become the
+    new lines' windows (plus the replay buffer for ``replay``). Give each call its own
+    DataModule.
+
+    Args:
+        ckpt: The base checkpoint as loaded by ``torch.load`` (its row keys and shapes).
+        base: The base task (weights to start from; not modified).
+        dm: A set-up DataModule holding the base's vocabulary and scalers, with
+            ``windows["train"]`` holding the new lines' windows (and old lines' windows,
+            which only ``replay`` uses); ``zero-shot`` needs none.
+        new_keys: Line keys to add (absent from the vocabulary).
+        cfg: Extension settings.
+        out_dir: When given, ``out_dir/model.ckpt`` is written.
+        progress_bar: Show Lightning's progress bar.
+
+    Returns:
+        The trained task (grown vocabulary in ``task.line_keys``) and its report
+        (``evaluation`` left empty).
+
+    Raises:
+        ValueError: A training tier without any window of the new lines.
+    """
     task = build_extension_task(ckpt, base, cfg)
     assert task.net is not None
     n_old = len(dm.vocab)
@@ -212,34 +254,36 @@ def _run_extension(
     )
     task.line_keys = tuple(dm.vocab.keys)
     task.prepare_tier(n_old)
+    steps = 0 if cfg.tier == "zero-shot" else cfg.max_steps
     train = dm.windows["train"]
     is_new = train.meta["line_key"].isin(new_keys).to_numpy()
+    if steps and not is_new.any():
+        raise ValueError(f"tier {cfg.tier!r} trains on the new lines' windows: none for {new_keys}")
     parts, n_replay = [train.subset(is_new)], 0
     if cfg.tier == "replay":
         replay = sample_per_line(train.subset(~is_new), cfg.replay_per_line, cfg.seed)
         parts.append(replay)
         n_replay = len(replay)
     dm.windows["train"] = concat_windows(parts)
-    steps = 0 if cfg.tier == "zero-shot" else cfg.max_steps
     started = time.perf_counter()
     trainer = pl.Trainer(
         max_steps=steps,
         max_epochs=-1 if steps else 0,
+        limit_train_batches=1.0 if steps else 0,  # zero-shot needs no data at all
         logger=False,
         enable_checkpointing=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         default_root_dir=out_dir,
         enable_model_summary=False,
+        enable_progress_bar=progress_bar,
     )
     trainer.fit(task, datamodule=dm)
     wall = time.perf_counter() - started
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(out_dir / "model.ckpt")
-    evaluation: dict[str, Any] = {}
-    if eval_dates:
-        evaluation = {"before": before, "after": evaluate_lines(task, dm, "test", new_keys)}
-    return ExtensionReport(
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(out_dir / "model.ckpt")
+    report = ExtensionReport(
         lines_added=new_keys,
         init=cfg.init,
         tier=cfg.tier,
@@ -248,8 +292,8 @@ def _run_extension(
         tensors_touched=_touched(state_before, task.net.state_dict()),
         train_windows=int(is_new.sum()),
         replay_windows=n_replay,
-        evaluation=evaluation,
     )
+    return task, report
 
 
 def report_dict(report: ExtensionReport) -> dict[str, Any]:

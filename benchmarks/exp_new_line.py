@@ -1,0 +1,507 @@
+"""Issue 5's experiment: a new line opens. Real data, every init × tier, honest baselines.
+
+Per dataset, real lines are held out of base training; the base forecaster (trained
+without them) is then grown by those lines (:func:`transitnet.extend.train_extension`)
+and trained on k levels of their data. Every init × tier is compared, per horizon, with
+the unknown row (the base model as is), a model trained from scratch on the new line
+only, joint retraining on everything (upper bound), naive fine-tuning of everything
+(lower bound for forgetting) and the historical-mean baseline; forgetting on old lines
+and compute (optimizer steps, CPU and wall seconds) are reported against joint
+retraining, and the issue's bars are checked, pass or fail.
+
+k levels (the new line's windows inside the training period): ``k=0`` (zero-shot), then
+``trips:N`` (its first N trips by start time), ``until:HH:MM`` (anchored before that
+local time on the first training day) and ``all`` (the whole training period). Every
+extension run gets the same number of optimizer steps (``--ext-steps-frac`` of joint
+retraining's). The random init is drawn ``--random-draws`` times at the smallest levels.
+
+Datasets: ``austin`` (CapMetro; train 2017-03-16, recorded 00:00–09:42 CDT; test
+2017-03-21, 00:00–10:25; new line 803, similar 801) and ``auckland`` (AT, 2019-08-13
+NZST; train 05:00–14:00, test 14:00–24:00 the same day; new line 07006, route 70's
+inbound variant, similar 07005). ``--spec FILE.json`` adds a dataset (the fields of
+:class:`Spec`; ``store`` may name an already matched store, with no ``inputs``).
+
+Usage: ``.venv/bin/python benchmarks/exp_new_line.py --out OUT [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import exp_common as ec
+from exp_new_line_report import TIERS, check_bars, write_outputs
+
+from transitnet.baselines import HistoricalMean, predict_constant_speed
+from transitnet.datamodules.transit import TransitDataModule
+from transitnet.datasets.windows import Windows, concat_windows
+from transitnet.evaluate import predict_windows
+from transitnet.extend import ExtensionConfig, train_extension
+from transitnet.metrics import compute_mae
+
+logger = logging.getLogger("exp_new_line")
+INITS = ("unknown", "mean", "mean_cov", "similar", "random")
+AKL, ATX = ec.DATA / "auckland-2019-08-13", ec.DATA / "austin-capmetro"
+
+
+@dataclass
+class Spec:
+    """One dataset: store, local-time periods, held-out lines and k levels."""
+
+    name: str
+    store: str
+    timezone: str
+    train: str
+    val: str
+    test: str
+    new_lines: list[str]
+    similar: list[str]
+    levels: list[str]
+    feed_id: str = "feed"
+    inputs: list[str] = field(default_factory=list)
+    static: str | None = None
+    horizons_s: list[int] = field(default_factory=lambda: [120, 300, 600])
+    past_fixes: int = 8
+
+
+DATASETS = {
+    "austin": Spec(
+        name="austin",
+        store="austin_store",
+        timezone="America/Chicago",
+        train="2017-03-16T00:00..2017-03-17T00:00",
+        val="2017-03-21T00:00..2017-03-21T06:30",
+        test="2017-03-21T06:30..2017-03-22T00:00",
+        new_lines=["803"],
+        similar=["801"],
+        levels=["trips:3", "until:07:00", "all"],
+        feed_id="capmetro",
+        inputs=[str(ATX / "vehicle_positions" / f"2017-03-{d}.csv") for d in (16, 21)],
+        static=str(ATX / "gtfs_2017-01"),
+    ),
+    "auckland": Spec(
+        name="auckland",
+        store="auckland_store",
+        timezone="Pacific/Auckland",
+        train="2019-08-13T05:00..2019-08-13T16:00",
+        val="2019-08-13T16:00..2019-08-13T17:00",
+        test="2019-08-13T17:00..2019-08-13T20:00",
+        new_lines=["07006"],
+        similar=["07005"],
+        levels=["trips:3", "until:09:30", "all"],
+        feed_id="akl",
+        inputs=[str(AKL / "vehicle_positions.tar.xz")],
+        static=str(AKL / "static_subset_2019-06"),
+    ),
+}
+
+
+@dataclass
+class Settings:
+    """Model size, budgets and extension hyperparameters (fixed seeds)."""
+
+    hidden_dim: int = 32
+    line_dim: int = 8
+    epochs: int = 30
+    batch_size: int = 256
+    ext_steps_frac: float = 0.08
+    new_row_lr: float = 3e-2
+    layer_lr: float = 3e-4
+    distill_weight: float = 1.0
+    anchor_weight: float = 0.0
+    replay_per_line: int = 64
+    random_draws: int = 5
+    reference_seeds: int = 2
+    inits: tuple[str, ...] = INITS
+    tiers: tuple[str, ...] = TIERS
+    min_line_windows: int = 100
+    max_train_windows: int | None = None
+    max_test_windows: int | None = None
+    quick: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Data:
+    """Windows of one dataset, cut once."""
+
+    spec: Spec
+    dm: TransitDataModule
+    train_old: Windows
+    new_all: Windows
+    val: Windows
+    test: Windows
+    levels: dict[str, Windows]
+
+    @property
+    def is_new_test(self) -> np.ndarray:
+        """Mask of the new lines' test windows."""
+        return self.test.meta["line_key"].isin(self.spec.new_lines).to_numpy()
+
+
+def load_data(spec: Spec, settings: Settings, work: Path) -> Data:
+    """Prepare the store (import + match, once), cut windows, split old/new, pick levels.
+
+    Raises:
+        ValueError: a malformed level, or new lines without windows at some level or in
+            the test period.
+    """
+    store = Path(spec.store) if Path(spec.store).is_absolute() else work / spec.store
+    if spec.inputs:
+        prep = ec.prepare_store(store, spec.feed_id, [Path(p) for p in spec.inputs], spec.static)
+        logger.info("%s store: %s", spec.name, prep)
+    dm = TransitDataModule(
+        str(store),
+        train_dates=[spec.train],
+        val_dates=[spec.val],
+        test_dates=[spec.test],
+        horizons_s=spec.horizons_s,
+        past_fixes=spec.past_fixes,
+        timezone=spec.timezone,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+    )
+    dm.setup("fit")
+    dm.setup("test")
+    rng = np.random.default_rng(settings.seed)
+    train, val, test = (dm.windows[k] for k in ("train", "val", "test"))
+    val = ec.sample_windows(val.subset(val.target_mask.any(axis=1)), settings.max_test_windows, rng)
+    test = ec.sample_windows(
+        test.subset(test.target_mask.any(axis=1)), settings.max_test_windows, rng
+    )
+    is_new = train.meta["line_key"].isin(spec.new_lines).to_numpy()
+    old = ec.sample_windows(train.subset(~is_new), settings.max_train_windows, rng)
+    new_all = train.subset(is_new)
+    start = pd.Timestamp(spec.train.split("..")[0]).tz_localize(spec.timezone)
+    levels = {lv: ec.select_level(new_all, lv, spec.timezone, start) for lv in spec.levels}
+    empty = [lv for lv, w in levels.items() if len(w) == 0]
+    if empty or not test.meta["line_key"].isin(spec.new_lines).any():
+        raise ValueError(
+            f"{spec.name}: no windows of {spec.new_lines} at levels {empty} or in the test "
+            "period; pick lines with data"
+        )
+    return Data(spec, dm, old, new_all, val, test, levels)
+
+
+def new_line_mae(pred: np.ndarray, data: Data) -> dict[str, float]:
+    """``{horizon: MAE, "mean": …}`` of ``(N_new, H)`` point forecasts on the new lines."""
+    t = data.test.subset(data.is_new_test)
+    mae = compute_mae(pred, t.targets, t.target_mask)
+    out = {str(h): float(v) for h, v in zip(t.horizons_s, mae, strict=True)}
+    return {**out, "mean": float(np.nanmean(mae))}
+
+
+def score(pred: np.ndarray, base_pred: np.ndarray, data: Data, min_n: int) -> dict[str, Any]:
+    """New-line MAE, old lines' forgetting against the base, and bit-identity.
+
+    Args:
+        pred: ``(N, H, Q)`` forecasts on ``data.test``.
+        base_pred: The base model's ``(N, H, Q)`` forecasts on the same windows.
+        data: The dataset (test windows, new line keys).
+        min_n: Old lines with fewer test windows are left out of forgetting.
+    """
+    test, mid, is_new = data.test, pred.shape[-1] // 2, data.is_new_test
+    old = ~is_new
+    rel, rel_h = ec.compute_relative_change(
+        pred[old, :, mid],
+        base_pred[old, :, mid],
+        test.targets[old],
+        test.target_mask[old],
+        test.meta["line_key"].astype(str).to_numpy()[old],
+        min_n,
+    )
+    worst = max(rel, key=lambda k: rel[k]) if rel else None
+    by_h = np.nanmean(rel_h, axis=0) if len(rel_h) else np.full(rel_h.shape[1], np.nan)
+    return {
+        "new_mae_m": new_line_mae(pred[is_new, :, mid], data),
+        "forgetting": {
+            "mean_rel": float(np.mean(list(rel.values()))) if rel else math.nan,
+            "worst_rel": rel[worst] if worst else math.nan,
+            "worst_line": worst,
+            "lines": len(rel),
+            "mean_rel_by_h": dict(zip(map(str, test.horizons_s), by_h.tolist(), strict=True)),
+        },
+        "old_max_abs_diff_m": float(np.abs(pred[old] - base_pred[old]).max(initial=0.0)),
+    }
+
+
+def summarise(pred: np.ndarray, data: Data) -> dict[str, Any]:
+    """A reference model's new-line MAE and its MAE over all old-line test windows."""
+    mid, old = pred.shape[-1] // 2, ~data.is_new_test
+    t = data.test
+    mae = compute_mae(pred[old, :, mid], t.targets[old], t.target_mask[old])
+    old_mae = {
+        **{str(h): float(v) for h, v in zip(t.horizons_s, mae, strict=True)},
+        "mean": float(np.nanmean(mae)),
+    }
+    return {"new_mae_m": new_line_mae(pred[data.is_new_test, :, mid], data), "old_mae_m": old_mae}
+
+
+class Experiment:
+    """Trains the references, then runs every init × tier × level on one dataset."""
+
+    def __init__(self, data: Data, settings: Settings, work: Path) -> None:
+        self.data, self.s, self.work = data, settings, work
+        self.task_kwargs = {"hidden_dim": settings.hidden_dim, "line_dim": settings.line_dim}
+        self.dms: dict[str, TransitDataModule] = {}
+        self.result: dict[str, Any] = {"runs": [], "scratch": {}, "historical_mean": {}}
+
+    def fit(
+        self, name: str, train: Windows, val: Windows, test: Windows, epochs: int, seed: int
+    ) -> ec.Fit:
+        """Train a fresh forecaster (own vocabulary and scalers), early-stopped on ``val``."""
+        windows = {"train": train, "val": val, "test": test}
+        dm = ec.clone_datamodule(self.data.dm, windows, keep_state=False)
+        fit = ec.fit_forecaster(
+            dm, self.task_kwargs, epochs=epochs, seed=seed, ckpt=self.work / f"{name}.ckpt"
+        )
+        self.dms[name] = dm
+        logger.info(
+            "%s %s: %d steps, best epoch %d, %.1f s CPU",
+            self.data.spec.name,
+            name,
+            fit.steps,
+            fit.best_epoch,
+            fit.cpu_s,
+        )
+        return fit
+
+    def references(self) -> None:
+        """Base (held-out lines excluded), joint retraining, unknown row, baselines.
+
+        With ``reference_seeds`` > 1, base and joint are also trained with other seeds
+        (extensions start from the first): their spread is the noise floor of the bars.
+        """
+        d, s = self.data, self.s
+        self.new_val = d.val.subset(d.val.meta["line_key"].isin(d.spec.new_lines).to_numpy())
+        old_val = d.val.subset(~d.val.meta["line_key"].isin(d.spec.new_lines).to_numpy())
+        everything = concat_windows([d.train_old, d.new_all])
+        seeds: list[dict[str, Any]] = []
+        for seed in range(s.seed, s.seed + max(1, s.reference_seeds)):
+            tag = "" if seed == s.seed else f"_seed{seed}"
+            base = self.fit("base" + tag, d.train_old, old_val, d.test, s.epochs, seed)
+            joint = self.fit("joint" + tag, everything, d.val, d.test, s.epochs, seed)
+            preds = [
+                predict_windows(f.task, self.dms[n + tag], "test")
+                for f, n in ((base, "base"), (joint, "joint"))
+            ]
+            seeds.append(
+                {
+                    "seed": seed,
+                    "base": self.compute(base) | summarise(preds[0], d),
+                    "joint": self.compute(joint) | summarise(preds[1], d),
+                }
+            )
+            if seed == s.seed:
+                self.base, self.base_pred, joint_pred = base, preds[0], preds[1]
+                self.result["joint"] = seeds[0]["joint"] | score(joint_pred, preds[0], d, 1)
+        self.ckpt = torch.load(self.work / "base.ckpt", map_location="cpu", weights_only=False)
+        self.result["base"] = seeds[0]["base"]
+        self.result["reference_seeds"] = seeds
+        test_new = d.test.subset(d.is_new_test)
+        self.result["constant_speed_mae_m"] = new_line_mae(predict_constant_speed(test_new), d)
+        self.ext_steps = max(1, round(s.ext_steps_frac * self.result["joint"]["steps"]))
+
+    @staticmethod
+    def compute(fit: ec.Fit) -> dict[str, Any]:
+        """Steps, CPU and wall seconds, best epoch of a fit."""
+        return {
+            "steps": fit.steps,
+            "cpu_s": fit.cpu_s,
+            "wall_s": fit.wall_s,
+            "best_epoch": fit.best_epoch,
+        }
+
+    def scratch(self, level: str, new_k: Windows) -> None:
+        """A model trained on the new line's level-k windows only; the historical mean."""
+        d, s = self.data, self.s
+        test_new = d.test.subset(d.is_new_test)
+        epochs = max(s.epochs, math.ceil(self.ext_steps / ec.batches_per_epoch(len(new_k), 256)))
+        name = "scratch_" + level.replace(":", "_")
+        fit = self.fit(name, new_k, self.new_val, test_new, epochs, s.seed)
+        pred = predict_windows(fit.task, self.dms[name], "test")
+        mae = new_line_mae(pred[..., pred.shape[-1] // 2], d)
+        self.result["scratch"][level] = self.compute(fit) | {"new_mae_m": mae}
+        hist = HistoricalMean().fit(concat_windows([d.train_old, new_k]))(test_new)
+        self.result["historical_mean"][level] = new_line_mae(hist, d)
+
+    def extend(self, level: str, new_k: Windows | None, init: str, tier: str, seed: int) -> None:
+        """One warm start: grow the base by the new lines, train under ``tier``, score."""
+        d, s = self.data, self.s
+        train = d.train_old if new_k is None else concat_windows([d.train_old, new_k])
+        dm = ec.clone_datamodule(self.dms["base"], {"train": train, "test": d.test})
+        cfg = ExtensionConfig(
+            new_lines=list(d.spec.new_lines),
+            init=f"similar:{','.join(d.spec.similar)}" if init == "similar" else init,
+            tier=tier,
+            max_steps=self.ext_steps,
+            new_row_lr=s.new_row_lr,
+            layer_lr=s.layer_lr,
+            distill_weight=s.distill_weight,
+            anchor_weight=s.anchor_weight,
+            replay_per_line=s.replay_per_line,
+            batch_size=s.batch_size,
+            seed=seed,
+        )
+        pl.seed_everything(seed, workers=True, verbose=False)
+        with ec.Stopwatch() as sw:
+            task, rep = train_extension(
+                self.ckpt, self.base.task, dm, list(d.spec.new_lines), cfg, progress_bar=False
+            )
+        run: dict[str, Any] = {
+            "level": level,
+            "init": init,
+            "tier": tier,
+            "seed": seed,
+            "steps": rep.steps,
+        }
+        run |= {"wall_s": sw.wall_s, "cpu_s": sw.cpu_s, "train_windows": rep.train_windows}
+        run |= {"replay_windows": rep.replay_windows}
+        run |= score(predict_windows(task, dm, "test"), self.base_pred, d, s.min_line_windows)
+        logger.info(
+            "%s %s %s/%s seed %d: new-line MAE %.0f m, forgetting %+.2f %%",
+            d.spec.name,
+            level,
+            tier,
+            init,
+            seed,
+            run["new_mae_m"]["mean"],
+            100 * run["forgetting"]["mean_rel"],
+        )
+        self.result["runs"].append(run)
+
+    def run(self) -> dict[str, Any]:
+        """Every reference and run; returns the dataset's results."""
+        s, first = self.s, self.data.spec.levels[0]
+        self.references()
+        draws = range(s.seed, s.seed + max(1, s.random_draws))
+        for init in s.inits:
+            for seed in draws if init == "random" else [s.seed]:
+                self.extend("k=0", None, init, "zero-shot", seed)
+        for level, new_k in self.data.levels.items():
+            self.scratch(level, new_k)
+            self.extend(level, new_k, "unknown", "naive", s.seed)
+            for tier in s.tiers:
+                for init in s.inits:
+                    for seed in draws if init == "random" and level == first else [s.seed]:
+                        self.extend(level, new_k, init, tier, seed)
+        self.result["ext_steps"] = self.ext_steps
+        self.result["windows"] = describe_windows(self.data)
+        return self.result
+
+
+def describe_windows(data: Data) -> dict[str, Any]:
+    """Window and trip counts per split and level."""
+    levels = {
+        lv: {"windows": len(w), "trips": len(w.meta[["vehicle_id", "trip_id"]].drop_duplicates())}
+        for lv, w in data.levels.items()
+    }
+    return {
+        "train_old": len(data.train_old),
+        "train_new": len(data.new_all),
+        "test": len(data.test),
+        "test_new": int(data.is_new_test.sum()),
+        "old_lines": int(data.train_old.meta["line_key"].nunique()),
+        "levels": levels,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="Output folder (report.md/json, PNG).")
+    p.add_argument("--work", type=Path, help="Stores and checkpoints (default OUT/work).")
+    p.add_argument("--datasets", nargs="*", choices=sorted(DATASETS), help="Default: both.")
+    p.add_argument("--spec", type=Path, action="append", default=[], help="Extra dataset JSON.")
+    p.add_argument("--quick", action="store_true", help="Short run: Austin, 2 levels, 3 epochs.")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1).")
+    options = {
+        "epochs": int,
+        "hidden_dim": int,
+        "ext_steps_frac": float,
+        "new_row_lr": float,
+        "layer_lr": float,
+        "distill_weight": float,
+        "anchor_weight": float,
+        "replay_per_line": int,
+        "random_draws": int,
+        "reference_seeds": int,
+        "seed": int,
+        "max_train_windows": int,
+        "max_test_windows": int,
+    }
+    for name, kind in options.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
+    p.add_argument("--inits", nargs="+", choices=INITS)
+    p.add_argument("--tiers", nargs="+", choices=TIERS)
+    return p.parse_args(argv)
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Settings from defaults, then ``--quick``, then explicit options."""
+    s = Settings()
+    if args.quick:
+        s = replace(
+            s,
+            quick=True,
+            epochs=3,
+            random_draws=2,
+            reference_seeds=1,
+            min_line_windows=30,
+            max_train_windows=6000,
+            max_test_windows=6000,
+        )
+    given: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key in asdict(s) and value is not None:
+            given[key] = tuple(value) if isinstance(value, list) else value
+    return replace(s, **given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the experiment; write ``OUT/report.md``, ``OUT/report.json`` and the plots."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    ec.quiet_lightning()
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    settings = build_settings(args)
+    names = args.datasets if args.datasets is not None else ["austin"] * args.quick or [*DATASETS]
+    specs = [DATASETS[n] for n in names] + [Spec(**json.loads(p.read_text())) for p in args.spec]
+    work = args.work or args.out / "work"
+    results: dict[str, Any] = {}
+    started = time.perf_counter()
+    for spec in specs:
+        if settings.quick:
+            spec = replace(spec, levels=[spec.levels[0], spec.levels[-1]])
+        (work / spec.name).mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        res = Experiment(load_data(spec, settings, work / spec.name), settings, work / spec.name)
+        results[spec.name] = res.run() | {"spec": asdict(spec), "settings_seed": settings.seed}
+        results[spec.name]["wall_s"] = round(time.perf_counter() - t0, 1)
+        results[spec.name]["bars"] = check_bars(results[spec.name], spec.levels)
+        report = {
+            "command": " ".join(["python benchmarks/exp_new_line.py", *(argv or sys.argv[1:])]),
+            "machine": ec.machine_facts(),
+            "settings": asdict(settings),
+            "total_wall_s": round(time.perf_counter() - started, 1),
+            "datasets": results,
+        }
+        write_outputs(args.out, report)  # after each dataset: a later failure loses nothing
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""Judging and writing up :mod:`exp_new_line`'s results: bars, Markdown, PNG plots.
+
+Input is the ``report.json`` content the experiment builds (one block per dataset with
+``runs``, ``base``, ``joint``, ``scratch``, ``historical_mean``, ``reference_seeds``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import exp_common as ec
+
+TIERS = ("row-only", "partial", "replay")
+
+
+def random_mean(runs: list[dict[str, Any]], level: str, tier: str) -> tuple[float, list[float]]:
+    """Mean new-line MAE of the random init's draws at ``level``/``tier``, and the draws."""
+    draws = [
+        r["new_mae_m"]["mean"]
+        for r in runs
+        if r["init"] == "random" and r["level"] == level and r["tier"] == tier
+    ]
+    return (float(np.mean(draws)) if draws else math.nan), draws
+
+
+def main_runs(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Runs at the main seed (one per level × tier × init)."""
+    return [r for r in res["runs"] if r["seed"] == res["settings_seed"]]
+
+
+def check_bars(res: dict[str, Any], levels: list[str]) -> list[dict[str, Any]]:
+    """The issue's bars, each with what was measured and pass/fail."""
+    runs, joint, bars = main_runs(res), res["joint"], []
+    day = [r for r in runs if r["level"] == levels[-1] and r["tier"] != "naive"]
+    if day:
+        best = min(day, key=lambda r: r["new_mae_m"]["mean"])
+        gap = best["new_mae_m"]["mean"] / joint["new_mae_m"]["mean"] - 1.0
+        ratio = {k: best[k] / joint[k] for k in ("steps", "cpu_s", "wall_s")}
+        bars.append(
+            {
+                "bar": f"{ec.level_label(levels[-1])}: best warm start within 10 % of joint "
+                "retraining's new-line MAE, at <= 10 % of its compute (steps and CPU s)",
+                "passed": gap <= 0.10 and ratio["steps"] <= 0.10 and ratio["cpu_s"] <= 0.10,
+                "value": f"{best['tier']}/{best['init']}: MAE {100 * gap:+.1f} % vs joint; steps "
+                f"{100 * ratio['steps']:.1f} %, CPU {100 * ratio['cpu_s']:.1f} %, wall "
+                f"{100 * ratio['wall_s']:.1f} % of joint's",
+            }
+        )
+    frozen = [r for r in res["runs"] if r["tier"] in ("row-only", "zero-shot")]
+    diff = max((r["old_max_abs_diff_m"] for r in frozen), default=math.nan)
+    bars.append(
+        {
+            "bar": "row-only (and zero-shot) forgetting exactly 0",
+            "passed": diff == 0.0,
+            "value": f"max |old-line forecast change| over {len(frozen)} runs: {diff:g} m",
+        }
+    )
+    for tier in ("partial", "replay"):
+        tr = [r for r in runs if r["tier"] == tier]
+        if tr:
+            mean = max(r["forgetting"]["mean_rel"] for r in tr)
+            w = max(tr, key=lambda r: r["forgetting"]["worst_rel"])
+            bars.append(
+                {
+                    "bar": f"{tier}: mean forgetting <= 1 %, worst line <= 3 %",
+                    "passed": mean <= 0.01 and w["forgetting"]["worst_rel"] <= 0.03,
+                    "value": f"max over {len(tr)} runs: mean {100 * mean:+.2f} %, worst line "
+                    f"{100 * w['forgetting']['worst_rel']:+.2f} % (line "
+                    f"{w['forgetting']['worst_line']}, {w['level']} {w['init']})",
+                }
+            )
+    bars.append(beats_random(runs, res["runs"], ["k=0", levels[0]]))
+    return bars
+
+
+def beats_random(
+    runs: list[dict[str, Any]], every: list[dict[str, Any]], small: list[str]
+) -> dict[str, Any]:
+    """Bar: every init's new-line MAE below the mean of the random draws, at small k."""
+    losers = []
+    for r in runs:
+        if r["level"] in small and r["init"] != "random" and r["tier"] != "naive":
+            mean, _ = random_mean(every, r["level"], r["tier"])
+            if math.isfinite(mean) and not r["new_mae_m"]["mean"] < mean:
+                gap = 100 * (r["new_mae_m"]["mean"] / mean - 1)
+                losers.append(f"{r['level']} {r['tier']}/{r['init']} ({gap:+.1f} %)")
+    value = "all beat random" if not losers else "not better than random: " + ", ".join(losers)
+    return {
+        "bar": f"every init beats random (mean of its draws) at k <= {ec.level_label(small[-1])}",
+        "passed": not losers,
+        "value": value,
+    }
+
+
+def _cells(mae: dict[str, float], *extra: Any) -> list[Any]:
+    return [*(mae[h] for h in mae if h != "mean"), mae["mean"], *extra]
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{100 * x:+.2f} %"
+
+
+def format_dataset(name: str, res: dict[str, Any]) -> str:
+    """The Markdown section of one dataset: set-up, bars, one table of every model."""
+    spec, w, joint = res["spec"], res["windows"], res["joint"]
+    head = [
+        "k",
+        "model",
+        *[f"{h // 60} min" for h in spec["horizons_s"]],
+        "mean",
+        "steps",
+        "CPU s",
+        "wall s",
+        "forgetting: mean",
+        "worst line",
+    ]
+    f = joint["forgetting"]
+    rows = [
+        ["0", "unknown row = base model", *_cells(res["base"]["new_mae_m"], 0, 0, 0)],
+        ["0", "constant speed", *_cells(res["constant_speed_mae_m"], 0, 0, 0)],
+        [
+            "day",
+            "joint retraining (upper bound)",
+            *_cells(
+                joint["new_mae_m"],
+                joint["steps"],
+                joint["cpu_s"],
+                joint["wall_s"],
+                _pct(f["mean_rel"]),
+                _pct(f["worst_rel"]),
+            ),
+        ],
+    ]
+    for lv in spec["levels"]:
+        sc, label = res["scratch"][lv], ec.level_label(lv)
+        rows.append(
+            [
+                label,
+                "scratch (new line only)",
+                *_cells(sc["new_mae_m"], sc["steps"], sc["cpu_s"], sc["wall_s"]),
+            ]
+        )
+        rows.append([label, "historical mean", *_cells(res["historical_mean"][lv], 0, 0, 0)])
+    for r in res["runs"]:
+        f = r["forgetting"]
+        model = f"{r['tier']} / {r['init']}" + (
+            f" (draw {r['seed']})" if r["init"] == "random" else ""
+        )
+        rows.append(
+            [
+                ec.level_label(r["level"]),
+                model,
+                *_cells(
+                    r["new_mae_m"],
+                    r["steps"],
+                    r["cpu_s"],
+                    r["wall_s"],
+                    _pct(f["mean_rel"]),
+                    f"{_pct(f['worst_rel'])} ({f['worst_line']})",
+                ),
+            ]
+        )
+    levels = "; ".join(
+        f"{ec.level_label(k)} (`{k}`): {v['windows']} windows, {v['trips']} trips"
+        for k, v in w["levels"].items()
+    )
+    bars = [[b["bar"], "yes" if b["passed"] else "**no**", b["value"]] for b in res["bars"]]
+    noise = [
+        [
+            r["seed"],
+            r["base"]["new_mae_m"]["mean"],
+            r["base"]["old_mae_m"]["mean"],
+            r["joint"]["new_mae_m"]["mean"],
+            r["joint"]["old_mae_m"]["mean"],
+            r["base"]["steps"],
+            r["joint"]["steps"],
+        ]
+        for r in res["reference_seeds"]
+    ]
+    noise_head = [
+        "seed",
+        "base: new line (unknown row)",
+        "base: old lines",
+        "joint: new line",
+        "joint: old lines",
+        "base steps",
+        "joint steps",
+    ]
+    setup = (
+        f"Train `{spec['train']}`, test `{spec['test']}` ({spec['timezone']}). Held out of "
+        f"base training: {spec['new_lines']} (similar: {spec['similar']}). {w['old_lines']} "
+        f"old lines, {w['train_old']} old-line training windows; {w['test']} test windows, "
+        f"{w['test_new']} of the new line. k levels: {levels}. Every extension run: "
+        f"{res['ext_steps']} optimizer steps. Base: {res['base']['steps']} steps, "
+        f"{res['base']['cpu_s']:.0f} s CPU. Dataset total: {res['wall_s']:.0f} s wall."
+    )
+    return "\n\n".join(
+        [
+            setup,
+            "### Bars",
+            ec.format_table(["bar", "passed", "measured"], bars),
+            "### Reference models by seed (MAE mean over horizons, m): the noise floor",
+            ec.format_table(noise_head, noise),
+            "### New-line MAE (m) per horizon, forgetting on old lines, compute",
+            ec.format_table(head, rows),
+            f"![learning curve]({name}_learning_curve.png)\n\n![forgetting]({name}_forgetting.png)",
+        ]
+    )
+
+
+def plot_dataset(out: Path, name: str, res: dict[str, Any], inits: tuple[str, ...]) -> None:
+    """Learning curves (new-line MAE vs k, a line per init, a panel per tier); forgetting."""
+    levels, runs = ["k=0", *res["spec"]["levels"]], main_runs(res)
+    by = {(r["level"], r["tier"], r["init"]): r["new_mae_m"]["mean"] for r in runs}
+
+    def curve(tier: str, init: str) -> list[float]:
+        if init == "random":
+            return [
+                random_mean(res["runs"], lv, "zero-shot" if lv == "k=0" else tier)[0]
+                if lv in levels[:2]
+                else by.get((lv, tier, init), math.nan)
+                for lv in levels
+            ]
+        return [by.get((lv, "zero-shot" if lv == "k=0" else tier, init), math.nan) for lv in levels]
+
+    tiers = sorted({r["tier"] for r in runs} & set(TIERS), key=TIERS.index)
+    panels = {t: {i: curve(t, i) for i in inits} for t in tiers}
+    refs: dict[str, float | list[float]] = {
+        "joint retraining (day)": res["joint"]["new_mae_m"]["mean"],
+        "scratch": [math.nan, *(res["scratch"][lv]["new_mae_m"]["mean"] for lv in levels[1:])],
+        "naive fine-tuning": [
+            by[("k=0", "zero-shot", "unknown")],
+            *(by[(lv, "naive", "unknown")] for lv in levels[1:]),
+        ],
+    }
+    labels = ["k=0", *(ec.level_label(v) for v in levels[1:])]
+    ec.plot_curves(
+        out / f"{name}_learning_curve.png",
+        panels,
+        labels,
+        refs,
+        ylabel="new-line MAE, mean over horizons (m)",
+        title=f"{name}: new line {res['spec']['new_lines']} (random: mean of draws)",
+    )
+    day = levels[-1]
+    groups = {
+        f"{r['tier']}/{r['init']}": {
+            "mean": 100 * r["forgetting"]["mean_rel"],
+            "worst line": 100 * r["forgetting"]["worst_rel"],
+        }
+        for r in runs
+        if r["level"] == day
+    }
+    ec.plot_bars(
+        out / f"{name}_forgetting.png",
+        groups,
+        ylabel="old-line MAE change (%)",
+        title=f"{name}: forgetting after {ec.level_label(day)} of the new line",
+    )
+
+
+def write_outputs(out: Path, report: dict[str, Any]) -> None:
+    """Write ``report.json``, ``report.md`` and the PNG plots into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    ec.write_json(out / "report.json", report)
+    s = report["settings"]
+    intro = (
+        f"Command: `{report['command']}`\n\nMachine: {report['machine']}\n\nSettings: {s}"
+        f"\n\nTotal: {report['total_wall_s']:.0f} s wall. MAE: along-route error (m) of "
+        "the median forecast on the test period, new line only. Forgetting: each old "
+        "line's MAE (mean over horizons) relative to the base model's, over old lines with "
+        f">= {s['min_line_windows']} test windows; mean over lines and the worst line. "
+        "Compute: optimizer steps, this process's CPU seconds and wall seconds (the "
+        "machine is shared, so wall time is noisy). Data: CapMetro (CapMetrics, MIT) and "
+        "Auckland Transport (AT licence)."
+    )
+    sections = [intro]
+    for name, res in report["datasets"].items():
+        plot_dataset(out, name, res, tuple(s["inits"]))
+        sections.append(f"## {name}\n\n" + format_dataset(name, res))
+    ec.write_text(out / "report.md", "# A new line opens (issue 5)\n\n" + "\n\n".join(sections))

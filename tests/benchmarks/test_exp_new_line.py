@@ -1,0 +1,191 @@
+"""The new-line experiment script: its --quick path end to end, and its pieces."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.synthetic import make_matched, write_matched_store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import exp_common as ec
+import exp_new_line as exp
+import exp_new_line_report as report
+
+
+def _spec(store: Path, **over: object) -> dict[str, object]:
+    spec: dict[str, object] = {
+        "name": "syn",
+        "store": str(store),
+        "timezone": "UTC",
+        "train": "2024-05-06T00:00..2024-05-07T00:00",
+        "val": "2024-05-07T00:00..2024-05-08T00:00",
+        "test": "2024-05-08T00:00..2024-05-09T00:00",
+        "new_lines": ["C"],
+        "similar": ["A"],
+        "levels": ["trips:1", "until:08:30", "all"],
+        "horizons_s": [60, 120],
+        "past_fixes": 4,
+    }
+    spec.update(over)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    days = [make_matched(n_vehicles=9, day=f"2024-05-0{d}", seed=d) for d in (6, 7, 8)]
+    return write_matched_store(tmp_path_factory.mktemp("exp") / "store", pd.concat(days))
+
+
+def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp_path: Path):
+    spec = tmp_path / "syn.json"
+    spec.write_text(json.dumps(_spec(store)))
+    out = tmp_path / "out"
+    assert exp.main(["--out", str(out), "--quick", "--datasets", "--spec", str(spec)]) == 0
+
+    report = json.loads((out / "report.json").read_text())
+    res = report["datasets"]["syn"]
+    inits = ["unknown", "mean", "mean_cov", "similar", "random"]
+    combos = {(r["level"], r["tier"], r["init"]) for r in res["runs"]}
+    # --quick keeps the first and last level: 5 zero-shot + 2 × (naive + 3 tiers × 5 inits),
+    # and draws the random init twice at k=0 and at the first level (4 more runs).
+    assert len(combos) == 5 + 2 * (1 + 3 * 5) and len(res["runs"]) == len(combos) + 4
+    draws = [r for r in res["runs"] if r["init"] == "random" and r["level"] != "all"]
+    assert sorted(r["seed"] for r in draws) == [0, 0, 0, 0, 1, 1, 1, 1]
+    for level in ("trips:1", "all"):
+        assert {(level, t, i) for t in exp.TIERS for i in inits} <= combos
+        assert res["scratch"][level]["steps"] > 0
+    assert {("k=0", "zero-shot", i) for i in inits} <= combos
+    by = {(r["level"], r["tier"], r["init"]): r for r in res["runs"]}
+    for r in res["runs"]:
+        assert r["new_mae_m"]["mean"] > 0 and r["steps"] == (0 if r["tier"] == "zero-shot" else 1)
+        if r["tier"] in ("zero-shot", "row-only"):
+            assert r["old_max_abs_diff_m"] == 0.0 and r["forgetting"]["mean_rel"] == 0.0
+    # The unknown row is the base model itself: zero-shot/unknown reproduces it exactly.
+    unknown = by[("k=0", "zero-shot", "unknown")]["new_mae_m"]
+    assert unknown == res["base"]["new_mae_m"]
+    assert by[("all", "naive", "unknown")]["old_max_abs_diff_m"] > 0
+    bars = {b["bar"]: b for b in res["bars"]}
+    assert bars["row-only (and zero-shot) forgetting exactly 0"]["passed"] is True
+    assert len(bars) == 5 and all(isinstance(b["passed"], bool) for b in res["bars"])
+    md = (out / "report.md").read_text()
+    assert "### Bars" in md and "joint retraining (upper bound)" in md and report["command"] in md
+    for png in ("syn_learning_curve.png", "syn_forgetting.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_levels_select_first_trips_a_morning_or_everything(store: Path) -> None:
+    data = exp.load_data(exp.Spec(**_spec(store)), exp.Settings(), store.parent)  # type: ignore[arg-type]
+    new = data.new_all
+    assert set(new.meta["line_key"]) == {"C"} and "C" not in set(data.train_old.meta["line_key"])
+    first = data.levels["trips:1"]
+    assert first.meta[["vehicle_id", "trip_id"]].drop_duplicates().shape[0] == 1
+    assert first.meta["anchor_time"].min() == new.meta["anchor_time"].min()
+    morning = data.levels["until:08:30"]
+    cutoff = pd.Timestamp("2024-05-06 08:30", tz="UTC")
+    assert 0 < len(morning) < len(new) and (morning.meta["anchor_time"] < cutoff).all()
+    assert ((new.meta["anchor_time"] < cutoff).sum()) == len(morning)
+    assert len(data.levels["all"]) == len(new)
+
+
+@pytest.mark.parametrize("level", ["trips:0", "trips:x", "until:25:99", "some", "all:1"])
+def test_bad_level_is_a_clear_error(store: Path, level: str) -> None:
+    with pytest.raises(ValueError, match="bad level"):
+        exp.load_data(exp.Spec(**_spec(store, levels=[level])), exp.Settings(), store.parent)  # type: ignore[arg-type]
+
+
+def test_a_new_line_without_data_is_a_clear_error(store: Path) -> None:
+    spec = exp.Spec(**_spec(store, new_lines=["Z"]))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pick lines with data"):
+        exp.load_data(spec, exp.Settings(), store.parent)
+
+
+def test_score_counts_forgetting_per_old_line(store: Path) -> None:
+    data = exp.load_data(exp.Spec(**_spec(store)), exp.Settings(), store.parent)  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 500, (len(data.test), 2, 3)).astype(np.float32)
+    same = exp.score(base.copy(), base, data, min_n=1)
+    assert same["old_max_abs_diff_m"] == 0.0 and same["forgetting"]["mean_rel"] == 0.0
+    worse = base.copy()
+    is_b = (data.test.meta["line_key"] == "B").to_numpy()
+    worse[is_b] += 5000.0  # only line B gets worse
+    res = exp.score(worse, base, data, min_n=1)
+    assert res["forgetting"]["worst_line"] == "B" and res["forgetting"]["worst_rel"] > 1.0
+    assert res["forgetting"]["lines"] == 2
+    assert res["forgetting"]["mean_rel"] == pytest.approx(res["forgetting"]["worst_rel"] / 2)
+    assert exp.score(worse, base, data, min_n=10**6)["forgetting"]["lines"] == 0
+
+
+def _run(level: str, tier: str, init: str, mae: float, forget: float, seed: int = 0):
+    return {
+        "level": level,
+        "tier": tier,
+        "init": init,
+        "seed": seed,
+        "new_mae_m": {"mean": mae},
+        "steps": 10,
+        "cpu_s": 1.0,
+        "wall_s": 1.0,
+        "old_max_abs_diff_m": 0.0 if tier in ("row-only", "zero-shot") else 1.0,
+        "forgetting": {"mean_rel": forget, "worst_rel": 2 * forget, "worst_line": "B"},
+    }
+
+
+def test_bars_fail_when_measured_values_miss_them() -> None:
+    runs = [
+        _run("k=0", "zero-shot", "mean", 120.0, 0.0),
+        _run("k=0", "zero-shot", "random", 100.0, 0.0),
+        _run("k=0", "zero-shot", "random", 130.0, 0.0, seed=1),  # draws average 115
+        _run("k=0", "zero-shot", "unknown", 110.0, 0.0),
+        _run("all", "partial", "mean", 105.0, 0.02),
+        _run("all", "row-only", "mean", 108.0, 0.0),
+    ]
+    joint = {"new_mae_m": {"mean": 100.0}, "steps": 50, "cpu_s": 50.0, "wall_s": 50.0}
+    bars = report.check_bars({"joint": joint, "runs": runs, "settings_seed": 0}, ["all"])
+    by = {b["bar"].split(":")[0]: b for b in bars}
+    assert by["day"]["passed"] is False and "steps 20.0 %" in by["day"]["value"]
+    assert by["row-only (and zero-shot) forgetting exactly 0"]["passed"] is True
+    assert by["partial"]["passed"] is False and "+2.00 %" in by["partial"]["value"]
+    beat = bars[-1]
+    assert beat["passed"] is False and "zero-shot/mean (+4.3 %)" in beat["value"]
+    assert "unknown" not in beat["value"]  # 110 < 115: beats the mean of the draws
+
+    joint = {**joint, "steps": 1000, "cpu_s": 1000.0, "wall_s": 1000.0}
+    runs[1:3] = [_run("k=0", "zero-shot", "random", 130.0, 0.0)]
+    runs[3]["forgetting"] = {"mean_rel": 0.001, "worst_rel": 0.02, "worst_line": "B"}
+    bars = report.check_bars({"joint": joint, "runs": runs, "settings_seed": 0}, ["all"])
+    assert all(b["passed"] for b in bars), bars
+
+
+def test_write_json_turns_non_finite_numbers_into_null(tmp_path: Path) -> None:
+    path = ec.write_json(tmp_path / "r.json", {"a": float("nan"), "b": [np.float32(1.5)]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.5]}
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_austin_store_is_prepared_once_and_yields_every_level(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    atx = shared_data / "austin-capmetro"
+    inputs = [tmp_path / f"2017-03-{d}.csv" for d in (16, 21)]
+    for path in inputs:
+        shutil.copy(atx / "vehicle_positions" / path.name, path)
+    store = tmp_path / "store"
+    first = ec.prepare_store(store, "capmetro", inputs, str(atx / "gtfs_2017-01"))
+    assert "81657 rows stored" in first["import"] and first["matched_files"] == 2
+    again = ec.prepare_store(store, "capmetro", inputs, str(atx / "gtfs_2017-01"))
+    assert again["import_s"] == 0.0 and again["import"] == first["import"]
+    spec = exp.Spec(**{**exp.asdict(exp.DATASETS["austin"]), "store": str(store), "inputs": []})
+    data = exp.load_data(spec, exp.Settings(), tmp_path)
+    trips = data.levels["trips:3"].meta[["vehicle_id", "trip_id"]].drop_duplicates()
+    assert len(trips) == 3
+    assert 0 < len(data.levels["trips:3"]) < len(data.levels["until:07:00"]) < len(data.new_all)
+    assert (data.test.meta["line_key"] == "803").sum() > 1000
+    assert data.train_old.meta["line_key"].nunique() > 50
