@@ -65,6 +65,8 @@ class DatasetSpec:
     train: str
     val: str
     test: list[str]
+    window_fixes: int = 16
+    stride: int = 2
 
 
 DATASETS = {
@@ -86,6 +88,7 @@ DATASETS = {
         "2019-08-13T05:00..2019-08-13T13:00",
         "2019-08-13T13:00..2019-08-13T15:00",
         ["2019-08-13T15:00..2019-08-14T00:00"],
+        stride=4,
     ),
 }
 
@@ -102,7 +105,7 @@ class Settings:
     hidden_dim: int = 64
     head: str = "cosine"
     neck: str = "batchnorm"
-    max_train_windows: int = 30_000
+    max_train_windows: int = 20_000
     max_test_windows: int = 8_000
     max_steps: int = 150
     inits: tuple[str, ...] = ("imprint", "mean", "low_bias", "random")
@@ -156,7 +159,8 @@ def make_dm(
         val_dates=[spec.val],
         test_dates=spec.test,
         timezone=spec.timezone,
-        stride=2,
+        window_fixes=spec.window_fixes,
+        stride=spec.stride,
         classes=classes,
         max_classes=s.n_classes,
         batch_size=128,

@@ -147,6 +147,7 @@ def test_real_austin_line_added_to_a_real_classifier(shared_data: Path, tmp_path
         max_classes=6,
         exclude_classes=["3"],
         batch_size=128,
+        window_fixes=8,
     )
     new_data = {"train_dates": ["2017-03-21T05:00..2017-03-21T08:00"]}
     evaluation = ["2017-03-21T08:00..2017-03-21T11:00"]
@@ -162,9 +163,9 @@ def test_real_austin_line_added_to_a_real_classifier(shared_data: Path, tmp_path
             ).evaluation
     before = runs[1.0]["before"]
     assert before["old"]["n"] > 1000 and before["new"]["n"] > 100
-    assert before["old"]["acc"] > 0.5  # 6 real lines from 4 hours of one morning
-    # Pseudo-features of the old lines keep them (≤ 1 pp); plain frozen learns line 3 better.
-    assert before["old"]["acc"] - runs[1.0]["after"]["old"]["acc"] <= 0.01
-    assert runs[1.0]["after"]["new"]["acc"] > 0.05
-    assert before["old"]["acc"] - runs[0.0]["after"]["old"]["acc"] <= 0.05
-    assert runs[0.0]["after"]["new"]["acc"] > 0.4
+    assert before["old"]["acc"] > 0.6  # 6 real lines from 4 hours of one morning
+    drop = {p: before["old"]["acc"] - r["after"]["old"]["acc"] for p, r in runs.items()}
+    new = {p: r["after"]["new"]["acc"] for p, r in runs.items()}
+    # Pseudo-features of the old lines protect them; plain frozen learns line 3 better.
+    assert drop[1.0] < drop[0.0] <= 0.1 and new[0.0] > new[1.0] > 0.05
+    assert new[0.0] > 0.4

@@ -36,7 +36,7 @@ def test_setup_fits_classes_origin_and_scale_on_training_only(store):
     assert len(ds) == int((val.meta["line_key"] != "E").sum())
     assert ds.labels.min() >= 0 and ds.labels.max() == 3
     batch = next(iter(dm.train_dataloader()))
-    assert batch.features.shape[1:] == (8, len(CLASS_FEATURES)) and len(batch) == 16
+    assert batch.features.shape[1:] == (16, len(CLASS_FEATURES)) and len(batch) == 16
     assert "test" not in dm.windows
     dm.setup("test")
     assert set(dm.windows["test"].meta["service_date"]) == {"2024-05-08"}

