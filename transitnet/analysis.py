@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from transitnet.realtime.decode import FeedDecodeError, decode_vehicle_positions
 from transitnet.realtime.replay_sources import is_snapshot_name, is_tar_path
@@ -291,6 +292,7 @@ def read_raw_snapshots(
     end: TimeLike | None = None,
     *,
     timezone: str = "UTC",
+    progress: bool = False,
 ) -> RawSnapshots:
     """Decode the raw snapshots a feed archived in ``[start, end)`` (archive clock).
 
@@ -298,36 +300,61 @@ def read_raw_snapshots(
     reads what every snapshot really published, as freshness needs (a re-published old
     fix is what makes a feed stale).
 
+    Args:
+        store: Store root.
+        feed_id: The feed.
+        start: First archive time (None: from the first snapshot).
+        end: End of the range, excluded (None: to the last).
+        timezone: Zone of naive ``start``/``end`` values.
+        progress: Show a progress bar.
+
+    Returns:
+        Rows and failures (see :class:`RawSnapshots`); a snapshot that does not decode
+        is listed in ``failed``, never dropped silently.
+
     Raises:
         ValueError: for an empty range.
     """
     lo, hi = _range(start, end, timezone)
-    rows, failed = [], []
-    for path in iter_raw_files(Path(store), feed_id):
+    rows: list[pa.Table] = []
+    failed: list[tuple[str, str, str]] = []
+    files = iter_raw_files(Path(store), feed_id)
+    for path in tqdm(files, desc="decode raw snapshots", unit="snap", disable=not progress):
+        source = path.relative_to(store).as_posix()
         meta = _read_meta(path)
         clock = _archive_time(meta, path)
         if clock is None:
-            failed.append((path.relative_to(store).as_posix(), "no_time", "no archive time"))
-            continue
-        if (lo is not None and clock < lo) or (hi is not None and clock >= hi):
-            continue
-        headers = meta.get("headers")
-        recorded = isinstance(headers, dict) and "X-Transitnet-Archive-Clock" in headers
-        source = path.relative_to(store).as_posix()
-        try:
-            fetched_at = None if recorded else clock.to_pydatetime()
-            decoded = decode_vehicle_positions(
-                path.read_bytes(), feed_id=feed_id, fetched_at=fetched_at, source_file=source
-            )
-        except FeedDecodeError as exc:
-            failed.append((source, exc.kind, str(exc)))
-            continue
-        rows.append(to_pandas(decoded.positions))
+            failed.append((source, "no_time", "no fetch time in its meta nor its name"))
+        elif (lo is None or clock >= lo) and (hi is None or clock < hi):
+            headers = meta.get("headers")
+            recorded = isinstance(headers, dict) and "X-Transitnet-Archive-Clock" in headers
+            decoded = _decode_raw(path, feed_id, None if recorded else clock, source)
+            if isinstance(decoded, pa.Table):
+                rows.append(decoded)
+            else:
+                failed.append(decoded)
     if failed:
         logger.warning("%d raw snapshots did not decode (see RawSnapshots.failed)", len(failed))
-    empty = to_pandas(pa.schema(POSITION_FIELDS).empty_table())
-    frame = pd.concat(rows, ignore_index=True) if rows else empty
-    return RawSnapshots(frame, failed)
+    table = pa.concat_tables(rows) if rows else pa.schema(POSITION_FIELDS).empty_table()
+    return RawSnapshots(to_pandas(table), failed)
+
+
+def _decode_raw(
+    path: Path, feed_id: str, fetched_at: pd.Timestamp | None, source: str
+) -> pa.Table | tuple[str, str, str]:
+    """The rows of one raw snapshot, or ``(source, error kind, message)``."""
+    try:
+        body = path.read_bytes()
+        when = fetched_at.to_pydatetime() if fetched_at is not None else None
+        decoded = decode_vehicle_positions(
+            body, feed_id=feed_id, fetched_at=when, source_file=source
+        )
+    except FeedDecodeError as exc:
+        return (source, exc.kind, str(exc))
+    except OSError as exc:
+        return (source, "unreadable", str(exc))
+    positions: pa.Table = decoded.positions
+    return positions
 
 
 def _read_meta(path: Path) -> dict[str, object]:

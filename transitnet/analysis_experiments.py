@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from transitnet.analysis_plots import new_figure
@@ -105,35 +106,37 @@ def _get(data: dict[str, Any], *keys: str) -> float:
 def plot_learning_curves(report: dict[str, Any], dataset: str) -> Figure:
     """One panel per tier: a curve per init, with the references dashed."""
     table = tabulate_learning_curves(report, dataset)
-    warm = [i for i in table.index if " / " in str(i)]
-    refs = [i for i in table.index if " / " not in str(i)]
-    tiers = list(dict.fromkeys(str(i).split(" / ")[0] for i in warm))
+    warm = [str(i) for i in table.index if " / " in str(i)]
+    tiers = list(dict.fromkeys(i.split(" / ")[0] for i in warm))
     fig, axes = new_figure(1, max(1, len(tiers)), figsize=(4.3 * max(1, len(tiers)), 3.9),
-                             sharey=True, squeeze=False)  # fmt: skip
-    x = np.arange(len(table.columns))
+                           sharey=True, squeeze=False)  # fmt: skip
     focus = table.loc[[*warm, "unknown row (base model)"]].to_numpy(dtype=float)
     top = 1.25 * float(np.nanmax(focus)) if np.isfinite(focus).any() else math.nan
     for ax, tier in zip(axes[0], tiers, strict=False):
-        for name in warm:
-            if str(name).startswith(f"{tier} / "):
-                ax.plot(x, table.loc[name], marker="o", label=str(name).split(" / ")[1])
-        for j, name in enumerate(refs):
-            ys = table.loc[name].to_numpy(dtype=float)
-            ax.plot(
-                x, np.minimum(ys, top), ls="--", lw=1, color=f"C{(6 + j) % 10}", label=str(name)
-            )
-            for xi, y in zip(x, ys, strict=True):
-                if y > top:  # off the scale: drawn at the top edge, value written
-                    ax.annotate(f"{y:,.0f} m ↑", (xi, top), fontsize=7, ha="center", va="top")
-        ax.set_ylim(0, top if math.isfinite(top) else None)
-        ax.set_xticks(x, list(table.columns), rotation=20, fontsize=8)
-        ax.set_title(tier)
-        ax.grid(alpha=0.3)
+        _draw_tier(ax, table, tier, top)
     axes[0][0].set_ylabel("new-line MAE, mean over horizons (m)")
     axes[0][-1].legend(fontsize=7)
     new = select_dataset(report, dataset).get("spec", {}).get("new_lines", [])
     fig.suptitle(f"{dataset}: warm-starting new line(s) {', '.join(map(str, new))}")
     return fig
+
+
+def _draw_tier(ax: Axes, table: pd.DataFrame, tier: str, top: float) -> None:
+    """One tier's inits as curves and the references dashed, capped at ``top``."""
+    x = np.arange(len(table.columns))
+    for name in table.index:
+        ys = table.loc[name].to_numpy(dtype=float)
+        if str(name).startswith(f"{tier} / "):
+            ax.plot(x, ys, marker="o", label=str(name).split(" / ")[1])
+        elif " / " not in str(name):
+            ax.plot(x, np.minimum(ys, top), ls="--", lw=1, label=str(name))
+            for xi, y in zip(x, ys, strict=True):
+                if y > top:  # off the scale: drawn at the top edge, value written
+                    ax.annotate(f"{y:,.0f} m ↑", (xi, top), fontsize=7, ha="center", va="top")
+    ax.set_ylim(0, top if math.isfinite(top) else None)
+    ax.set_xticks(x, list(table.columns), rotation=20, fontsize=8)
+    ax.set_title(tier)
+    ax.grid(alpha=0.3)
 
 
 def tabulate_forgetting(

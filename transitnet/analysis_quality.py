@@ -61,16 +61,23 @@ def summarise_contents(
     """
     names = list(columns) if columns is not None else [
         c for c in positions.columns if not str(c).startswith("flag_")]  # fmt: skip
-    rows = []
-    for name in names:
-        col = positions[name]
-        is_set = col.notna() & (col.astype("string") != "").fillna(False)
-        values = col[is_set.to_numpy(dtype=bool)]
-        top = values.astype("string").value_counts()
-        rows.append({"column": name, "set_share": float(is_set.mean()) if len(col) else np.nan,
-                     "distinct": int(values.nunique()),
-                     "example": str(top.index[0]) if len(top) else ""})  # fmt: skip
-    return pd.DataFrame(rows).set_index("column")
+    rows = [{"column": name, **_describe_column(positions[name])} for name in names]
+    return pd.DataFrame(rows, columns=["column", "set_share", "distinct", "example"]).set_index(
+        "column")  # fmt: skip
+
+
+def _describe_column(col: pd.Series) -> dict[str, object]:
+    is_set = col.notna()
+    if pd.api.types.is_string_dtype(col) or col.dtype == object:
+        is_set &= (col.astype("string") != "").fillna(False)
+    values = col[is_set.to_numpy(dtype=bool)]
+    top = values.value_counts()  # on the values themselves: text only for the winner
+    share = float(is_set.mean()) if len(col) else np.nan
+    return {
+        "set_share": share,
+        "distinct": len(top),
+        "example": str(top.index[0]) if len(top) else "",
+    }
 
 
 def summarise_flags(positions: pd.DataFrame) -> pd.DataFrame:
@@ -192,9 +199,9 @@ def _freshness_rows(rows: pd.DataFrame) -> pd.DataFrame:
     has_fetch = fetched.notna() if fetched is not None else pd.Series(False, index=rows.index)
     clock_time = compute_snapshot_times(rows)
     header = rows["header_timestamp"]
-    snapshot = rows["source_file"] if "source_file" in rows else header.astype("string")
+    snapshot = _snapshot_ids(rows, clock_time)
     frame = pd.DataFrame({
-        "snapshot": snapshot.astype("string").fillna(clock_time.astype("string")),
+        "snapshot": snapshot,
         "clock_time": clock_time,
         "clock": np.where(has_fetch, "fetched_at", "header_timestamp"),
         "header_age_s": (clock_time - header).dt.total_seconds().where(has_fetch),
@@ -208,6 +215,15 @@ def _freshness_rows(rows: pd.DataFrame) -> pd.DataFrame:
     repeats = frame["vehicle_ts"].eq(frame["vehicle_ts"].shift()).fillna(False)
     frame["republished"] = (same_vehicle & repeats & frame["vehicle"].notna()).astype(float)
     return frame.sort_index()
+
+
+def _snapshot_ids(rows: pd.DataFrame, clock_time: pd.Series) -> np.ndarray:
+    """An integer per snapshot: its ``source_file``, else its clock time."""
+    key = rows["source_file"].astype("string") if "source_file" in rows else None
+    if key is None or key.isna().any():
+        text = clock_time.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").astype("string")
+        key = text if key is None else key.fillna(text)
+    return np.asarray(pd.factorize(key)[0], dtype=np.int64)
 
 
 def summarise_freshness(freshness: pd.DataFrame) -> pd.Series:
