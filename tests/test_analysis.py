@@ -12,6 +12,7 @@ import pytest
 from transitnet import analysis as an
 from transitnet import analysis_quality as aq
 from transitnet.realtime.encode import encode_feed_message
+from transitnet.store.archive import archive_body
 from transitnet.store.importers import import_paths
 from transitnet.store.parquet import write_positions
 
@@ -167,6 +168,21 @@ def test_read_raw_snapshots_keeps_republished_fixes_and_flags_bad_ones(tmp_path:
     assert len(late.rows) == 2
     nothing = an.read_raw_snapshots(store, "f", start="2030-01-01")
     assert nothing.rows.empty and "vehicle_timestamp" in nothing.rows.columns
+
+
+def test_raw_snapshots_of_a_polled_feed_carry_the_fetch_clock(tmp_path: Path) -> None:
+    # archived by a live poll (no meta written here: the clock comes from the file name)
+    for offset in (0, 30):
+        body = _snapshot(T0 + offset, [("a", T0 + offset - 12, 46.0)])
+        when = pd.Timestamp(T0 + offset + 5, unit="s", tz="UTC").to_pydatetime()
+        archive_body(tmp_path, "live", when, body, snapshot=True)
+    raw = an.read_raw_snapshots(tmp_path, "live")
+    assert raw.rows["fetched_at"].notna().all()
+    freshness = aq.compute_freshness(raw.rows)
+    assert freshness["clock"].tolist() == ["fetched_at", "fetched_at"]
+    assert freshness["header_age_s"].tolist() == [5.0, 5.0]
+    assert freshness["vehicle_age_p50_s"].tolist() == [17.0, 17.0]
+    assert freshness["meets_guideline"].tolist() == [True, True]
 
 
 def test_resolve_paths(tmp_path: Path) -> None:

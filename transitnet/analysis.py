@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from transitnet.realtime.decode import FeedDecodeError, decode_vehicle_positions
 from transitnet.realtime.replay_sources import is_snapshot_name, is_tar_path

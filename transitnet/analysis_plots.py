@@ -17,6 +17,9 @@ from matplotlib.figure import Figure
 
 from transitnet.analysis_quality import FRESHNESS_LIMIT_S, RULE_TITLES
 
+#: Distance-time plots with more trajectories than this leave out the per-fix markers.
+MAX_MARKED = 40
+
 
 def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
     """A figure and its axes, like ``pyplot.subplots`` but outside pyplot's registry.
@@ -163,20 +166,21 @@ def plot_trajectories(
 
     Columns in (``select_trajectories``): ``trajectory_id, vehicle_timestamp,
     dist_along_m``; optional ``is_reacquired`` (drawn as crosses: a jump after a gap) and
-    ``is_dwell`` (dots: dwelling at a stop).
+    ``is_dwell`` (dots: dwelling at a stop), marked up to :data:`MAX_MARKED` trajectories.
     """
     fig, ax = new_figure(figsize=(7.5, 4.2))
+    n = trajectories["trajectory_id"].nunique()
     for _, traj in trajectories.groupby("trajectory_id", sort=False):
         x = to_local(traj["vehicle_timestamp"], timezone)
         line = ax.plot(x, traj["dist_along_m"].to_numpy(dtype=float) / 1000, lw=1)[0]
         for column, marker in (("is_reacquired", "x"), ("is_dwell", ".")):
-            if column in traj:
+            if column in traj and n <= MAX_MARKED:
                 sel = traj[column].fillna(False).to_numpy(dtype=bool)
                 y = traj["dist_along_m"].to_numpy(dtype=float)[sel] / 1000
                 ax.plot(x[sel], y, marker, color=line.get_color(), ms=4)
     ax.set_ylabel("distance along the shape (km)")
-    n = trajectories["trajectory_id"].nunique()
-    ax.set_title(f"{title} ({n} trajectories; × re-acquired, • dwelling)")
+    marks = "; × re-acquired, • dwelling" if n <= MAX_MARKED else ""
+    ax.set_title(f"{title} ({n} trajectories{marks})")
     _time_axis(ax, timezone)
     return fig
 
