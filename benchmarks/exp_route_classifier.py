@@ -410,16 +410,19 @@ def table(result: dict[str, Any], key: str, shots: tuple[int, ...], pct: bool) -
 
 def plot_curves(result: dict[str, Any], key: str, shots: tuple[int, ...], ylabel: str) -> Any:
     """``key`` against n for the imprint-initialised methods, the prototype head and joint."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label in dict.fromkeys(
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    labels = dict.fromkeys(
         _label(r) for r in result["runs"] if r["init"] == "imprint" and r["mode"] != "none"
-    ):
+    )
+    colours = plt.get_cmap("tab20")
+    for i, label in enumerate(labels):
         vals = {r["n"]: r[key] for r in result["runs"] if _label(r) == label}
         ys = [
             np.nan if vals.get(n) is None else vals[n] * (100 if key != "old_acc_drop_pp" else 1)
             for n in shots
         ]
-        ax.plot(shots, ys, marker="o", label=label)
+        style = "--" if "linear" in label else "-"
+        ax.plot(shots, ys, style, marker="o", color=colours(i % 20), label=label)
     if key == "new_acc":
         ax.plot(
             shots,
@@ -436,7 +439,7 @@ def plot_curves(result: dict[str, Any], key: str, shots: tuple[int, ...], ylabel
     ax.set_ylabel(ylabel)
     ax.set_title(f"{result['dataset']}: {ylabel}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 
@@ -594,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--hidden-dim", type=int, help="Encoder width (ablation).")
     parser.add_argument("--epochs", type=int, help="Training epochs (ablation).")
+    parser.add_argument("--window-fixes", type=int, help="Fixes per window, K (ablation).")
     parser.add_argument(
         "--from-json", action="store_true", help="Re-render OUT/report.md and plots from JSON."
     )
@@ -615,11 +619,23 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join([".venv/bin/python benchmarks/exp_route_classifier.py", *sys.argv[1:]])
     facts = machine_facts()
     logger.info("machine: %s", facts)
-    results = [run_dataset(DATASETS[d], s, args.work or args.out / "work") for d in args.datasets]
+    specs = [DATASETS[d] for d in args.datasets]
+    if args.window_fixes:
+        specs = [replace(spec, window_fixes=args.window_fixes) for spec in specs]
+    results = [run_dataset(spec, s, args.work or args.out / "work") for spec in specs]
     setup = (
         f"Command: `{command}` (seed {s.seed}). Settings: `{asdict(s)}`. "
+        f"Windows (K fixes, stride): {[(p.name, p.window_fixes, p.stride) for p in specs]}. "
         f"Machine: `{facts}`. Data: Austin CapMetrics (MIT, Capital Metro open data), "
-        "Auckland Transport (AT licence)."
+        "Auckland Transport (AT licence).\n\n"
+        "How to read: *frozen* is the no-old-data mode (encoder, old rows and biases frozen); "
+        "*+pseudo* adds pseudo-features of old lines drawn from their stored feature "
+        "statistics; *+old-data* trains the new rows against 200 real old windows per line "
+        "with the encoder still frozen: the best a frozen backbone with one row per line can "
+        "do, so a drop it cannot avoid is missing from the frozen features, not from the head "
+        "or its calibration. WA is a no-op on the cosine head (the default), hence the "
+        "linear-head rows. Joint retraining starts from scratch on the old lines' data plus "
+        "the same n example trajectories."
     )
     write_outputs(
         results,
