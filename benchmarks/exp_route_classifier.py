@@ -468,6 +468,17 @@ def plot_grid(result: dict[str, Any], n: int) -> Any:
     return fig
 
 
+HOW_TO_READ = (
+    "*frozen* is the no-old-data mode (encoder, old rows and biases frozen); *+pseudo* adds "
+    "pseudo-features of old lines drawn from their stored feature statistics; *+old-data* "
+    "trains the new rows against 200 real old windows per line with the encoder still "
+    "frozen: the best a frozen backbone with one row per line can do, so a drop it cannot "
+    "avoid is missing from the frozen features, not from the head or its calibration. WA is "
+    "a no-op on the cosine head (the default), hence the linear-head rows. Joint retraining "
+    "starts from scratch on the old lines' data plus the same n example trajectories. Old-"
+    "class drop = base accuracy on old lines minus the grown model's (pp); accuracies are "
+    "class-incremental (every window is classified among all lines)."
+)
 CURVES = (
     ("new_acc", "new-class accuracy (%)"),
     ("old_acc_drop_pp", "old-class accuracy drop (pp)"),
@@ -532,7 +543,7 @@ def write_outputs(
     results: list[dict[str, Any]], s: Settings, out: Path, meta: dict[str, Any]
 ) -> None:
     """report.json, report.md and the PNG plots."""
-    sections = [("Setup", meta["setup"])]
+    sections = [("Setup", meta["setup"]), ("How to read", HOW_TO_READ)]
     for res in results:
         res["bars"] = check_bars(res, s)
         name, n_max = res["dataset"], max(s.shots)
@@ -627,15 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}` (seed {s.seed}). Settings: `{asdict(s)}`. "
         f"Windows (K fixes, stride): {[(p.name, p.window_fixes, p.stride) for p in specs]}. "
         f"Machine: `{facts}`. Data: Austin CapMetrics (MIT, Capital Metro open data), "
-        "Auckland Transport (AT licence).\n\n"
-        "How to read: *frozen* is the no-old-data mode (encoder, old rows and biases frozen); "
-        "*+pseudo* adds pseudo-features of old lines drawn from their stored feature "
-        "statistics; *+old-data* trains the new rows against 200 real old windows per line "
-        "with the encoder still frozen: the best a frozen backbone with one row per line can "
-        "do, so a drop it cannot avoid is missing from the frozen features, not from the head "
-        "or its calibration. WA is a no-op on the cosine head (the default), hence the "
-        "linear-head rows. Joint retraining starts from scratch on the old lines' data plus "
-        "the same n example trajectories."
+        "Auckland Transport (AT licence)."
     )
     write_outputs(
         results,
