@@ -235,7 +235,8 @@ def tabulate_class_extension(
 def plot_class_tradeoff(report: dict[str, Any], dataset: str, n: int | None = None) -> Figure:
     """New-class accuracy against old-class accuracy drop per method at ``n`` examples.
 
-    Upper left is best; the joint retraining point is the upper bound for new classes.
+    Upper left is best; joint retraining (dashed) is the upper bound for new classes. The
+    methods are named next to the first init's points (the same methods for every init).
     """
     res = select_dataset(report, dataset)
     n = n if n is not None else max(int(r["n"]) for r in res["runs"])
@@ -245,9 +246,9 @@ def plot_class_tradeoff(report: dict[str, Any], dataset: str, n: int | None = No
         mine = [r for r in runs if r["init"] == init]
         ax.scatter([_get(r, "old_acc_drop_pp") for r in mine],
                    [100 * _get(r, "new_acc") for r in mine], color=f"C{j}", label=init)  # fmt: skip
-        for r in mine:
+        for r in mine if j == 0 else []:  # methods named once, on the first init's points
             ax.annotate(str(r["method"]), (_get(r, "old_acc_drop_pp"), 100 * _get(r, "new_acc")),
-                        fontsize=6, alpha=0.7)  # fmt: skip
+                        fontsize=6, alpha=0.8)  # fmt: skip
     joint = res.get("joint", {}).get(str(n))
     if joint:
         ax.axhline(100 * _get(joint, "new", "acc"), color="k", ls="--", lw=1,
