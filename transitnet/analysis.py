@@ -1,10 +1,18 @@
-"""Notebook-facing helpers: load a feed, summarise what it holds, follow vehicles on routes.
+"""Notebook-facing helpers, part 1: load a feed's positions, raw snapshots and matches.
 
-Every function takes a table first and says which columns it reads and returns, so a
-notebook holds narrative and calls, not logic. Plots live in
-:mod:`transitnet.analysis_plots`, maps in :mod:`transitnet.analysis_maps`, and the
-experiment reports (``metrics.json``, the new-line and classifier reports) in
-:mod:`transitnet.analysis_reports`.
+The analysis API keeps notebooks to narrative and calls. Every function takes a table
+first and says which columns it reads and returns:
+
+- :mod:`transitnet.analysis` (this module): read positions, matched positions and raw
+  snapshots for a time range; cut a time range out of a recorded archive;
+- :mod:`transitnet.analysis_quality`: fields set, rule flags over time, freshness,
+  cadence and stale fixes, activity;
+- :mod:`transitnet.analysis_matching`: match status and offsets, trajectories,
+  headways, naive projection against the matcher;
+- :mod:`transitnet.analysis_plots` and :mod:`transitnet.analysis_maps`: figures
+  (returned, never shown) and folium maps;
+- :mod:`transitnet.analysis_reports` (``metrics.json``, ETA bands) and
+  :mod:`transitnet.analysis_experiments` (new-line and classifier reports).
 
 Times: ``start``/``end`` arguments take anything ``pandas.Timestamp`` does; a naive value
 is read in the ``timezone`` argument (default UTC). Every returned timestamp is tz-aware
