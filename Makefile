@@ -31,9 +31,14 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+# Every notebook runs top to bottom on the real data in fast mode (outputs stay stripped in git).
+notebooks: $(STAMP)
+	@tmp=$$(mktemp -d) && TMPDIR=$$tmp MPLBACKEND=Agg $(BIN)/pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=600 notebooks/; \
+	status=$$?; rm -rf $$tmp; exit $$status
+
 check: lint typecheck
 
-test: check unit
+test: check unit notebooks
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do [ "$$f" = benchmarks/bench_common.py ] && continue; $(BIN)/python $$f --quick || exit 1; done
