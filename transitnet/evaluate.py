@@ -8,6 +8,7 @@ scores model and baselines on exactly the same test windows.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -67,9 +68,11 @@ def load_datamodule(ckpt: dict[str, Any], **overrides: Any) -> TransitDataModule
 
     Every override given is applied, ``None`` included (to clear a period).
     """
-    hparams = dict(ckpt.get("datamodule_hyper_parameters", {}))
+    accepted = set(inspect.signature(TransitDataModule.__init__).parameters) - {"self"}
+    saved = ckpt.get("datamodule_hyper_parameters", {})
+    # LightningCLI adds bookkeeping keys (_class_path, _instantiator): keep real arguments.
+    hparams = {k: v for k, v in saved.items() if k in accepted}
     hparams.update(overrides)
-    hparams.pop("_class_path", None)
     dm = TransitDataModule(**hparams)
     state = ckpt.get(TransitDataModule.__qualname__)
     if state is None:

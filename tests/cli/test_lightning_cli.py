@@ -47,3 +47,14 @@ def test_fit_fast_dev_run_through_the_real_cli(tmp_path: Path) -> None:
         "false",
     ]
     assert main(args) == 0
+
+
+def test_data_overrides_keep_dates_as_text(tmp_path: Path) -> None:
+    from transitnet.cli.overrides import parse_data_overrides
+
+    out = parse_data_overrides(
+        ["--data.train_dates", "[2017-03-16, 2017-03-17..2017-03-18]", "--data.batch_size=64"]
+    )
+    assert out == {"train_dates": ["2017-03-16", "2017-03-17..2017-03-18"], "batch_size": 64}
+    with pytest.raises(ValueError, match="only --data"):
+        parse_data_overrides(["--model.lr", "1"])

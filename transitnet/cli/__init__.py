@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transitnet.cli.match",
     "transitnet.cli.evaluate",
     "transitnet.cli.extend",
+    "transitnet.cli.extend_classes",
     "transitnet.cli.demo",
 )
 

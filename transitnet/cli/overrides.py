@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,5 +37,14 @@ def parse_data_overrides(extra: Sequence[str], config: Path | None = None) -> di
                 raise ValueError(f"{flag} needs a value")
             key, value = flag[len("--data.") :], items[i + 1]
             i += 2
-        out[key] = yaml.safe_load(value)
+        out[key] = _dates_as_text(yaml.safe_load(value))
     return out
+
+
+def _dates_as_text(value: Any) -> Any:
+    """YAML reads ``2017-03-16`` as a date; periods are given as text, so turn it back."""
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, list):
+        return [_dates_as_text(v) for v in value]
+    return value

@@ -1,5 +1,6 @@
 """LightningModules (the only ones in the package)."""
 
+from transitnet.tasks.classification import ClassificationTask
 from transitnet.tasks.forecasting import ForecastingTask
 
-__all__ = ["ForecastingTask"]
+__all__ = ["ClassificationTask", "ForecastingTask"]
