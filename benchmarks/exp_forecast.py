@@ -26,16 +26,16 @@ import pytorch_lightning as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from exp_common import DATA, machine_facts, prepare_store, quiet_lightning  # noqa: E402
+from exp_common import DATA, machine_facts, prepare_store, quiet_lightning
 
-from transitnet.datamodules.transit import TransitDataModule  # noqa: E402
-from transitnet.evaluate import (  # noqa: E402
+from transitnet.datamodules.transit import TransitDataModule
+from transitnet.evaluate import (
     run_evaluation,
     summarise,
     write_evaluation_report,
     write_metrics,
 )
-from transitnet.tasks.forecasting import ForecastingTask  # noqa: E402
+from transitnet.tasks.forecasting import ForecastingTask
 
 logger = logging.getLogger("exp_forecast")
 
