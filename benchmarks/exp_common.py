@@ -119,6 +119,9 @@ def clone_datamodule(
 ) -> TransitDataModule:
     """A DataModule with ``dm``'s arguments holding ``windows`` (no store reads).
 
+    Periods of splits missing from ``windows`` are cleared, so ``setup`` never reads
+    the store for them.
+
     Args:
         dm: The DataModule to copy arguments (and, with ``keep_state``, vocabulary and
             scalers) from.
@@ -127,6 +130,8 @@ def clone_datamodule(
             copy's ``train`` windows by :meth:`TransitDataModule.setup`.
     """
     hp = {k: v for k, v in dict(dm.hparams).items() if k != "_class_path"}
+    hp |= {f"{split}_dates": None for split in ("train", "val", "test") if split not in windows}
+    hp["predict_dates"] = None
     out = TransitDataModule(**hp)
     out.windows = dict(windows)
     if keep_state:
@@ -219,14 +224,15 @@ def fit_forecaster(
     seed: int,
     ckpt: Path,
     patience: int = 3,
+    min_steps: int = 0,
 ) -> Fit:
     """Train a :class:`ForecastingTask` on ``dm``'s ``train`` windows.
 
     With ``val`` windows in ``dm``, training stops once the validation MAE has not
-    improved for ``patience`` epochs and the best epoch's weights are kept; otherwise it
-    runs ``epochs`` epochs. Scalers and vocabulary are fitted on the training windows
-    unless ``dm`` already has them. The kept weights, with the DataModule's state, are
-    written to ``ckpt``.
+    improved for ``patience`` epochs (but not before ``min_steps``) and the best epoch's
+    weights are kept; otherwise it runs ``epochs`` epochs. Scalers and vocabulary are
+    fitted on the training windows unless ``dm`` already has them. The kept weights, with
+    the DataModule's state, are written to ``ckpt``.
     """
     pl.seed_everything(seed, workers=True, verbose=False)
     validate = "val" in dm.windows
@@ -238,6 +244,7 @@ def fit_forecaster(
         callbacks = [best, pl.callbacks.EarlyStopping("val_mae", patience=patience)]
     trainer = pl.Trainer(
         max_epochs=epochs,
+        min_steps=min_steps,
         logger=False,
         callbacks=callbacks,
         enable_checkpointing=validate,

@@ -43,14 +43,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import exp_common as ec
-from exp_new_line_report import TIERS, check_bars, write_outputs
+from exp_new_line_report import (
+    TIERS,
+    check_bars,
+    describe_windows,
+    new_line_mae,
+    score,
+    summarise,
+    write_outputs,
+)
 
 from transitnet.baselines import HistoricalMean, predict_constant_speed
 from transitnet.datamodules.transit import TransitDataModule
 from transitnet.datasets.windows import Windows, concat_windows
 from transitnet.evaluate import predict_windows
 from transitnet.extend import ExtensionConfig, train_extension
-from transitnet.metrics import compute_mae
 
 logger = logging.getLogger("exp_new_line")
 INITS = ("unknown", "mean", "mean_cov", "similar", "random")
@@ -109,6 +116,23 @@ DATASETS = {
 }
 
 
+#: What was tried before settling (run with init ``unknown`` at the first or last level):
+#: ``(label, level, tier, ExtensionConfig overrides, use the full step budget)``.
+ABLATIONS: tuple[tuple[str, str, str, dict[str, Any], bool], ...] = (
+    ("no anchor", "last", "partial", {"anchor_weight": 0.0}, False),
+    ("no anchor", "last", "replay", {"anchor_weight": 0.0}, False),
+    ("no anchor, distillation x10", "last", "partial",
+     {"anchor_weight": 0.0, "distill_weight": 10.0}, False),
+    ("no anchor, layer lr 1e-4", "last", "partial", {"anchor_weight": 0.0, "layer_lr": 1e-4},
+     False),
+    ("anchor x100", "last", "partial", {"anchor_weight": 100.0}, False),
+    ("anchor x100", "last", "replay", {"anchor_weight": 100.0}, False),
+    ("new-row lr 1e-2", "last", "row-only", {"new_row_lr": 1e-2}, False),
+    ("full step budget", "first", "row-only", {}, True),
+    ("full step budget", "first", "partial", {}, True),
+)  # fmt: skip
+
+
 @dataclass
 class Settings:
     """Model size, budgets and extension hyperparameters (fixed seeds)."""
@@ -118,13 +142,15 @@ class Settings:
     epochs: int = 30
     batch_size: int = 256
     ext_steps_frac: float = 0.08
+    ext_epochs: int = 30
     new_row_lr: float = 3e-2
     layer_lr: float = 3e-4
     distill_weight: float = 1.0
-    anchor_weight: float = 0.0
+    anchor_weight: float = 1.0
     replay_per_line: int = 64
     random_draws: int = 5
     reference_seeds: int = 2
+    ablations: bool = True
     inits: tuple[str, ...] = INITS
     tiers: tuple[str, ...] = TIERS
     min_line_windows: int = 100
@@ -196,60 +222,6 @@ def load_data(spec: Spec, settings: Settings, work: Path) -> Data:
     return Data(spec, dm, old, new_all, val, test, levels)
 
 
-def new_line_mae(pred: np.ndarray, data: Data) -> dict[str, float]:
-    """``{horizon: MAE, "mean": …}`` of ``(N_new, H)`` point forecasts on the new lines."""
-    t = data.test.subset(data.is_new_test)
-    mae = compute_mae(pred, t.targets, t.target_mask)
-    out = {str(h): float(v) for h, v in zip(t.horizons_s, mae, strict=True)}
-    return {**out, "mean": float(np.nanmean(mae))}
-
-
-def score(pred: np.ndarray, base_pred: np.ndarray, data: Data, min_n: int) -> dict[str, Any]:
-    """New-line MAE, old lines' forgetting against the base, and bit-identity.
-
-    Args:
-        pred: ``(N, H, Q)`` forecasts on ``data.test``.
-        base_pred: The base model's ``(N, H, Q)`` forecasts on the same windows.
-        data: The dataset (test windows, new line keys).
-        min_n: Old lines with fewer test windows are left out of forgetting.
-    """
-    test, mid, is_new = data.test, pred.shape[-1] // 2, data.is_new_test
-    old = ~is_new
-    rel, rel_h = ec.compute_relative_change(
-        pred[old, :, mid],
-        base_pred[old, :, mid],
-        test.targets[old],
-        test.target_mask[old],
-        test.meta["line_key"].astype(str).to_numpy()[old],
-        min_n,
-    )
-    worst = max(rel, key=lambda k: rel[k]) if rel else None
-    by_h = np.nanmean(rel_h, axis=0) if len(rel_h) else np.full(rel_h.shape[1], np.nan)
-    return {
-        "new_mae_m": new_line_mae(pred[is_new, :, mid], data),
-        "forgetting": {
-            "mean_rel": float(np.mean(list(rel.values()))) if rel else math.nan,
-            "worst_rel": rel[worst] if worst else math.nan,
-            "worst_line": worst,
-            "lines": len(rel),
-            "mean_rel_by_h": dict(zip(map(str, test.horizons_s), by_h.tolist(), strict=True)),
-        },
-        "old_max_abs_diff_m": float(np.abs(pred[old] - base_pred[old]).max(initial=0.0)),
-    }
-
-
-def summarise(pred: np.ndarray, data: Data) -> dict[str, Any]:
-    """A reference model's new-line MAE and its MAE over all old-line test windows."""
-    mid, old = pred.shape[-1] // 2, ~data.is_new_test
-    t = data.test
-    mae = compute_mae(pred[old, :, mid], t.targets[old], t.target_mask[old])
-    old_mae = {
-        **{str(h): float(v) for h, v in zip(t.horizons_s, mae, strict=True)},
-        "mean": float(np.nanmean(mae)),
-    }
-    return {"new_mae_m": new_line_mae(pred[data.is_new_test, :, mid], data), "old_mae_m": old_mae}
-
-
 class Experiment:
     """Trains the references, then runs every init × tier × level on one dataset."""
 
@@ -257,16 +229,20 @@ class Experiment:
         self.data, self.s, self.work = data, settings, work
         self.task_kwargs = {"hidden_dim": settings.hidden_dim, "line_dim": settings.line_dim}
         self.dms: dict[str, TransitDataModule] = {}
-        self.result: dict[str, Any] = {"runs": [], "scratch": {}, "historical_mean": {}}
+        self.bases: dict[str, ec.Fit] = {}
+        self.ckpts: dict[str, dict[str, Any]] = {}
+        self.result: dict[str, Any] = {"runs": [], "ablations": [], "scratch": {}}
+        self.result["historical_mean"] = {}
 
     def fit(
-        self, name: str, train: Windows, val: Windows, test: Windows, epochs: int, seed: int
+        self, name: str, train: Windows, val: Windows, epochs: int, seed: int, min_steps: int = 0
     ) -> ec.Fit:
         """Train a fresh forecaster (own vocabulary and scalers), early-stopped on ``val``."""
-        windows = {"train": train, "val": val, "test": test}
+        windows = {"train": train, "val": val, "test": self.data.test}
         dm = ec.clone_datamodule(self.data.dm, windows, keep_state=False)
+        ckpt = self.work / f"{name}.ckpt"
         fit = ec.fit_forecaster(
-            dm, self.task_kwargs, epochs=epochs, seed=seed, ckpt=self.work / f"{name}.ckpt"
+            dm, self.task_kwargs, epochs=epochs, seed=seed, ckpt=ckpt, min_steps=min_steps
         )
         self.dms[name] = dm
         logger.info(
@@ -292,8 +268,8 @@ class Experiment:
         seeds: list[dict[str, Any]] = []
         for seed in range(s.seed, s.seed + max(1, s.reference_seeds)):
             tag = "" if seed == s.seed else f"_seed{seed}"
-            base = self.fit("base" + tag, d.train_old, old_val, d.test, s.epochs, seed)
-            joint = self.fit("joint" + tag, everything, d.val, d.test, s.epochs, seed)
+            base = self.fit("base" + tag, d.train_old, old_val, s.epochs, seed)
+            joint = self.fit("joint" + tag, everything, d.val, s.epochs, seed)
             preds = [
                 predict_windows(f.task, self.dms[n + tag], "test")
                 for f, n in ((base, "base"), (joint, "joint"))
@@ -305,15 +281,21 @@ class Experiment:
                     "joint": self.compute(joint) | summarise(preds[1], d),
                 }
             )
+            self.bases[tag] = base
+            self.ckpts[tag] = torch.load(
+                self.work / f"base{tag}.ckpt", map_location="cpu", weights_only=False
+            )
+            seeds[-1]["zero_shot"] = self.zero_shot(tag)
             if seed == s.seed:
-                self.base, self.base_pred, joint_pred = base, preds[0], preds[1]
+                self.base_pred, joint_pred = preds[0], preds[1]
                 self.result["joint"] = seeds[0]["joint"] | score(joint_pred, preds[0], d, 1)
-        self.ckpt = torch.load(self.work / "base.ckpt", map_location="cpu", weights_only=False)
         self.result["base"] = seeds[0]["base"]
+        self.base = self.bases[""]
         self.result["reference_seeds"] = seeds
         test_new = d.test.subset(d.is_new_test)
         self.result["constant_speed_mae_m"] = new_line_mae(predict_constant_speed(test_new), d)
         self.ext_steps = max(1, round(s.ext_steps_frac * self.result["joint"]["steps"]))
+        self.result["ext_steps"] = {"cap": self.ext_steps}
 
     @staticmethod
     def compute(fit: ec.Fit) -> dict[str, Any]:
@@ -329,25 +311,33 @@ class Experiment:
         """A model trained on the new line's level-k windows only; the historical mean."""
         d, s = self.data, self.s
         test_new = d.test.subset(d.is_new_test)
-        epochs = max(s.epochs, math.ceil(self.ext_steps / ec.batches_per_epoch(len(new_k), 256)))
+        per_epoch = ec.batches_per_epoch(len(new_k), s.batch_size)
+        epochs = max(s.epochs, math.ceil(self.result["joint"]["steps"] / per_epoch))
         name = "scratch_" + level.replace(":", "_")
-        fit = self.fit(name, new_k, self.new_val, test_new, epochs, s.seed)
-        pred = predict_windows(fit.task, self.dms[name], "test")
+        fit = self.fit(name, new_k, self.new_val, epochs, s.seed, min_steps=self.ext_steps)
+        pred = predict_windows(fit.task, self.dms[name], "test")[d.is_new_test]
         mae = new_line_mae(pred[..., pred.shape[-1] // 2], d)
         self.result["scratch"][level] = self.compute(fit) | {"new_mae_m": mae}
         hist = HistoricalMean().fit(concat_windows([d.train_old, new_k]))(test_new)
         self.result["historical_mean"][level] = new_line_mae(hist, d)
 
-    def extend(self, level: str, new_k: Windows | None, init: str, tier: str, seed: int) -> None:
-        """One warm start: grow the base by the new lines, train under ``tier``, score."""
-        d, s = self.data, self.s
-        train = d.train_old if new_k is None else concat_windows([d.train_old, new_k])
-        dm = ec.clone_datamodule(self.dms["base"], {"train": train, "test": d.test})
-        cfg = ExtensionConfig(
+    def steps_for(self, level: str, new_k: Windows | None) -> int:
+        """Extension steps at a level: ``ext_epochs`` over its windows, capped by the budget."""
+        if new_k is None:
+            return 0
+        per_epoch = ec.batches_per_epoch(len(new_k), self.s.batch_size)
+        steps: int = min(self.ext_steps, self.s.ext_epochs * per_epoch)
+        self.result["ext_steps"][level] = steps
+        return steps
+
+    def config(self, init: str, tier: str, steps: int, seed: int) -> ExtensionConfig:
+        """The extension settings of one run."""
+        s, d = self.s, self.data
+        return ExtensionConfig(
             new_lines=list(d.spec.new_lines),
             init=f"similar:{','.join(d.spec.similar)}" if init == "similar" else init,
             tier=tier,
-            max_steps=self.ext_steps,
+            max_steps=steps,
             new_row_lr=s.new_row_lr,
             layer_lr=s.layer_lr,
             distill_weight=s.distill_weight,
@@ -356,38 +346,78 @@ class Experiment:
             batch_size=s.batch_size,
             seed=seed,
         )
-        pl.seed_everything(seed, workers=True, verbose=False)
+
+    def grow(self, tag: str, train: Windows, cfg: ExtensionConfig) -> tuple[Any, Any, Any, Any]:
+        """Grow base ``tag`` by the new lines and train it on ``train`` (timed)."""
+        dm = ec.clone_datamodule(self.dms["base" + tag], {"train": train, "test": self.data.test})
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
         with ec.Stopwatch() as sw:
             task, rep = train_extension(
-                self.ckpt, self.base.task, dm, list(d.spec.new_lines), cfg, progress_bar=False
+                self.ckpts[tag],
+                self.bases[tag].task,
+                dm,
+                list(cfg.new_lines),
+                cfg,
+                progress_bar=False,
             )
-        run: dict[str, Any] = {
-            "level": level,
-            "init": init,
-            "tier": tier,
-            "seed": seed,
-            "steps": rep.steps,
-        }
-        run |= {"wall_s": sw.wall_s, "cpu_s": sw.cpu_s, "train_windows": rep.train_windows}
-        run |= {"replay_windows": rep.replay_windows}
+        return task, rep, dm, sw
+
+    def draws(self) -> range:
+        """Seeds of the random init's draws."""
+        return range(self.s.seed, self.s.seed + max(1, self.s.random_draws))
+
+    def zero_shot(self, tag: str) -> dict[str, Any]:
+        """New-line MAE (mean over horizons) of every init with no training, on base ``tag``."""
+        d, s = self.data, self.s
+        out: dict[str, Any] = {}
+        for init in s.inits:
+            maes = []
+            for seed in self.draws() if init == "random" else [s.seed]:
+                task, _, dm, _ = self.grow(
+                    tag, d.train_old, self.config(init, "zero-shot", 0, seed)
+                )
+                pred = predict_windows(task, dm, "test")[d.is_new_test]
+                maes.append(new_line_mae(pred[..., pred.shape[-1] // 2], d)["mean"])
+            out[init] = float(np.mean(maes))
+        return out
+
+    def extend(
+        self,
+        level: str,
+        new_k: Windows | None,
+        init: str,
+        tier: str,
+        seed: int,
+        ablation: tuple[str, dict[str, Any], bool] | None = None,
+    ) -> None:
+        """One warm start: grow the base by the new lines, train under ``tier``, score.
+
+        ``ablation`` is ``(label, settings overrides, use the full step budget)``; its run
+        goes to ``result["ablations"]`` instead of ``result["runs"]``.
+        """
+        d, s = self.data, self.s
+        label, overrides, full = ablation or ("", {}, False)
+        train = d.train_old if new_k is None else concat_windows([d.train_old, new_k])
+        steps = self.ext_steps if full else self.steps_for(level, new_k)
+        cfg = replace(self.config(init, tier, steps, seed), **overrides)
+        task, rep, dm, sw = self.grow("", train, cfg)
+        run: dict[str, Any] = {"level": level, "init": init, "tier": tier, "seed": seed}
+        run |= {"steps": rep.steps, "wall_s": sw.wall_s, "cpu_s": sw.cpu_s}
+        run |= {"train_windows": rep.train_windows, "replay_windows": rep.replay_windows}
         run |= score(predict_windows(task, dm, "test"), self.base_pred, d, s.min_line_windows)
-        logger.info(
-            "%s %s %s/%s seed %d: new-line MAE %.0f m, forgetting %+.2f %%",
-            d.spec.name,
-            level,
-            tier,
-            init,
-            seed,
-            run["new_mae_m"]["mean"],
-            100 * run["forgetting"]["mean_rel"],
-        )
-        self.result["runs"].append(run)
+        mae, forget = run["new_mae_m"]["mean"], 100 * run["forgetting"]["mean_rel"]
+        logger.info("%s %s %s/%s seed %d %s: new-line MAE %.0f m, forgetting %+.2f %%",
+                    d.spec.name, level, tier, init, seed, label, mae, forget)  # fmt: skip
+        if ablation:
+            self.result["ablations"].append(run | {"ablation": label, "overrides": overrides})
+        else:
+            self.result["runs"].append(run)
 
     def run(self) -> dict[str, Any]:
         """Every reference and run; returns the dataset's results."""
         s, first = self.s, self.data.spec.levels[0]
         self.references()
-        draws = range(s.seed, s.seed + max(1, s.random_draws))
+        draws = self.draws()
         for init in s.inits:
             for seed in draws if init == "random" else [s.seed]:
                 self.extend("k=0", None, init, "zero-shot", seed)
@@ -398,25 +428,13 @@ class Experiment:
                 for init in s.inits:
                     for seed in draws if init == "random" and level == first else [s.seed]:
                         self.extend(level, new_k, init, tier, seed)
-        self.result["ext_steps"] = self.ext_steps
+        levels = self.data.spec.levels
+        for label, at, tier, overrides, full in ABLATIONS if s.ablations else ():
+            level = levels[0] if at == "first" else levels[-1]
+            ablation = (label, overrides, full)
+            self.extend(level, self.data.levels[level], "unknown", tier, s.seed, ablation)
         self.result["windows"] = describe_windows(self.data)
         return self.result
-
-
-def describe_windows(data: Data) -> dict[str, Any]:
-    """Window and trip counts per split and level."""
-    levels = {
-        lv: {"windows": len(w), "trips": len(w.meta[["vehicle_id", "trip_id"]].drop_duplicates())}
-        for lv, w in data.levels.items()
-    }
-    return {
-        "train_old": len(data.train_old),
-        "train_new": len(data.new_all),
-        "test": len(data.test),
-        "test_new": int(data.is_new_test.sum()),
-        "old_lines": int(data.train_old.meta["line_key"].nunique()),
-        "levels": levels,
-    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -432,6 +450,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "epochs": int,
         "hidden_dim": int,
         "ext_steps_frac": float,
+        "ext_epochs": int,
         "new_row_lr": float,
         "layer_lr": float,
         "distill_weight": float,
@@ -445,6 +464,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     }
     for name, kind in options.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
+    p.add_argument("--ablations", action=argparse.BooleanOptionalAction, help="Default: on.")
     p.add_argument("--inits", nargs="+", choices=INITS)
     p.add_argument("--tiers", nargs="+", choices=TIERS)
     return p.parse_args(argv)
@@ -460,6 +480,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
             epochs=3,
             random_draws=2,
             reference_seeds=1,
+            ablations=False,
             min_line_windows=30,
             max_train_windows=6000,
             max_test_windows=6000,

@@ -47,7 +47,8 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
     spec = tmp_path / "syn.json"
     spec.write_text(json.dumps(_spec(store)))
     out = tmp_path / "out"
-    assert exp.main(["--out", str(out), "--quick", "--datasets", "--spec", str(spec)]) == 0
+    argv = ["--out", str(out), "--quick", "--ablations", "--datasets", "--spec", str(spec)]
+    assert exp.main(argv) == 0
 
     report = json.loads((out / "report.json").read_text())
     res = report["datasets"]["syn"]
@@ -62,6 +63,8 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
         assert {(level, t, i) for t in exp.TIERS for i in inits} <= combos
         assert res["scratch"][level]["steps"] > 0
     assert {("k=0", "zero-shot", i) for i in inits} <= combos
+    zero_shot = res["reference_seeds"][0]["zero_shot"]
+    assert set(zero_shot) == set(inits) and zero_shot["unknown"] == res["base"]["new_mae_m"]["mean"]
     by = {(r["level"], r["tier"], r["init"]): r for r in res["runs"]}
     for r in res["runs"]:
         assert r["new_mae_m"]["mean"] > 0 and r["steps"] == (0 if r["tier"] == "zero-shot" else 1)
@@ -74,8 +77,18 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
     bars = {b["bar"]: b for b in res["bars"]}
     assert bars["row-only (and zero-shot) forgetting exactly 0"]["passed"] is True
     assert len(bars) == 5 and all(isinstance(b["passed"], bool) for b in res["bars"])
+    assert [(a["ablation"], a["tier"]) for a in res["ablations"]] == [
+        (label, tier) for label, _, tier, _, _ in exp.ABLATIONS
+    ]
+    full = [a for a in res["ablations"] if a["ablation"] == "full step budget"]
+    assert all(a["level"] == "trips:1" and a["steps"] == res["ext_steps"]["cap"] for a in full)
     md = (out / "report.md").read_text()
-    assert "### Bars" in md and "joint retraining (upper bound)" in md and report["command"] in md
+    assert (
+        "### Bars" in md
+        and "### Ablations" in md
+        and "joint retraining (upper bound)" in md
+        and report["command"] in md
+    )
     for png in ("syn_learning_curve.png", "syn_forgetting.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -155,6 +168,18 @@ def test_bars_fail_when_measured_values_miss_them() -> None:
     beat = bars[-1]
     assert beat["passed"] is False and "zero-shot/mean (+4.3 %)" in beat["value"]
     assert "unknown" not in beat["value"]  # 110 < 115: beats the mean of the draws
+
+    # With zero-shot tables of several base seeds, k=0 is judged on their means.
+    seeds = [
+        {"zero_shot": {"mean": 100.0, "random": 90.0}},
+        {"zero_shot": {"mean": 100.0, "random": 130.0}},
+    ]
+    res = {"joint": joint, "runs": runs, "settings_seed": 0, "reference_seeds": seeds}
+    beat = report.check_bars(res, ["all"])[-1]
+    assert beat["passed"] is True and beat["value"] == "all beat random"  # 100 < (90 + 130) / 2
+    seeds[1]["zero_shot"]["random"] = 100.0
+    beat = report.check_bars(res, ["all"])[-1]
+    assert "k=0 zero-shot/mean (+5.3 %, 2 base seeds)" in beat["value"]
 
     joint = {**joint, "steps": 1000, "cpu_s": 1000.0, "wall_s": 1000.0}
     runs[1:3] = [_run("k=0", "zero-shot", "random", 130.0, 0.0)]
