@@ -128,6 +128,7 @@ ABLATIONS: tuple[tuple[str, str, str, dict[str, Any], bool], ...] = (
     ("anchor x100", "last", "partial", {"anchor_weight": 100.0}, False),
     ("anchor x100", "last", "replay", {"anchor_weight": 100.0}, False),
     ("new-row lr 1e-2", "last", "row-only", {"new_row_lr": 1e-2}, False),
+    ("no new-line repetition", "first", "replay", {"replay_new_share": 0.0}, False),
     ("full step budget", "first", "row-only", {}, True),
     ("full step budget", "first", "partial", {}, True),
 )  # fmt: skip
@@ -148,6 +149,7 @@ class Settings:
     distill_weight: float = 1.0
     anchor_weight: float = 1.0
     replay_per_line: int = 64
+    replay_new_share: float = 0.5
     random_draws: int = 5
     reference_seeds: int = 2
     ablations: bool = True
@@ -343,6 +345,7 @@ class Experiment:
             distill_weight=s.distill_weight,
             anchor_weight=s.anchor_weight,
             replay_per_line=s.replay_per_line,
+            replay_new_share=s.replay_new_share,
             batch_size=s.batch_size,
             seed=seed,
         )
@@ -456,6 +459,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "distill_weight": float,
         "anchor_weight": float,
         "replay_per_line": int,
+        "replay_new_share": float,
         "random_draws": int,
         "reference_seeds": int,
         "seed": int,

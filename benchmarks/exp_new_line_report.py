@@ -397,16 +397,37 @@ def write_outputs(out: Path, report: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     ec.write_json(out / "report.json", report)
     s = report["settings"]
-    intro = (
-        f"Command: `{report['command']}`\n\nMachine: {report['machine']}\n\nSettings: {s}"
-        f"\n\nTotal: {report['total_wall_s']:.0f} s wall. MAE: along-route error (m) of "
-        "the median forecast on the test period, new line only. Forgetting: each old "
-        "line's MAE (mean over horizons) relative to the base model's, over old lines with "
-        f">= {s['min_line_windows']} test windows; mean over lines and the worst line. "
-        "Compute: optimizer steps, this process's CPU seconds and wall seconds (the "
-        "machine is shared, so wall time is noisy). Data: CapMetro (CapMetrics, MIT) and "
-        "Auckland Transport (AT licence)."
-    )
+    intro = f"""Command: `{report["command"]}`
+
+Machine: {report["machine"]}
+
+Settings: {s}
+
+Total: {report["total_wall_s"]:.0f} s wall.
+
+**Method.** Per dataset the new line's windows are removed from the training period and
+a base forecaster is trained on the old lines (early stopping on the old lines'
+validation windows). *Joint retraining* trains the same model on everything (early
+stopping on all validation windows); its steps include the patience epochs. Every
+extension grows the base by the new line's embedding row (init) and trains under a tier
+for `ext_epochs` epochs over the new line's level-k windows, capped at `ext_steps_frac`
+of joint retraining's steps (so a few trips get few steps: more overfit them, see the
+ablations); `partial`/`replay` distil the base on the new line's inputs and anchor the
+tuned layers to the base weights (`anchor_weight`). *Scratch* trains the model on the
+new line's level-k windows only, early-stopped on the new line's validation windows,
+with at least the extension budget. *Naive* fine-tunes everything (init unknown). The
+random init is drawn `random_draws` times at k=0 and at the first level (its mean is the
+bar), and base and joint are retrained with `reference_seeds` seeds: the spread is the
+noise floor, and zero-shot is scored on every base.
+
+**Measures.** MAE: along-route error (m) of the median forecast on the test period,
+new line only, per horizon and mean over horizons. Forgetting: each old line's MAE (mean
+over horizons) relative to the base model's, over old lines with >= {s["min_line_windows"]}
+test windows; mean over lines and the worst line (negative = better than the base).
+Compute: optimizer steps, this process's CPU seconds and wall seconds (the machine is
+shared, so wall time is noisy; one torch thread).
+
+Data: CapMetro (CapMetrics, MIT; please credit) and Auckland Transport (AT licence)."""
     sections = [intro]
     for name, res in report["datasets"].items():
         plot_dataset(out, name, res, tuple(s["inits"]))

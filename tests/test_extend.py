@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,4 +118,48 @@ def test_train_extension_refuses_to_train_without_new_line_windows(base) -> None
             ["C"],
             ExtensionConfig(tier="row-only", max_steps=3),
             progress_bar=False,
+        )
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 0.9])
+def test_replay_repeats_new_line_windows_up_to_their_share(base, share) -> None:
+    from transitnet.evaluate import load_datamodule
+
+    ckpt, _, _ = base
+    dm = load_datamodule(
+        torch.load(ckpt, weights_only=False),
+        train_dates=["2024-05-07"],
+        val_dates=None,
+        exclude_lines=None,
+    )
+    dm.setup("fit")
+    train = dm.windows["train"]
+    keep = (train.meta["line_key"] != "C").to_numpy().copy()
+    keep[np.flatnonzero(~keep)[:5]] = True  # the new line has only 5 windows
+    dm.windows["train"] = train.subset(keep)
+    cfg = ExtensionConfig(tier="replay", max_steps=2, replay_per_line=50, replay_new_share=share)
+    _, report = train_extension(
+        torch.load(ckpt, weights_only=False),
+        ForecastingTask.load_from_checkpoint(ckpt),
+        dm,
+        ["C"],
+        cfg,
+        progress_bar=False,
+    )
+    is_new = (dm.windows["train"].meta["line_key"] == "C").to_numpy()
+    assert report.train_windows == 5 and report.replay_windows == (~is_new).sum() > 50
+    if share == 0.0:
+        assert is_new.sum() == 5
+    else:
+        assert share <= is_new.mean() < share + 5 / len(is_new)
+
+
+def test_replay_share_out_of_range_is_refused(base) -> None:
+    ckpt, _, tmp = base
+    with pytest.raises(ValueError, match="replay_new_share"):
+        extend_lines(
+            ckpt,
+            tmp / "bad_share",
+            ExtensionConfig(tier="replay", max_steps=1, min_windows=5, replay_new_share=1.0),
+            data_overrides={"train_dates": ["2024-05-07"]},
         )

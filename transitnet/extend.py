@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,9 @@ class ExtensionConfig:
         distill_weight: Distillation weight (``partial``/``replay``).
         anchor_weight: L2 anchor weight (``partial``/``replay``).
         replay_per_line: Old-line windows per line in the replay buffer.
+        replay_new_share: ``replay`` repeats the new lines' windows until they are at least
+            this share of the training set (0: no repetition; with few new windows the
+            replay buffer would otherwise fill nearly every batch).
         min_windows: ``auto`` only adds lines with at least this many training windows.
         batch_size: Windows per step.
         seed: Seed for initialisation, sampling and training.
@@ -58,6 +62,7 @@ class ExtensionConfig:
     distill_weight: float = 1.0
     anchor_weight: float = 0.0
     replay_per_line: int = 64
+    replay_new_share: float = 0.0
     min_windows: int = 20
     batch_size: int = 256
     seed: int = 0
@@ -262,7 +267,7 @@ def train_extension(
     parts, n_replay = [train.subset(is_new)], 0
     if cfg.tier == "replay":
         replay = sample_per_line(train.subset(~is_new), cfg.replay_per_line, cfg.seed)
-        parts.append(replay)
+        parts = parts * _repeats(len(parts[0]), len(replay), cfg.replay_new_share) + [replay]
         n_replay = len(replay)
     dm.windows["train"] = concat_windows(parts)
     started = time.perf_counter()
@@ -294,6 +299,15 @@ def train_extension(
         replay_windows=n_replay,
     )
     return task, report
+
+
+def _repeats(n_new: int, n_replay: int, share: float) -> int:
+    """Copies of ``n_new`` windows that make them >= ``share`` of the set with the replay."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"replay_new_share must be in [0, 1), got {share}")
+    if n_new == 0 or share == 0.0:
+        return 1
+    return max(1, math.ceil(share / (1.0 - share) * n_replay / n_new))
 
 
 def report_dict(report: ExtensionReport) -> dict[str, Any]:
