@@ -87,3 +87,44 @@ def test_fit_scale_only_centres_constant_features() -> None:
     mean, std = fit_scale(values)
     np.testing.assert_allclose(mean, [2.0, 5.0])
     np.testing.assert_allclose(std, [1.0, 1.0])
+
+
+def test_shape_length_is_recovered_from_progress_for_distance_features() -> None:
+    df = _matched(12)  # 10 m/s every 30 s: 0..3300 m, progress 0..1
+    df["progress"] = df["dist_along_m"] / 4000.0  # the shape is 4 km long
+    w = build_windows(df, WindowConfig(past_fixes=3, horizons_s=(60,)))
+    ctx = {name: w.context[:, i] for i, name in enumerate(CONTEXT_FEATURES)}
+    np.testing.assert_allclose(ctx["shape_km"], 4.0, rtol=1e-6)
+    np.testing.assert_allclose(ctx["dist_km"], df["dist_along_m"] / 1000.0, rtol=1e-6)
+    np.testing.assert_allclose(ctx["remaining_m"], 4000.0 - df["dist_along_m"], atol=1e-2)
+    # a stored shape length wins; a shape with no informative progress stays unknown (0)
+    df["shape_length_m"] = 5000.0
+    w = build_windows(df, WindowConfig(past_fixes=3, horizons_s=(60,)))
+    np.testing.assert_allclose(w.context[:, CONTEXT_FEATURES.index("shape_km")], 5.0)
+    unknown = _matched(4).assign(progress=0.0)
+    w = build_windows(unknown, WindowConfig(past_fixes=3, horizons_s=(60,)))
+    assert (w.context[:, CONTEXT_FEATURES.index("remaining_m")] == 0).all()
+    assert np.isfinite(w.context).all()
+
+
+@pytest.mark.real_data
+def test_real_austin_windows_know_where_the_vehicle_is_on_its_shape(shared_data, tmp_path) -> None:
+    from transitnet.gtfs.artefacts import load_or_build_artefacts
+    from transitnet.gtfs.match import match_positions
+
+    csv = shared_data / "austin-capmetro" / "vehicle_positions" / "2017-03-16.csv"
+    ids = {c: str for c in ("vehicle_id", "route_id", "trip_id", "trip_headsign")}
+    rows = pd.read_csv(csv, dtype=ids).iloc[:6000]
+    rows = rows.drop(columns=["timestamp", "speed"]).assign(
+        vehicle_timestamp=pd.to_datetime(rows["timestamp"], utc=True), feed_id="austin"
+    )
+    art = load_or_build_artefacts(shared_data / "austin-capmetro" / "gtfs_2017-01", tmp_path)
+    matched = match_positions(rows, art)
+    w = build_windows(matched, WindowConfig(timezone="America/Chicago"))
+    assert len(w) > 4000 and np.isfinite(w.context).all()
+    ctx = {name: w.context[:, i].astype(np.float64) for i, name in enumerate(CONTEXT_FEATURES)}
+    true_len = art.shapes.length_m()[art.shapes.index_of(w.meta["shape_id"])]
+    np.testing.assert_allclose(ctx["shape_km"] * 1000, true_len, rtol=1e-4)
+    dist = w.meta["dist_along_m"].to_numpy()
+    np.testing.assert_allclose(ctx["remaining_m"], np.maximum(true_len - dist, 0), atol=1.0)
+    assert (ctx["remaining_m"] > 0).mean() > 0.95

@@ -125,3 +125,100 @@ def test_checkpoint_at_n_lines_loads_into_n_plus_k_by_key(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="re-order"):
         bad.on_load_checkpoint(torch.load(ckpt, weights_only=False))
+
+
+def _fit(tmp_path, epochs=2, **task_kw):
+    pl.seed_everything(0)
+    dm = _dm(tmp_path)
+    task = ForecastingTask(hidden_dim=16, line_dim=4, **task_kw)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, dm)
+    return task, dm, trainer
+
+
+def test_calibration_is_fitted_on_validation_stored_and_not_refitted_by_validate(tmp_path) -> None:
+    from transitnet.metrics import compute_coverage
+
+    task, dm, trainer = _fit(tmp_path)
+    scales = task.net.calibration.scales.clone()
+    assert not task.net.calibration.is_identity and (scales[:, 1] == 1).all()
+    # the band hits 80 % on the split it was fitted on (to the conformal rounding)
+    val = dm.dataset("val")
+    batch = val.__getitems__(range(len(val)))
+    task.eval()
+    with torch.no_grad():
+        pred = task(batch).numpy()
+    cover = compute_coverage(
+        pred[..., 0], pred[..., -1], batch.targets.numpy(), batch.target_mask.numpy()
+    )
+    assert ((cover > 0.75) & (cover < 0.9)).all()
+    trainer.validate(task, dm, verbose=False)
+    assert torch.equal(task.net.calibration.scales, scales)
+    ckpt = tmp_path / "c.ckpt"
+    trainer.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=False)
+    assert torch.equal(state["state_dict"]["net.calibration.scales"], scales)
+    # a checkpoint written before calibration existed loads with identity scales
+    del state["state_dict"]["net.calibration.scales"]
+    torch.save(state, tmp_path / "old.ckpt")
+    old = ForecastingTask.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert old.net.calibration.is_identity
+
+
+def test_without_calibration_the_raw_band_is_kept(tmp_path) -> None:
+    task, _, _ = _fit(tmp_path, epochs=1, calibrate=False)
+    assert task.net.calibration.is_identity
+
+
+def test_balanced_loss_divides_each_horizon_by_its_typical_distance(tmp_path) -> None:
+    from dataclasses import replace
+
+    task, dm, _ = _fit(tmp_path, epochs=1, balance_horizons=True, speed_scale_mps=5.0)
+    assert task.loss_scales().tolist() == [300.0, 600.0]
+    plain = ForecastingTask(loss_scale_m=500.0)
+    plain.horizons_s = (60, 120)
+    assert plain.loss_scales().tolist() == [500.0, 500.0]
+    # balanced: missing by 300 m at 60 s costs as much as missing by 600 m at 120 s
+    batch = next(iter(dm.val_dataloader()))
+    batch = replace(batch, target_mask=torch.ones_like(batch.target_mask))
+    pred = torch.zeros(len(batch), 2, 3)
+    short = torch.zeros_like(batch.targets)
+    short[:, 0] = 300.0
+    long = torch.zeros_like(batch.targets)
+    long[:, 1] = 600.0
+    loss_short = task._loss(pred, replace(batch, targets=short))
+    loss_long = task._loss(pred, replace(batch, targets=long))
+    assert loss_short.item() > 0 and torch.isclose(loss_short, loss_long)
+    assert plain._loss(pred, replace(batch, targets=long)) > plain._loss(
+        pred, replace(batch, targets=short)
+    )
+
+
+def test_training_fits_the_raw_quantiles_never_the_calibrated_ones(tmp_path) -> None:
+    dm = _dm(tmp_path)
+    dm.setup("fit")
+    task = ForecastingTask(hidden_dim=16, line_dim=4, dropout=0.0, line_dropout=0.0)
+    task.build_net(tuple(dm.vocab.keys), dm.n_features, dm.n_context, dm.horizons_s)
+    task.net.calibration.set_scales(torch.full((2, 3), 10.0))
+    seen = []
+    loss = task._loss
+
+    def spy(pred, batch):
+        if task.training:
+            with torch.no_grad():
+                raw = task(batch, calibrated=False)
+            seen.append(torch.equal(pred.detach(), raw) and not torch.equal(pred, task(batch)))
+        return loss(pred, batch)
+
+    task._loss = spy
+    trainer = pl.Trainer(
+        fast_dev_run=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    trainer.fit(task, dm)
+    assert seen and all(seen)

@@ -43,6 +43,10 @@ PAST_FEATURES: tuple[str, ...] = (
     "has_delay",
 )
 
+#: Periods (km) of the sine/cosine encodings of the distance along the shape: with the
+#: line row they let the network learn where on a line vehicles run fast or slow.
+DIST_PERIODS_KM: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
 #: Per-window context features, in order.
 CONTEXT_FEATURES: tuple[str, ...] = (
     "tod_sin",
@@ -50,11 +54,14 @@ CONTEXT_FEATURES: tuple[str, ...] = (
     "dow_sin",
     "dow_cos",
     "progress",
+    "dist_km",  # absolute distance along the shape (with the line row: where on the line)
+    "shape_km",  # length of the matched shape (tells a line's variants apart)
     "remaining_m",
     "next_stop_m",
     "recent_speed_mps",
     "delay_s",
     "has_delay",
+    *(f"dist_{fn}_{p:g}km" for p in DIST_PERIODS_KM for fn in ("sin", "cos")),
 )
 
 
@@ -138,39 +145,64 @@ def compute_service_date(
     return result
 
 
+#: Matched columns windows are built from (others are not copied).
+WINDOW_COLUMNS: tuple[str, ...] = (
+    "feed_id",
+    "vehicle_id",
+    "trip_id",
+    "start_date",
+    "start_time",
+    "service_date",
+    "vehicle_timestamp",
+    "line_key",
+    "shape_id",
+    "dist_along_m",
+    "offset_m",
+    "progress",
+    "speed_along_mps",
+    "match_status",
+    "is_stale",
+    "is_dwell",
+    "delay_s",
+    "next_stop_dist_m",
+    "shape_length_m",
+)
+
+
 def prepare_trajectories(matched: pd.DataFrame, config: WindowConfig) -> pd.DataFrame:
     """Keep usable fixes and order them by trajectory and time.
 
-    Input columns: see the module docstring. Output adds ``t_s`` (float seconds since the
-    epoch), ``service_date`` and ``trajectory`` (int id of vehicle + trip + service date,
-    split at gaps longer than ``max_gap_s``); rows without a line key, time or distance
-    are left out.
+    Input columns: see the module docstring (only :data:`WINDOW_COLUMNS` are kept). Output
+    adds ``t_s`` (float seconds since the epoch), ``service_date`` and ``trajectory`` (int
+    id of feed + vehicle + trip + service date, split at gaps longer than ``max_gap_s``);
+    rows with an unusable match status or without a time or distance are left out.
     """
-    df = matched[matched["match_status"].isin(config.statuses)]
-    df = df[df["dist_along_m"].notna() & df["vehicle_timestamp"].notna()].copy()
+    usable = (
+        matched["match_status"].isin(config.statuses)
+        & matched["dist_along_m"].notna()
+        & matched["vehicle_timestamp"].notna()
+    ).to_numpy(dtype=bool)
+    df = matched.loc[usable, [c for c in WINDOW_COLUMNS if c in matched.columns]].copy()
     epoch = pd.Timestamp("1970-01-01", tz="UTC")
     df["t_s"] = (df["vehicle_timestamp"] - epoch) / pd.Timedelta("1s")
     if "service_date" not in df.columns:
         start = df["start_date"] if "start_date" in df.columns else None
         df["service_date"] = compute_service_date(df["vehicle_timestamp"], config.timezone, start)
-    vehicle = df["vehicle_id"].astype("string").fillna("?")
-    trip = df["trip_id"].astype("string").fillna("?")
-    df["_traj_key"] = (
-        df["feed_id"].astype(str)
-        + "|"
-        + vehicle
-        + "|"
-        + trip
-        + "|"
-        + df["service_date"].astype(str)
-    )
-    df = df.sort_values(["_traj_key", "t_s"], kind="stable")
+    keys = pd.DataFrame(
+        {c: df[c].astype("string").fillna("?") for c in ("feed_id", "vehicle_id", "trip_id")}
+    ).assign(service_date=df["service_date"].astype("string").fillna("?"))
+    code = keys.groupby(list(keys.columns), sort=True).ngroup().to_numpy(np.int64)
+    t = df["t_s"].to_numpy(np.float64)
+    order = np.lexsort((t, code))  # stable: equal times keep their input order
+    code, t = code[order], t[order]
     # One fix per (trajectory, timestamp): re-published fixes carry no new information.
-    df = df.drop_duplicates(["_traj_key", "t_s"], keep="first")
-    new_key = df["_traj_key"].ne(df["_traj_key"].shift())
-    gap = df["t_s"].diff().gt(config.max_gap_s)
-    df["trajectory"] = (new_key | gap).cumsum().astype(np.int64) - 1
-    return df.drop(columns="_traj_key").reset_index(drop=True)
+    first = np.r_[True, (code[1:] != code[:-1]) | (t[1:] != t[:-1])]
+    code, t = code[first], t[first]
+    df = df.iloc[order[first]].reset_index(drop=True)
+    new_key = np.r_[True, code[1:] != code[:-1]]
+    gap = np.r_[False, np.diff(t) > config.max_gap_s]
+    df["trajectory"] = np.cumsum(new_key | gap).astype(np.int64) - 1
+    return df
 
 
 def interpolate_future(
@@ -256,16 +288,51 @@ def _gather_past(
     return past, lengths.astype(np.int64)
 
 
-def _context(df: pd.DataFrame, past: np.ndarray, lengths: np.ndarray, tz: str) -> np.ndarray:
-    local = df["vehicle_timestamp"].dt.tz_convert(tz)
-    tod = (local.dt.hour * 3600 + local.dt.minute * 60 + local.dt.second).to_numpy(np.float64)
-    dow = local.dt.day_of_week.to_numpy(np.float64)
+def compute_shape_length(df: pd.DataFrame) -> np.ndarray:
+    """(N,) length in metres of each row's shape (NaN where it cannot be known).
+
+    Uses ``shape_length_m`` where present; otherwise recovers it from the matcher's
+    ``progress = dist_along_m / length`` (clipped to [0, 1]): the median of
+    ``dist_along_m / progress`` over the shape's rows with ``0 < progress < 1``.
+
+    Input columns: ``shape_id, dist_along_m, progress``; optional ``shape_length_m``.
+    """
     n = len(df)
-    length = (
+    given = (
         df["shape_length_m"].to_numpy(np.float64, na_value=np.nan)
-        if ("shape_length_m" in df)
+        if "shape_length_m" in df
         else np.full(n, np.nan)
     )
+    if "progress" not in df or "shape_id" not in df or np.isfinite(given).all():
+        return given
+    dist = df["dist_along_m"].to_numpy(np.float64, na_value=np.nan)
+    prog = df["progress"].to_numpy(np.float64, na_value=np.nan)
+    inner = (prog > 1e-6) & (prog < 1.0 - 1e-9) & (dist > 0)
+    est = pd.Series(np.where(inner, dist / np.where(inner, prog, 1.0), np.nan), index=df.index)
+    shape = df["shape_id"].astype("string").fillna("")
+    per_shape = est.groupby(shape.to_numpy()).transform("median").to_numpy(np.float64)
+    return np.where(np.isfinite(given), given, per_shape)
+
+
+def compute_local_seconds(times: pd.Series, timezone: str) -> np.ndarray:
+    """(N,) float64 local wall-clock seconds since 1970-01-01 00:00 (local) of UTC ``times``.
+
+    ``% 86400`` gives the time of day, ``(// 86400 + 3) % 7`` the day of week (Monday 0).
+    """
+    local = times.dt.tz_convert(timezone).dt.tz_localize(None)
+    seconds: np.ndarray = ((local - pd.Timestamp("1970-01-01")) / pd.Timedelta("1s")).to_numpy(
+        np.float64
+    )
+    return seconds
+
+
+def _context(
+    df: pd.DataFrame, past: np.ndarray, lengths: np.ndarray, local_s: np.ndarray
+) -> np.ndarray:
+    tod = np.floor(local_s) % 86400
+    dow = (np.floor_divide(local_s, 86400) + 3) % 7
+    n = len(df)
+    length = compute_shape_length(df)
     dist = df["dist_along_m"].to_numpy(np.float64)
     nxt = (
         df["next_stop_dist_m"].to_numpy(np.float64, na_value=np.nan)
@@ -283,12 +350,17 @@ def _context(df: pd.DataFrame, past: np.ndarray, lengths: np.ndarray, tz: str) -
         "dow_sin": np.sin(2 * np.pi * dow / 7),
         "dow_cos": np.cos(2 * np.pi * dow / 7),
         "progress": df["progress"].to_numpy(np.float64, na_value=0.0),
-        "remaining_m": np.nan_to_num(length - dist),
+        "dist_km": dist / 1000.0,
+        "shape_km": np.nan_to_num(length) / 1000.0,
+        "remaining_m": np.nan_to_num(np.maximum(length - dist, 0.0)),
         "next_stop_m": np.nan_to_num(nxt - dist),
         "recent_speed_mps": recent,
         "delay_s": anchor[:, PAST_FEATURES.index("delay_s")],
         "has_delay": anchor[:, PAST_FEATURES.index("has_delay")],
     }
+    for p in DIST_PERIODS_KM:
+        cols[f"dist_sin_{p:g}km"] = np.sin(2 * np.pi * dist / (1000.0 * p))
+        cols[f"dist_cos_{p:g}km"] = np.cos(2 * np.pi * dist / (1000.0 * p))
     return np.stack([np.nan_to_num(cols[c]) for c in CONTEXT_FEATURES], axis=1).astype(np.float32)
 
 
@@ -311,7 +383,8 @@ def build_windows(matched: pd.DataFrame, config: WindowConfig | None = None) -> 
     feats = _past_features(df)
     past, lengths = _gather_past(feats, traj, t, d, config.past_fixes)
     targets, mask = interpolate_future(traj, t, d, config.horizons_s)
-    context = _context(df, past, lengths, config.timezone)
+    local_s = compute_local_seconds(df["vehicle_timestamp"], config.timezone)
+    context = _context(df, past, lengths, local_s)
     meta_cols = [
         "feed_id",
         "vehicle_id",
@@ -325,7 +398,7 @@ def build_windows(matched: pd.DataFrame, config: WindowConfig | None = None) -> 
     ]
     meta = df[meta_cols].copy()
     meta["anchor_time"] = df["vehicle_timestamp"]
-    meta["local_hour"] = df["vehicle_timestamp"].dt.tz_convert(config.timezone).dt.hour
+    meta["local_hour"] = (np.floor(local_s) % 86400 // 3600).astype(np.int64)
     meta["delay_s"] = df["delay_s"] if "delay_s" in df else np.nan
     return Windows(
         past, lengths, context, targets, mask, meta.reset_index(drop=True), tuple(config.horizons_s)

@@ -16,7 +16,7 @@ from torch import nn
 from transitnet.datasets.vocab import LineVocabulary
 from transitnet.models.embedding import LineEmbedding
 from transitnet.models.encoder import EncoderKind, TrajectoryEncoder
-from transitnet.models.heads import QuantileForecastHead
+from transitnet.models.heads import QuantileCalibration, QuantileForecastHead
 from transitnet.models.migrate import InitSpec
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class ForecastNet(nn.Module):
         horizons: Forecast horizons (e.g. seconds), strictly increasing.
         quantiles: Quantile levels in (0, 1), strictly increasing.
         encoder: ``gru``, ``transformer`` or ``tcn`` (see :class:`TrajectoryEncoder`).
-        hidden_dim: Encoder and trunk size.
+        hidden_dim: Trunk size (and encoder size unless ``encoder_dim`` is given).
         n_context: Per-sample context features (time of day, delay, …); 0 for none.
         num_layers: Encoder layers.
         dropout: Dropout in the encoder and trunk.
@@ -43,6 +43,10 @@ class ForecastNet(nn.Module):
         max_len: Longest past window (transformer positions).
         pad_lines_to_multiple_of: Spare embedding capacity (see :class:`LineEmbedding`).
         num_base_lines: Rows in the embedding's freezable base part; default all.
+        trunk_layers: Hidden layers (Linear + GELU + Dropout) between the concatenated
+            encoder/line/context features and the head.
+        encoder_dim: Encoder output size (default ``hidden_dim``); the encoder runs over
+            every past fix, so it dominates inference cost as it grows.
     """
 
     def __init__(
@@ -63,12 +67,17 @@ class ForecastNet(nn.Module):
         pad_lines_to_multiple_of: int | None = None,
         num_base_lines: int | None = None,
         speed_scale: float | None = None,
+        trunk_layers: int = 1,
+        encoder_dim: int | None = None,
     ) -> None:
         super().__init__()
+        encoder_dim = encoder_dim or hidden_dim
         self.horizons = _check_increasing(horizons, "horizons", low=0.0)
         self.quantiles = _check_increasing(quantiles, "quantiles", low=0.0, high=1.0)
-        if n_context < 0:
-            raise ValueError(f"n_context must be ≥ 0, got {n_context}")
+        if n_context < 0 or trunk_layers < 1:
+            raise ValueError(
+                f"need n_context ≥ 0 and trunk_layers ≥ 1, got {n_context}, {trunk_layers}"
+            )
         self.n_context = n_context
         self.line_embedding = LineEmbedding(
             num_lines,
@@ -78,16 +87,19 @@ class ForecastNet(nn.Module):
         )
         self.encoder = TrajectoryEncoder(
             n_features,
-            hidden_dim,
+            encoder_dim,
             kind=encoder,
             num_layers=num_layers,
             dropout=dropout,
             max_len=max_len,
         )
+        widths = [encoder_dim + line_dim + n_context] + [hidden_dim] * trunk_layers
         self.trunk = nn.Sequential(
-            nn.Linear(hidden_dim + line_dim + n_context, hidden_dim),
-            nn.GELU(),
-            nn.Dropout(dropout),
+            *(
+                layer
+                for a, b in itertools.pairwise(widths)
+                for layer in (nn.Linear(a, b), nn.GELU(), nn.Dropout(dropout))
+            )
         )
         weights = None
         if speed_scale is not None:
@@ -100,6 +112,7 @@ class ForecastNet(nn.Module):
             output_scale=output_scale,
             step_weights=weights,
         )
+        self.calibration = QuantileCalibration(len(self.horizons), len(self.quantiles))
 
     def forward(
         self,
@@ -107,6 +120,8 @@ class ForecastNet(nn.Module):
         lengths: torch.Tensor,
         line_ids: torch.Tensor,
         context: torch.Tensor | None = None,
+        *,
+        calibrated: bool = True,
     ) -> torch.Tensor:
         """Forecast.
 
@@ -115,6 +130,8 @@ class ForecastNet(nn.Module):
             lengths: ``(B,)`` valid fixes per sample, in ``[1, K]``.
             line_ids: ``(B,)`` embedding rows (0 = unknown line).
             context: ``(B, n_context)``; ``None`` when ``n_context == 0``.
+            calibrated: Apply the fitted :attr:`calibration` (identity until fitted);
+                False gives the head's raw quantiles (what calibration is fitted on).
 
         Returns:
             ``(B, len(horizons), len(quantiles))`` distance travelled, monotone in both.
@@ -127,7 +144,7 @@ class ForecastNet(nn.Module):
         if parts[1].shape[0] != features.shape[0]:
             raise ValueError(f"line_ids has {parts[1].shape[0]} rows for {features.shape[0]}")
         out: torch.Tensor = self.head(self.trunk(torch.cat(parts, dim=1)))
-        return out
+        return self.calibration(out) if calibrated else out
 
     def resize_lines(
         self,

@@ -1,4 +1,4 @@
-"""Output heads: forecast quantiles, and BiC for classifier heads.
+"""Output heads: forecast quantiles, their post-hoc calibration, and BiC for classifiers.
 
 Forecast head: multi-horizon quantiles of along-route distance travelled.
 
@@ -16,6 +16,8 @@ speed), so a raw output near 0 already means a plausible speed at every horizon.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -68,6 +70,111 @@ class QuantileForecastHead(nn.Module):
         raw = self.linear(x).view(-1, self.n_horizons, self.n_quantiles)
         steps = nn.functional.softplus(raw) * self.step_weights
         return steps.cumsum(dim=1).cumsum(dim=2) * self.output_scale
+
+
+class QuantileCalibration(nn.Module):
+    """Post-hoc calibration of quantile forecasts, fitted on held-out data.
+
+    Each quantile's distance from the median is rescaled per horizon and level; the
+    scales are a buffer, so they travel in checkpoints and state dicts:
+    ``out[:, h, q] = mid[:, h] + scales[h, q] · (pred[:, h, q] − mid[:, h])``, then made
+    non-negative and monotone again (running maximum over quantiles, then over horizons).
+    The median is never moved. With every scale at 1 (the default, before
+    :func:`fit_quantile_calibration`) the input is returned unchanged, bit for bit.
+
+    Args:
+        n_horizons: Horizons of the forecasts.
+        n_quantiles: Quantile levels; the middle one (``n_quantiles // 2``) is the median.
+    """
+
+    scales: torch.Tensor
+
+    def __init__(self, n_horizons: int, n_quantiles: int) -> None:
+        super().__init__()
+        if min(n_horizons, n_quantiles) < 1:
+            raise ValueError("n_horizons and n_quantiles must be ≥ 1")
+        self.mid = n_quantiles // 2
+        self.register_buffer("scales", torch.ones(n_horizons, n_quantiles))
+
+    @property
+    def is_identity(self) -> bool:
+        """True while no calibration was fitted (every scale is 1)."""
+        return bool((self.scales == 1.0).all())
+
+    def set_scales(self, scales: torch.Tensor) -> None:
+        """Install fitted ``(H, Q)`` scales (non-negative and finite; the median's is 1)."""
+        if scales.shape != self.scales.shape or not bool(torch.isfinite(scales).all()):
+            raise ValueError(f"scales must be finite {tuple(self.scales.shape)}")
+        if bool((scales < 0).any()):
+            raise ValueError("calibration scales must be ≥ 0")
+        fixed = scales.detach().to(self.scales).clone()
+        fixed[:, self.mid] = 1.0
+        self.scales.copy_(fixed)
+
+    def forward(self, pred: torch.Tensor) -> torch.Tensor:
+        """Calibrate ``(B, H, Q)`` forecasts (monotone in H and Q, non-negative)."""
+        if self.is_identity:
+            return pred
+        mid = pred[..., self.mid : self.mid + 1]
+        out = (mid + self.scales * (pred - mid)).clamp_min(0.0)
+        out = torch.cummax(out, dim=2).values
+        return torch.cummax(out, dim=1).values
+
+
+def fit_quantile_calibration(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    quantiles: tuple[float, ...],
+    *,
+    min_width: float = 1.0,
+) -> torch.Tensor:
+    """Split-conformal scales that make each quantile hit its level on held-out data.
+
+    For a level ``tau`` below the median the score is ``r = (mid − y) / (mid − pred_tau)``
+    and the scale is the finite-sample conformal ``(1 − tau)`` quantile of ``r``, so that a
+    share ``tau`` of held-out targets falls below the rescaled quantile; symmetrically above
+    the median (scale = the ``tau`` quantile of ``(y − mid) / (pred_tau − mid)``).
+
+    Args:
+        pred: ``(N, H, Q)`` uncalibrated forecasts on the calibration split.
+        target: ``(N, H)`` observed values.
+        mask: ``(N, H)`` True where observed.
+        quantiles: The ``Q`` levels.
+        min_width: Distances to the median below this (same unit as ``pred``) count as it.
+
+    Returns:
+        ``(H, Q)`` scales (1 for the median and for horizons without observations).
+
+    Raises:
+        ValueError: mismatched shapes or levels.
+    """
+    n, n_h, n_q = pred.shape if pred.ndim == 3 else (0, 0, 0)
+    if pred.ndim != 3 or target.shape != (n, n_h) or mask.shape != (n, n_h):
+        raise ValueError(
+            f"need pred (N, H, Q), target and mask (N, H); got {tuple(pred.shape)}, "
+            f"{tuple(target.shape)}, {tuple(mask.shape)}"
+        )
+    if len(quantiles) != n_q:
+        raise ValueError(f"{len(quantiles)} levels for {n_q} quantile outputs")
+    mid = n_q // 2
+    scales = torch.ones(n_h, n_q, dtype=torch.float64)
+    for h in range(n_h):
+        ok = mask[:, h].bool() & torch.isfinite(target[:, h])
+        count = int(ok.sum())
+        if count == 0:
+            continue
+        y, p = target[ok, h].double(), pred[ok, h].double()
+        for q, tau in enumerate(quantiles):
+            if q == mid:
+                continue
+            sign = -1.0 if q < mid else 1.0
+            width = (sign * (p[:, q] - p[:, mid])).clamp_min(min_width)
+            score = sign * (y - p[:, mid]) / width
+            level = (1.0 - tau) if q < mid else tau
+            rank = min(math.ceil((count + 1) * level), count)
+            scales[h, q] = max(float(score.sort().values[rank - 1]), 0.0)
+    return scales.float()
 
 
 class BiasCorrection(nn.Module):

@@ -37,10 +37,15 @@ class BaseTask(pl.LightningModule):
 
     def update_metrics(self, split: str, pred: torch.Tensor, batch: ForecastBatch) -> None:
         """Accumulate |error| of the median and P10–P90 coverage per horizon."""
+        self.update_forecast_metrics(split, pred, batch.targets, batch.target_mask)
+
+    def update_forecast_metrics(
+        self, split: str, pred: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+    ) -> None:
+        """As :meth:`update_metrics`, from ``(B, H, Q)`` forecasts and ``(B, H)`` targets/mask."""
         mid = pred[..., len(self.quantiles) // 2]
-        mask = batch.target_mask
-        err = torch.where(mask, (mid - batch.targets).abs(), 0.0).sum(0).detach()
-        inside = (batch.targets >= pred[..., 0]) & (batch.targets <= pred[..., -1]) & mask
+        err = torch.where(mask, (mid - targets).abs(), 0.0).sum(0).detach()
+        inside = (targets >= pred[..., 0]) & (targets <= pred[..., -1]) & mask
         sums = self._sums.setdefault(split, {})
         for name, value in (("abs", err), ("n", mask.sum(0)), ("inside", inside.sum(0))):
             sums[name] = sums.get(name, torch.zeros_like(value, dtype=torch.float64)) + value

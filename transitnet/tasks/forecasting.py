@@ -12,17 +12,28 @@ import logging
 from typing import Any
 
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from transitnet.datasets.batches import ForecastBatch
 from transitnet.models.embedding import dropout_ids
 from transitnet.models.forecaster import ForecastNet
+from transitnet.models.heads import fit_quantile_calibration
 from transitnet.models.losses import pinball_loss
 from transitnet.tasks.base import BaseTask
 
 logger = logging.getLogger(__name__)
 
 CKPT_KEY = "transitnet_forecaster"
+#: State-dict key of the quantile calibration scales.
+CALIBRATION_KEY = "net.calibration.scales"
+
+
+def add_identity_calibration(checkpoint: dict[str, Any], n_horizons: int, n_quantiles: int) -> None:
+    """Give a checkpoint written before calibration existed identity scales (in place)."""
+    state = checkpoint.get("state_dict")
+    if isinstance(state, dict) and CALIBRATION_KEY not in state:
+        state[CALIBRATION_KEY] = torch.ones(n_horizons, n_quantiles)
 
 
 class ForecastingTask(BaseTask):
@@ -30,7 +41,7 @@ class ForecastingTask(BaseTask):
 
     Args:
         line_dim: Line embedding size.
-        hidden_dim: Encoder and trunk width.
+        hidden_dim: Trunk width (and encoder width unless ``encoder_dim`` is given).
         encoder: ``gru`` (default), ``transformer`` or ``tcn``.
         num_layers: Encoder layers.
         dropout: Dropout in encoder and trunk.
@@ -43,6 +54,15 @@ class ForecastingTask(BaseTask):
         max_epochs_hint: Epochs the cosine schedule spans (the trainer may stop earlier).
         speed_scale_mps: Typical along-route speed; the head's raw outputs are scaled so
             that 0 means about this speed at every horizon.
+        balance_horizons: Divide each horizon's pinball loss by its typical distance
+            (horizon × ``speed_scale_mps``) instead of ``loss_scale_m``, so short
+            horizons are not drowned by the long ones.
+        trunk_layers: Hidden layers between the encoder/line/context features and the head.
+        encoder_dim: Width of the trajectory encoder (default: ``hidden_dim``).
+        calibrate: Refit the quantile calibration (split-conformal, per horizon and
+            level) on the validation split at the end of every validation epoch during
+            ``fit``; it is stored in the network's buffers, so each checkpoint carries the
+            calibration of its own weights. The median is never changed.
     """
 
     def __init__(
@@ -60,6 +80,10 @@ class ForecastingTask(BaseTask):
         new_row_lr: float | None = None,
         max_epochs_hint: int = 20,
         speed_scale_mps: float = 4.0,
+        balance_horizons: bool = False,
+        trunk_layers: int = 1,
+        encoder_dim: int | None = None,
+        calibrate: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -68,6 +92,7 @@ class ForecastingTask(BaseTask):
         self.line_keys: tuple[str, ...] = ()
         self.horizons_s: tuple[int, ...] = ()
         self.trainable: list[nn.Parameter] | None = None
+        self._held_out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     # -- building ------------------------------------------------------------------
     def build_net(
@@ -93,6 +118,8 @@ class ForecastingTask(BaseTask):
             dropout=hp.dropout,
             output_scale=1.0,
             speed_scale=hp.speed_scale_mps,
+            trunk_layers=hp.get("trunk_layers", 1),
+            encoder_dim=hp.get("encoder_dim"),
         )
 
     def configure_model(self) -> None:
@@ -132,6 +159,7 @@ class ForecastingTask(BaseTask):
         if meta is None:
             raise ValueError("this checkpoint was not written by transitnet's ForecastingTask")
         saved = tuple(meta["line_keys"])
+        add_identity_calibration(checkpoint, len(meta["horizons_s"]), len(self.quantiles))
         if self.net is None:
             self.build_net(saved, meta["n_features"], meta["n_context"], tuple(meta["horizons_s"]))
             return
@@ -151,23 +179,53 @@ class ForecastingTask(BaseTask):
             checkpoint["lr_schedulers"] = []
 
     # -- steps ---------------------------------------------------------------------
-    def forward(self, batch: ForecastBatch, line_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, H, Q)`` forecasts of metres travelled."""
+    def forward(
+        self,
+        batch: ForecastBatch,
+        line_ids: torch.Tensor | None = None,
+        *,
+        calibrated: bool = True,
+    ) -> torch.Tensor:
+        """``(B, H, Q)`` forecasts of metres travelled.
+
+        Args:
+            batch: The windows.
+            line_ids: Embedding rows to use instead of ``batch.line_ids``.
+            calibrated: Apply the fitted quantile calibration (what predictions use);
+                training fits the raw quantiles, so the loss never sees it.
+        """
         if self.net is None:
             raise RuntimeError("the network is not built: attach a datamodule or load a checkpoint")
         ids = batch.line_ids if line_ids is None else line_ids
-        out: torch.Tensor = self.net(batch.past, batch.lengths, ids, batch.context)
+        out: torch.Tensor = self.net(
+            batch.past, batch.lengths, ids, batch.context, calibrated=calibrated
+        )
         return out
 
+    def loss_scales(self) -> torch.Tensor:
+        """``(H,)`` metres per loss unit of each horizon (see ``balance_horizons``)."""
+        hp: Any = self.hparams
+        h = torch.tensor(self.horizons_s, dtype=torch.float32, device=self.device)
+        if hp.get("balance_horizons", False):
+            return (h * float(hp.speed_scale_mps)).clamp_min(1.0)
+        return torch.full_like(h, float(hp.loss_scale_m))
+
     def _loss(self, pred: torch.Tensor, batch: ForecastBatch) -> torch.Tensor:
-        scale = float(self.hparams["loss_scale_m"])
+        scale = self.loss_scales().view(1, -1)
         target = torch.where(batch.target_mask, batch.targets, 0.0)
-        return pinball_loss(pred / scale, target / scale, batch.target_mask, self.quantiles)
+        return pinball_loss(
+            pred / scale.unsqueeze(-1), target / scale, batch.target_mask, self.quantiles
+        )
 
     def training_step(self, batch: ForecastBatch, batch_idx: int) -> torch.Tensor:
-        """Pinball loss with line-id dropout."""
+        """Pinball loss of the raw (uncalibrated) quantiles, with line-id dropout.
+
+        The calibration is refitted from the raw quantiles after training epochs; a loss
+        on calibrated outputs would feed it back (the raw band shrinking as the scales
+        grow).
+        """
         ids = dropout_ids(batch.line_ids, float(self.hparams["line_dropout"]))
-        loss = self._loss(self(batch, ids), batch)
+        loss = self._loss(self(batch, ids, calibrated=False), batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
@@ -176,9 +234,37 @@ class ForecastingTask(BaseTask):
         self.log(f"{split}_loss", self._loss(pred, batch), batch_size=len(batch), prog_bar=True)
         self.update_metrics(split, pred, batch)
 
+    def _refits_calibration(self) -> bool:
+        trainer = self._trainer
+        return bool(
+            self.hparams.get("calibrate", True)
+            and len(self.quantiles) > 1
+            and trainer is not None
+            and trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+        )
+
     def validation_step(self, batch: ForecastBatch, batch_idx: int) -> None:
-        """Loss and MAE per horizon on the validation split."""
-        self._eval_step(batch, "val")
+        """Loss and MAE per horizon on the validation split (raw forecasts kept for calibration)."""
+        if not self._refits_calibration():
+            self._eval_step(batch, "val")
+            return
+        if self.net is None:
+            raise RuntimeError("the network is not built")
+        raw = self(batch, calibrated=False)
+        self.log("val_loss", self._loss(raw, batch), batch_size=len(batch), prog_bar=True)
+        self._held_out.append((raw.detach(), batch.targets, batch.target_mask))
+
+    def on_validation_epoch_end(self) -> None:
+        """Refit the calibration on this epoch's raw validation forecasts, then log metrics."""
+        if self._held_out and self.net is not None:
+            raw, targets, mask = (torch.cat(parts) for parts in zip(*self._held_out, strict=True))
+            self._held_out = []
+            self.net.calibration.set_scales(
+                fit_quantile_calibration(raw, targets, mask, self.quantiles)
+            )
+            self.update_forecast_metrics("val", self.net.calibration(raw), targets, mask)
+        super().on_validation_epoch_end()
 
     def test_step(self, batch: ForecastBatch, batch_idx: int) -> None:
         """Loss and MAE per horizon on the test split."""
