@@ -127,7 +127,9 @@ ABLATIONS: tuple[tuple[str, str, str, dict[str, Any], bool], ...] = (
      False),
     ("anchor x100", "last", "partial", {"anchor_weight": 100.0}, False),
     ("anchor x100", "last", "replay", {"anchor_weight": 100.0}, False),
-    ("new-row lr 1e-2", "last", "row-only", {"new_row_lr": 1e-2}, False),
+    ("new-row lr 3e-2 (library default)", "last", "row-only", {"new_row_lr": 3e-2}, False),
+    ("new-row lr 3e-2 (library default)", "last", "replay", {"new_row_lr": 3e-2}, False),
+    ("new-row lr 1e-3", "last", "row-only", {"new_row_lr": 1e-3}, False),
     ("no new-line repetition", "first", "replay", {"replay_new_share": 0.0}, False),
     ("full step budget", "first", "row-only", {}, True),
     ("full step budget", "first", "partial", {}, True),
@@ -144,7 +146,7 @@ class Settings:
     batch_size: int = 256
     ext_steps_frac: float = 0.08
     ext_epochs: int = 30
-    new_row_lr: float = 3e-2
+    new_row_lr: float = 3e-3
     layer_lr: float = 3e-4
     distill_weight: float = 1.0
     anchor_weight: float = 1.0
