@@ -119,18 +119,20 @@ DATASETS = {
 #: What was tried before settling (run with init ``unknown`` at the first or last level):
 #: ``(label, level, tier, ExtensionConfig overrides, use the full step budget)``.
 ABLATIONS: tuple[tuple[str, str, str, dict[str, Any], bool], ...] = (
-    ("no anchor", "last", "partial", {"anchor_weight": 0.0}, False),
-    ("no anchor", "last", "replay", {"anchor_weight": 0.0}, False),
-    ("no anchor, distillation x10", "last", "partial",
+    ("anchor 0", "last", "partial", {"anchor_weight": 0.0}, False),
+    ("anchor 0", "last", "replay", {"anchor_weight": 0.0}, False),
+    ("anchor 1", "last", "partial", {"anchor_weight": 1.0}, False),
+    ("anchor 1", "last", "replay", {"anchor_weight": 1.0}, False),
+    ("anchor 1", "first", "partial", {"anchor_weight": 1.0}, False),
+    ("anchor 1", "first", "replay", {"anchor_weight": 1.0}, False),
+    ("anchor 0, distillation x10", "last", "partial",
      {"anchor_weight": 0.0, "distill_weight": 10.0}, False),
-    ("no anchor, layer lr 1e-4", "last", "partial", {"anchor_weight": 0.0, "layer_lr": 1e-4},
+    ("anchor 0, layer lr 1e-4", "last", "partial", {"anchor_weight": 0.0, "layer_lr": 1e-4},
      False),
-    ("anchor x100", "last", "partial", {"anchor_weight": 100.0}, False),
-    ("anchor x100", "last", "replay", {"anchor_weight": 100.0}, False),
+    ("no new-line repetition", "first", "replay", {"replay_new_share": 0.0}, False),
     ("new-row lr 3e-2 (library default)", "last", "row-only", {"new_row_lr": 3e-2}, False),
     ("new-row lr 3e-2 (library default)", "last", "replay", {"new_row_lr": 3e-2}, False),
     ("new-row lr 1e-3", "last", "row-only", {"new_row_lr": 1e-3}, False),
-    ("no new-line repetition", "first", "replay", {"replay_new_share": 0.0}, False),
     ("full step budget", "first", "row-only", {}, True),
     ("full step budget", "first", "partial", {}, True),
 )  # fmt: skip
@@ -149,7 +151,7 @@ class Settings:
     new_row_lr: float = 3e-3
     layer_lr: float = 3e-4
     distill_weight: float = 1.0
-    anchor_weight: float = 1.0
+    anchor_weight: float = 100.0
     replay_per_line: int = 64
     replay_new_share: float = 0.5
     random_draws: int = 5

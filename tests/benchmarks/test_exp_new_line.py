@@ -194,7 +194,6 @@ def test_write_json_turns_non_finite_numbers_into_null(tmp_path: Path) -> None:
 
 
 @pytest.mark.real_data
-@pytest.mark.slow
 def test_austin_store_is_prepared_once_and_yields_every_level(
     shared_data: Path, tmp_path: Path
 ) -> None:
