@@ -216,3 +216,28 @@ def test_real_new_austin_lines_get_forecasts_then_grow_without_forgetting(shared
     trained = net(features, lengths, grown_ids)
     assert torch.equal(trained[~unseen], before[~unseen])
     assert not torch.equal(trained[unseen], after[unseen])
+
+
+def test_trunk_depth_encoder_width_and_ignored_context():
+    torch.manual_seed(0)
+    net = ForecastNet(
+        4, 8, 4, HORIZONS, QUANTILES, hidden_dim=32, encoder_dim=8, trunk_layers=3,
+        n_context=2, ignore_context=[1],
+    ).eval()  # fmt: skip
+    assert net.encoder.hidden_dim == 8
+    assert sum(isinstance(m, torch.nn.Linear) for m in net.trunk) == 3
+    features, lengths, line_ids, context = _batch([1, 2, 3])
+    other = context.clone()
+    other[:, 1] = 1e3  # an ignored feature cannot change the forecast
+    assert torch.equal(
+        net(features, lengths, line_ids, context), net(features, lengths, line_ids, other)
+    )
+    other[:, 0] += 1.0
+    assert not torch.equal(
+        net(features, lengths, line_ids, context), net(features, lengths, line_ids, other)
+    )
+    assert "context_keep" not in net.state_dict()  # rebuilt from the arguments, not stored
+    with pytest.raises(ValueError, match="ignore_context"):
+        ForecastNet(4, 8, 4, HORIZONS, QUANTILES, n_context=2, ignore_context=[2])
+    with pytest.raises(ValueError, match="trunk_layers"):
+        ForecastNet(4, 8, 4, HORIZONS, QUANTILES, trunk_layers=0)

@@ -222,3 +222,19 @@ def test_training_fits_the_raw_quantiles_never_the_calibrated_ones(tmp_path) -> 
     )
     trainer.fit(task, dm)
     assert seen and all(seen)
+
+
+def test_ignored_context_features_are_named_and_checked(tmp_path) -> None:
+    from transitnet.datasets.windows import CONTEXT_FEATURES
+
+    task = ForecastingTask(hidden_dim=16, line_dim=4, ignore_context=["tod_sin", "dow_cos"])
+    task.build_net(("<unknown>", "A"), 9, len(CONTEXT_FEATURES), (60, 120))
+    keep = task.net.context_keep
+    assert keep.sum() == len(CONTEXT_FEATURES) - 2
+    assert keep[CONTEXT_FEATURES.index("tod_sin")] == 0 and keep[0] == 0
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown context features"):
+        ForecastingTask(ignore_context=["nope"]).build_net(("<unknown>",), 9, 4, (60,))
+    with pytest.raises(ValueError, match="this network has 4"):
+        ForecastingTask(ignore_context=["tod_sin"]).build_net(("<unknown>",), 9, 4, (60,))

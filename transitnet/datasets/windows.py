@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from transitnet.datasets.live import LIVE_FEATURES, compute_live_context
+
 #: Match statuses whose distance along the shape is trusted for training.
 USABLE_STATUSES: tuple[str, ...] = (
     "ok",
@@ -62,6 +64,7 @@ CONTEXT_FEATURES: tuple[str, ...] = (
     "delay_s",
     "has_delay",
     *(f"dist_{fn}_{p:g}km" for p in DIST_PERIODS_KM for fn in ("sin", "cos")),
+    *LIVE_FEATURES,
 )
 
 
@@ -361,6 +364,7 @@ def _context(
     for p in DIST_PERIODS_KM:
         cols[f"dist_sin_{p:g}km"] = np.sin(2 * np.pi * dist / (1000.0 * p))
         cols[f"dist_cos_{p:g}km"] = np.cos(2 * np.pi * dist / (1000.0 * p))
+    cols.update(zip(LIVE_FEATURES, compute_live_context(df).T, strict=True))
     return np.stack([np.nan_to_num(cols[c]) for c in CONTEXT_FEATURES], axis=1).astype(np.float32)
 
 

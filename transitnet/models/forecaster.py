@@ -47,7 +47,12 @@ class ForecastNet(nn.Module):
             encoder/line/context features and the head.
         encoder_dim: Encoder output size (default ``hidden_dim``); the encoder runs over
             every past fix, so it dominates inference cost as it grows.
+        ignore_context: Positions of context features the network never sees (they are
+            zeroed, i.e. set to their training mean once scaled): for ablations and for
+            features that do not carry over to the prediction period.
     """
+
+    context_keep: torch.Tensor
 
     def __init__(
         self,
@@ -69,6 +74,7 @@ class ForecastNet(nn.Module):
         speed_scale: float | None = None,
         trunk_layers: int = 1,
         encoder_dim: int | None = None,
+        ignore_context: Sequence[int] = (),
     ) -> None:
         super().__init__()
         encoder_dim = encoder_dim or hidden_dim
@@ -79,6 +85,11 @@ class ForecastNet(nn.Module):
                 f"need n_context ≥ 0 and trunk_layers ≥ 1, got {n_context}, {trunk_layers}"
             )
         self.n_context = n_context
+        keep = torch.ones(n_context)
+        if any(not 0 <= i < n_context for i in ignore_context):
+            raise ValueError(f"ignore_context positions must lie in [0, {n_context})")
+        keep[list(ignore_context)] = 0.0
+        self.register_buffer("context_keep", keep, persistent=False)
         self.line_embedding = LineEmbedding(
             num_lines,
             line_dim,
@@ -185,7 +196,7 @@ class ForecastNet(nn.Module):
             )
         if not torch.isfinite(context).all():
             raise ValueError("context holds NaN or inf")
-        return context
+        return context * self.context_keep
 
 
 def add_lines(

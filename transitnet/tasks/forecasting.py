@@ -16,6 +16,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from transitnet.datasets.batches import ForecastBatch
+from transitnet.datasets.windows import CONTEXT_FEATURES
 from transitnet.models.embedding import dropout_ids
 from transitnet.models.forecaster import ForecastNet
 from transitnet.models.heads import fit_quantile_calibration
@@ -27,6 +28,25 @@ logger = logging.getLogger(__name__)
 CKPT_KEY = "transitnet_forecaster"
 #: State-dict key of the quantile calibration scales.
 CALIBRATION_KEY = "net.calibration.scales"
+
+
+def context_positions(names: list[str], n_context: int) -> list[int]:
+    """Positions of context feature ``names`` in :data:`CONTEXT_FEATURES`.
+
+    Raises:
+        ValueError: an unknown name, or a network whose context is not ``CONTEXT_FEATURES``.
+    """
+    if not names:
+        return []
+    unknown = sorted(set(names) - set(CONTEXT_FEATURES))
+    if unknown:
+        raise ValueError(f"unknown context features {unknown}: see CONTEXT_FEATURES")
+    if n_context != len(CONTEXT_FEATURES):
+        raise ValueError(
+            f"ignore_context names CONTEXT_FEATURES ({len(CONTEXT_FEATURES)}), but this "
+            f"network has {n_context} context features"
+        )
+    return [CONTEXT_FEATURES.index(n) for n in names]
 
 
 def add_identity_calibration(checkpoint: dict[str, Any], n_horizons: int, n_quantiles: int) -> None:
@@ -59,6 +79,8 @@ class ForecastingTask(BaseTask):
             horizons are not drowned by the long ones.
         trunk_layers: Hidden layers between the encoder/line/context features and the head.
         encoder_dim: Width of the trajectory encoder (default: ``hidden_dim``).
+        ignore_context: Names of context features (see
+            :data:`~transitnet.datasets.windows.CONTEXT_FEATURES`) the network never sees.
         calibrate: Refit the quantile calibration (split-conformal, per horizon and
             level) on the validation split at the end of every validation epoch during
             ``fit``; it is stored in the network's buffers, so each checkpoint carries the
@@ -83,6 +105,7 @@ class ForecastingTask(BaseTask):
         balance_horizons: bool = False,
         trunk_layers: int = 1,
         encoder_dim: int | None = None,
+        ignore_context: list[str] | None = None,
         calibrate: bool = True,
     ) -> None:
         super().__init__()
@@ -120,6 +143,7 @@ class ForecastingTask(BaseTask):
             speed_scale=hp.speed_scale_mps,
             trunk_layers=hp.get("trunk_layers", 1),
             encoder_dim=hp.get("encoder_dim"),
+            ignore_context=context_positions(hp.get("ignore_context") or [], n_context),
         )
 
     def configure_model(self) -> None:

@@ -1,0 +1,192 @@
+"""Batched inference latency for 5,000 active vehicles, against a per-vehicle loop.
+
+Inputs are real: each of the ``--vehicles`` active vehicles is the last K=8 matched fixes
+of a real Austin trajectory on 2017-03-21 (anchors drawn at random, each relabelled as its
+own vehicle, since Austin never runs 5,000 buses at once). The model is a checkpoint
+(``--ckpt``, e.g. the experiment's ``best.ckpt``) or, without one, the experiment's
+architecture (``exp_forecast.TASK``, as in ``forecast.yaml``) sized for Austin's lines
+(weights do not change latency).
+
+What is timed (median and p90 of ``--repeats`` calls, torch on ``--threads`` threads):
+
+- ``features``: from the matched rows of the latest fixes (``--vehicles`` × K rows) to a
+  scaled :class:`~transitnet.datasets.batches.ForecastBatch`: :func:`build_windows`,
+  keeping each vehicle's latest window, line ids from the vocabulary, scaling;
+- ``forward, batched``: one forward pass of the task (calibrated P10/P50/P90 at 5
+  horizons) over all vehicles at once, under ``torch.inference_mode``;
+- ``forward, per-vehicle loop``: the same forward, one vehicle per call (the baseline);
+- ``serving, batched``: features + batched forward (what a server does per feed poll).
+
+Bar: batched inference for 5,000 vehicles < 100 ms on CPU.
+
+Usage: ``.venv/bin/python benchmarks/bench_infer.py [--quick] [--ckpt PATH]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from bench_common import build_parser, machine_facts
+from exp_common import prepare_store, quiet_lightning
+from exp_forecast import DATASETS, TASK
+
+from transitnet.datamodules.loading import read_matched
+from transitnet.datasets.batches import ForecastBatch, WindowDataset, fit_scale
+from transitnet.datasets.vocab import LineVocabulary
+from transitnet.datasets.windows import WindowConfig, build_windows, prepare_trajectories
+from transitnet.tasks.forecasting import ForecastingTask
+
+BAR_MS = 100.0
+DAY = "2017-03-21"
+
+
+def read_latest_fixes(work: Path, vehicles: int, k: int, seed: int) -> pd.DataFrame:
+    """Matched rows of ``vehicles`` pseudo-vehicles: each the last ``k`` fixes of a real one."""
+    spec = DATASETS["austin"]
+    store = work / "austin" / "store"
+    prepare_store(store, spec["feed"], spec["inputs"], str(spec["static"]))
+    matched = read_matched(store, [spec["feed"]], {DAY})
+    config = WindowConfig(past_fixes=k, timezone=spec["timezone"])
+    fixes = prepare_trajectories(matched, config)
+    traj = fixes["trajectory"].to_numpy()
+    pos = np.arange(len(fixes)) - np.searchsorted(traj, traj, side="left")
+    anchors = np.random.default_rng(seed).choice(np.flatnonzero(pos >= k - 1), vehicles)
+    rows = (anchors[:, None] - np.arange(k)[::-1][None, :]).ravel()
+    out = fixes.iloc[rows].drop(columns=["trajectory", "t_s"])
+    out = out.assign(vehicle_id=np.repeat([f"v{i}" for i in range(vehicles)], k))
+    return out.reset_index(drop=True)
+
+
+def build_features(
+    rows: pd.DataFrame, config: WindowConfig, vocab: LineVocabulary, scales: Any
+) -> ForecastBatch:
+    """Serving-side features: the latest window of every vehicle, scaled, as one batch."""
+    windows = build_windows(rows, config)
+    last = np.r_[
+        windows.meta["trajectory"].to_numpy()[1:] != windows.meta["trajectory"].to_numpy()[:-1],
+        True,
+    ]
+    latest = windows.subset(last)
+    data = WindowDataset(latest, vocab.encode(latest.meta["line_key"].tolist()), *scales)
+    return data.__getitems__(range(len(data)))
+
+
+def load_task(
+    ckpt: Path | None, vocab: LineVocabulary, n: tuple[int, int, tuple[int, ...]]
+) -> ForecastingTask:
+    """The checkpoint's task, or the shipped architecture (untrained) for ``vocab``."""
+    if ckpt is not None:
+        return ForecastingTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    task = ForecastingTask(**TASK)
+    task.build_net(tuple(vocab.keys), *n)
+    return task.eval()
+
+
+def time_calls(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median and p90 milliseconds of ``repeats`` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - start))
+    return float(np.median(times)), float(np.percentile(times, 90))
+
+
+def per_vehicle(task: ForecastingTask, batch: ForecastBatch, count: int) -> Callable[[], None]:
+    """A loop forecasting the first ``count`` vehicles one call each."""
+
+    def loop() -> None:
+        with torch.inference_mode():
+            for i in range(count):
+                task.net(batch.past[i : i + 1], batch.lengths[i : i + 1],  # type: ignore[misc]
+                         batch.line_ids[i : i + 1], batch.context[i : i + 1])  # fmt: skip
+
+    return loop
+
+
+def run(args: Any) -> dict[str, Any]:
+    """Measure everything; returns the figures."""
+    torch.set_num_threads(args.threads)
+    k = 8
+    spec = DATASETS["austin"]
+    config = WindowConfig(past_fixes=k, timezone=spec["timezone"])
+    rows = read_latest_fixes(args.work, args.vehicles, k, seed=0)
+    vocab = LineVocabulary(sorted(rows["line_key"].dropna().astype(str).unique()))
+    if args.ckpt is not None:
+        state = torch.load(args.ckpt, map_location="cpu", weights_only=False)["TransitDataModule"]
+        vocab = LineVocabulary.from_state_dict(state["vocab"])
+        scales = tuple(
+            tuple(np.asarray(a) for a in state[key]) for key in ("past_scale", "context_scale")
+        )
+    else:
+        w = build_windows(rows, config)
+        valid = np.arange(k)[None, :] < w.lengths[:, None]
+        scales = (fit_scale(w.past, valid), fit_scale(w.context))
+    batch = build_features(rows, config, vocab, scales)
+    task = load_task(
+        args.ckpt, vocab, (batch.past.shape[2], batch.context.shape[1], config.horizons_s)
+    )
+    repeats = 5 if args.quick else 30
+    loop_n = min(args.vehicles, 500 if args.quick else args.vehicles)
+
+    def batched() -> None:
+        with torch.inference_mode():
+            task(batch)
+
+    def serving() -> None:
+        b = build_features(rows, config, vocab, scales)
+        with torch.inference_mode():
+            task(b)
+
+    feat = time_calls(lambda: build_features(rows, config, vocab, scales), repeats)
+    fwd = time_calls(batched, repeats)
+    serve = time_calls(serving, repeats)
+    loop_ms = time_calls(per_vehicle(task, batch, loop_n), 1 if args.quick else 3)[0]
+    loop_ms *= args.vehicles / loop_n
+    return {"vehicles": len(batch), "rows": len(rows), "threads": torch.get_num_threads(),
+            "features_ms": feat, "forward_ms": fwd, "serving_ms": serve,
+            "loop_ms": loop_ms, "loop_timed_vehicles": loop_n,
+            "ckpt": str(args.ckpt) if args.ckpt else None}  # fmt: skip
+
+
+def main() -> int:
+    """Run the benchmark and print its figures."""
+    parser = build_parser(__doc__, "5 repeats, per-vehicle loop timed on 500 vehicles and scaled")
+    parser.add_argument("--work", type=Path, default=Path("runs/exp_work"))
+    parser.add_argument("--ckpt", type=Path, default=None)
+    parser.add_argument("--vehicles", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    quiet_lightning()
+    facts = machine_facts("torch")
+    r = run(args)
+    fwd, serve = r["forward_ms"], r["serving_ms"]
+    verdict = "met" if serve[0] < BAR_MS else "NOT met"
+    lines = [
+        f"machine: {facts}",
+        f"{r['vehicles']:,} vehicles ({r['rows']:,} matched rows of their latest fixes), "
+        f"torch threads {r['threads']}, model {r['ckpt'] or 'exp_forecast.TASK, untrained'}",
+        f"forward, per-vehicle loop: {r['loop_ms']:,.0f} ms (1.00x; timed on "
+        f"{r['loop_timed_vehicles']:,} vehicles, scaled)",
+        f"forward, batched:          {fwd[0]:.1f} ms (p90 {fwd[1]:.1f}; "
+        f"{r['loop_ms'] / fwd[0]:,.0f}x faster than the loop)",
+        f"features from latest fixes: {r['features_ms'][0]:.1f} ms (p90 {r['features_ms'][1]:.1f})",
+        f"serving, batched (features + forward): {serve[0]:.1f} ms (p90 {serve[1]:.1f}); "
+        f"bar < {BAR_MS:.0f} ms: {verdict}",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
