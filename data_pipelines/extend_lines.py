@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from transitnet.cli import configure_logging
 from transitnet.datamodules.loading import ensure_matched
 from transitnet.datasets.vocab import LineVocabulary
 from transitnet.extend import ExtensionConfig, extend_lines, report_dict
@@ -134,9 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job; exit 0 whether or not a line was added, 2 on bad input."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging("INFO")
     today = dt.datetime.now(dt.UTC).date()
     dates = [str(today - dt.timedelta(days=k)) for k in range(args.days, 0, -1)]
     cfg = ExtensionConfig(tier=args.tier, init=args.init, max_steps=args.max_steps)

@@ -131,9 +131,12 @@ def test_every_fault_at_once_in_one_tick(tmp_path: Path, server: FaultServer) ->
     }
     for fid, (reply, _, _) in faults.items():
         server.route(f"/feed-{fid}", *(reply if isinstance(reply, list) else [reply]))
+    # Only the "timeout" feed gets a read timeout shorter than its reply's delay; the others
+    # get generous ones so a loaded machine can't turn a slow answer into an extra attempt.
     cfg = parse_config({"feeds": [
-        {"id": fid, "url": server.url(f"/feed-{fid}"), "connect_timeout_s": 0.3,
-         "read_timeout_s": 0.3, "max_bytes": 1_000_000} for fid in faults
+        {"id": fid, "url": server.url(f"/feed-{fid}"), "connect_timeout_s": 5.0,
+         "read_timeout_s": 0.3 if fid == "timeout" else 10.0, "max_bytes": 1_000_000}
+        for fid in faults
     ]})  # fmt: skip
     assert run_once(cfg, tmp_path, max_workers=len(faults)) is False
     log = read_fetch_log(tmp_path)

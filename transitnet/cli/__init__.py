@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 #: Subcommand modules, in the order ``transitnet --help`` lists them.
@@ -55,15 +56,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler bound to whatever ``sys.stderr`` is when a record is emitted.
+
+    ``logging.StreamHandler(sys.stderr)`` keeps the stream it was built with; when that
+    stream is later closed or swapped (pytest's capture, notebooks, an embedding
+    application), every record from a worker thread raises "I/O operation on closed file".
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure_logging(level: str) -> None:
-    """Send log records to stderr with UTC timestamps."""
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
+    """Send log records to the current stderr with UTC timestamps.
+
+    Args:
+        level: A ``logging`` level name (``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``).
+    """
+    formatter = logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
     )
+    formatter.converter = time.gmtime
+    handler = _CurrentStderrHandler()
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler], force=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
