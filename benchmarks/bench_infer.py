@@ -10,8 +10,9 @@ architecture (``exp_forecast.TASK``, as in ``forecast.yaml``) sized for Austin's
 What is timed (median and p90 of ``--repeats`` calls, torch on ``--threads`` threads):
 
 - ``features``: from the matched rows of the latest fixes (``--vehicles`` × K rows) to a
-  scaled :class:`~transitnet.datasets.batches.ForecastBatch`: :func:`build_windows`,
-  keeping each vehicle's latest window, line ids from the vocabulary, scaling;
+  scaled :class:`~transitnet.datasets.batches.ForecastBatch`:
+  ``build_windows(..., latest_only=True)`` (each vehicle's latest window, with the live
+  traffic context read from every vehicle's fixes), line ids from the vocabulary, scaling;
 - ``forward, batched``: one forward pass of the task (calibrated P10/P50/P90 at 5
   horizons) over all vehicles at once, under ``torch.inference_mode``;
 - ``forward, per-vehicle loop``: the same forward, one vehicle per call (the baseline);
@@ -69,12 +70,7 @@ def build_features(
     rows: pd.DataFrame, config: WindowConfig, vocab: LineVocabulary, scales: Any
 ) -> ForecastBatch:
     """Serving-side features: the latest window of every vehicle, scaled, as one batch."""
-    windows = build_windows(rows, config)
-    last = np.r_[
-        windows.meta["trajectory"].to_numpy()[1:] != windows.meta["trajectory"].to_numpy()[:-1],
-        True,
-    ]
-    latest = windows.subset(last)
+    latest = build_windows(rows, config, latest_only=True)
     data = WindowDataset(latest, vocab.encode(latest.meta["line_key"].tolist()), *scales)
     return data.__getitems__(range(len(data)))
 

@@ -128,3 +128,31 @@ def test_real_austin_windows_know_where_the_vehicle_is_on_its_shape(shared_data,
     dist = w.meta["dist_along_m"].to_numpy()
     np.testing.assert_allclose(ctx["remaining_m"], np.maximum(true_len - dist, 0), atol=1.0)
     assert (ctx["remaining_m"] > 0).mean() > 0.95
+
+
+def test_latest_only_serves_the_last_window_of_each_trajectory() -> None:
+    df = pd.concat(
+        [_matched(7, vehicle="a"), _matched(5, vehicle="b", speed=4.0)], ignore_index=True
+    )
+    cfg = WindowConfig(past_fixes=3, horizons_s=(60, 120))
+    full = build_windows(df, cfg)
+    latest = build_windows(df, cfg, latest_only=True)
+    last = np.r_[
+        full.meta["trajectory"].to_numpy()[1:] != full.meta["trajectory"].to_numpy()[:-1], True
+    ]
+    assert len(latest) == 2 and latest.meta["vehicle_id"].tolist() == ["a", "b"]
+    np.testing.assert_array_equal(latest.past, full.past[last])
+    np.testing.assert_array_equal(latest.context, full.context[last])
+    np.testing.assert_array_equal(latest.lengths, full.lengths[last])
+    assert not latest.target_mask.any()
+    assert len(build_windows(df.iloc[:0], cfg, latest_only=True)) == 0
+
+
+def test_time_of_day_and_day_of_week_are_local_across_dst() -> None:
+    from transitnet.datasets.features import compute_local_seconds
+
+    # 2017-03-12 08:30 UTC is 02:30 CST... which does not exist: clocks jump to 03:30 CDT
+    times = pd.Series(pd.to_datetime(["2017-03-12 06:00", "2017-03-12 09:00"], utc=True))
+    local = compute_local_seconds(times, "America/Chicago")
+    assert (local % 86400 / 3600).tolist() == [0.0, 4.0]  # 00:00 CST, 04:00 CDT
+    assert ((local // 86400 + 3) % 7).tolist() == [6.0, 6.0]  # a Sunday

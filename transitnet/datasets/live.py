@@ -47,31 +47,29 @@ LIVE_FEATURES: tuple[str, ...] = (
 )
 
 
-def _window_sums(
-    group_src: np.ndarray,
-    t_src: np.ndarray,
-    v_src: np.ndarray,
-    group_q: np.ndarray,
-    t_q: np.ndarray,
-    window_s: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sum and count of ``v_src`` with the query's group and ``t`` in ``[t_q - w, t_q)``.
+class _WindowSums:
+    """Sums of values per integer group over time windows, from one sort of the sources.
 
     Groups are non-negative integers; a negative group never matches.
     """
-    if not len(t_src) or not len(t_q):
-        return np.zeros(len(t_q)), np.zeros(len(t_q))
-    t0 = min(float(t_src.min()), float(t_q.min())) - window_s
-    span = max(float(t_src.max()), float(t_q.max())) - t0 + window_s + 1.0
-    key = group_src.astype(np.float64) * span + (t_src - t0)
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    cum = np.r_[0.0, np.cumsum(v_src[order])]
-    base = group_q.astype(np.float64) * span + (t_q - t0)
-    hi = np.searchsorted(key, base, side="left")
-    lo = np.searchsorted(key, base - window_s, side="left")
-    ok = group_q >= 0
-    return np.where(ok, cum[hi] - cum[lo], 0.0), np.where(ok, hi - lo, 0).astype(np.float64)
+
+    def __init__(self, group: np.ndarray, t: np.ndarray, v: np.ndarray, window_s: float) -> None:
+        self.window_s = window_s
+        self.t0 = (float(t.min()) if len(t) else 0.0) - window_s
+        self.span = (float(t.max()) if len(t) else 0.0) - self.t0 + 2 * window_s + 1.0
+        key = group.astype(np.float64) * self.span + (t - self.t0)
+        order = np.argsort(key, kind="stable")
+        self.key = key[order]
+        self.cum = np.r_[0.0, np.cumsum(v[order])]
+
+    def query(self, group: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sum and count of the sources of ``group`` timed in ``[t - window_s, t)``."""
+        ok = (group >= 0) & (t > self.t0) & (t < self.t0 + self.span - self.window_s)
+        base = np.where(ok, group.astype(np.float64) * self.span + (t - self.t0), -1.0)
+        hi = np.searchsorted(self.key, base, side="left")
+        lo = np.searchsorted(self.key, base - self.window_s, side="left")
+        total = np.where(ok, self.cum[hi] - self.cum[lo], 0.0)
+        return total, np.where(ok, hi - lo, 0).astype(np.float64)
 
 
 def _codes(values: pd.Series) -> np.ndarray:
@@ -80,40 +78,49 @@ def _codes(values: pd.Series) -> np.ndarray:
     return np.asarray(codes, dtype=np.int64)
 
 
-def compute_live_context(df: pd.DataFrame, config: LiveConfig | None = None) -> np.ndarray:
-    """``(N, len(LIVE_FEATURES))`` float64 live features of every row of ``df``.
+def _mean_and_count(total: np.ndarray, count: np.ndarray) -> list[np.ndarray]:
+    return [np.where(count > 0, total / np.maximum(count, 1), 0.0), np.log1p(count)]
+
+
+def compute_live_context(
+    df: pd.DataFrame, config: LiveConfig | None = None, *, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """``(len(rows), len(LIVE_FEATURES))`` float64 live features of the fixes at ``rows``.
 
     Args:
-        df: Fixes (columns in the module docstring); any order.
+        df: Fixes (columns in the module docstring); any order. All of them are sources.
         config: Aggregation settings.
+        rows: Positions of the fixes to describe (default: every row).
 
     Returns:
-        Features aligned with ``df``'s rows (speeds in m/s, counts as ``log1p``).
+        Features aligned with ``rows`` (speeds in m/s, counts as ``log1p``).
     """
     config = config or LiveConfig()
-    if df.empty:
-        return np.zeros((0, len(LIVE_FEATURES)))
+    rows = np.arange(len(df)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if df.empty or not len(rows):
+        return np.zeros((len(rows), len(LIVE_FEATURES)))
     t = df["t_s"].to_numpy(np.float64)
-    d = df["dist_along_m"].to_numpy(np.float64, na_value=np.nan)
+    d = np.nan_to_num(df["dist_along_m"].to_numpy(np.float64, na_value=np.nan), nan=-1e9)
     v = df["speed_along_mps"].to_numpy(np.float64, na_value=np.nan)
-    fresh = np.isfinite(v) & np.isfinite(d) & np.isfinite(t)
+    fresh = np.isfinite(v) & (d > -1e9) & np.isfinite(t)
     if "is_stale" in df:
         fresh &= ~df["is_stale"].to_numpy(bool, na_value=False)
     shape, line = _codes(df["shape_id"]), _codes(df["line_key"])
-    seg = np.floor(np.where(np.isfinite(d), d, 0.0) / config.segment_m).astype(np.int64)
+    seg = np.floor(np.maximum(d, 0.0) / config.segment_m).astype(np.int64)
     n_seg = int(seg.max()) + 2 + int(max(b for _, b in config.bands_m) // config.segment_m)
     src = fresh & (shape >= 0)
-    group_src = shape[src] * n_seg + seg[src]
+    by_seg = _WindowSums(shape[src] * n_seg + seg[src], t[src], v[src], config.window_s)
     cols: list[np.ndarray] = []
+    q_shape, q_d, q_t = shape[rows], np.maximum(d[rows], 0.0), t[rows]
     for start, end in config.bands_m:
-        first = np.floor((np.where(np.isfinite(d), d, 0.0) + start) / config.segment_m)
-        total, count = np.zeros(len(df)), np.zeros(len(df))
+        first = np.floor((q_d + start) / config.segment_m).astype(np.int64)
+        total, count = np.zeros(len(rows)), np.zeros(len(rows))
         for k in range(max(round((end - start) / config.segment_m), 1)):
-            group_q = np.where(shape >= 0, shape * n_seg + first.astype(np.int64) + k, -1)
-            s, c = _window_sums(group_src, t[src], v[src], group_q, t, config.window_s)
+            group = np.where(q_shape >= 0, q_shape * n_seg + first + k, -1)
+            s, c = by_seg.query(group, q_t)
             total, count = total + s, count + c
-        cols += [np.where(count > 0, total / np.maximum(count, 1), 0.0), np.log1p(count)]
+        cols += _mean_and_count(total, count)
     src = fresh & (line >= 0)
-    total, count = _window_sums(line[src], t[src], v[src], line, t, config.window_s)
-    cols += [np.where(count > 0, total / np.maximum(count, 1), 0.0), np.log1p(count)]
+    by_line = _WindowSums(line[src], t[src], v[src], config.window_s)
+    cols += _mean_and_count(*by_line.query(line[rows], q_t))
     return np.stack(cols, axis=1)

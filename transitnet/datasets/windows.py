@@ -21,7 +21,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from transitnet.datasets.live import LIVE_FEATURES, compute_live_context
+from transitnet.datasets.features import (
+    CONTEXT_FEATURES,
+    PAST_FEATURES,
+    compute_context,
+    compute_local_seconds,
+    compute_past_features,
+)
+
+__all__ = [
+    "CONTEXT_FEATURES",
+    "PAST_FEATURES",
+    "USABLE_STATUSES",
+    "WindowConfig",
+    "Windows",
+    "build_windows",
+    "concat_windows",
+    "interpolate_future",
+    "prepare_trajectories",
+    "sample_per_line",
+]
 
 #: Match statuses whose distance along the shape is trusted for training.
 USABLE_STATUSES: tuple[str, ...] = (
@@ -30,41 +49,6 @@ USABLE_STATUSES: tuple[str, ...] = (
     "fallback_headsign",
     "fallback_variant",
     "fallback_stops",
-)
-
-#: Per-fix input features, in order.
-PAST_FEATURES: tuple[str, ...] = (
-    "age_s",  # anchor time minus fix time
-    "dist_rel_m",  # fix distance minus anchor distance (<= 0 for past fixes)
-    "dt_s",  # time since the previous fix in the window
-    "speed_along_mps",
-    "offset_m",
-    "is_dwell",
-    "is_stale",
-    "delay_s",
-    "has_delay",
-)
-
-#: Periods (km) of the sine/cosine encodings of the distance along the shape: with the
-#: line row they let the network learn where on a line vehicles run fast or slow.
-DIST_PERIODS_KM: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-
-#: Per-window context features, in order.
-CONTEXT_FEATURES: tuple[str, ...] = (
-    "tod_sin",
-    "tod_cos",
-    "dow_sin",
-    "dow_cos",
-    "progress",
-    "dist_km",  # absolute distance along the shape (with the line row: where on the line)
-    "shape_km",  # length of the matched shape (tells a line's variants apart)
-    "remaining_m",
-    "next_stop_m",
-    "recent_speed_mps",
-    "delay_s",
-    "has_delay",
-    *(f"dist_{fn}_{p:g}km" for p in DIST_PERIODS_KM for fn in ("sin", "cos")),
-    *LIVE_FEATURES,
 )
 
 
@@ -199,11 +183,14 @@ def prepare_trajectories(matched: pd.DataFrame, config: WindowConfig) -> pd.Data
     order = np.lexsort((t, code))  # stable: equal times keep their input order
     code, t = code[order], t[order]
     # One fix per (trajectory, timestamp): re-published fixes carry no new information.
-    first = np.r_[True, (code[1:] != code[:-1]) | (t[1:] != t[:-1])]
+    first = np.ones(len(code), dtype=bool)
+    first[1:] = (code[1:] != code[:-1]) | (t[1:] != t[:-1])
     code, t = code[first], t[first]
     df = df.iloc[order[first]].reset_index(drop=True)
-    new_key = np.r_[True, code[1:] != code[:-1]]
-    gap = np.r_[False, np.diff(t) > config.max_gap_s]
+    new_key = np.ones(len(code), dtype=bool)
+    new_key[1:] = code[1:] != code[:-1]
+    gap = np.zeros(len(code), dtype=bool)
+    gap[1:] = np.diff(t) > config.max_gap_s
     df["trajectory"] = np.cumsum(new_key | gap).astype(np.int64) - 1
     return df
 
@@ -243,152 +230,64 @@ def interpolate_future(
     return targets, mask
 
 
-def _past_features(df: pd.DataFrame) -> np.ndarray:
-    """(N, len(PAST_FEATURES)) per-fix features, before windowing (age/dist_rel filled later)."""
-    n = len(df)
-    delay = (
-        df["delay_s"].to_numpy(np.float64, na_value=np.nan)
-        if "delay_s" in df
-        else np.full(n, np.nan)
-    )
-    dt = df["t_s"].diff().to_numpy(np.float64, copy=True)
-    dt[df["trajectory"].ne(df["trajectory"].shift()).to_numpy()] = 0.0
-    cols = {
-        "age_s": np.zeros(n),
-        "dist_rel_m": np.zeros(n),
-        "dt_s": np.nan_to_num(dt),
-        "speed_along_mps": df["speed_along_mps"].to_numpy(np.float64, na_value=0.0),
-        "offset_m": df["offset_m"].to_numpy(np.float64, na_value=0.0),
-        "is_dwell": df["is_dwell"].to_numpy(np.float64, na_value=0.0),
-        "is_stale": df["is_stale"].to_numpy(np.float64, na_value=0.0),
-        "delay_s": np.nan_to_num(delay),
-        "has_delay": np.isfinite(delay).astype(np.float64),
-    }
-    return np.stack([np.nan_to_num(cols[c]) for c in PAST_FEATURES], axis=1)
-
-
 def _gather_past(
-    feats: np.ndarray, traj: np.ndarray, t: np.ndarray, d: np.ndarray, k: int
+    feats: np.ndarray, traj: np.ndarray, t: np.ndarray, d: np.ndarray, k: int, rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Left-aligned (N, K, F) windows of the last ``k`` fixes of each row's trajectory."""
+    """Left-aligned (len(rows), K, F) windows of the last ``k`` fixes up to each of ``rows``."""
     n = len(traj)
     idx = np.arange(n)
     starts = np.zeros(n, dtype=np.int64)
     new = np.ones(n, dtype=bool)
     new[1:] = traj[1:] != traj[:-1]
     starts[new] = idx[new]
-    starts = np.maximum.accumulate(starts)
-    lengths = np.minimum(idx - starts + 1, k)
-    first = idx - lengths + 1
+    starts = np.maximum.accumulate(starts)[rows]
+    lengths = np.minimum(rows - starts + 1, k)
+    first = rows - lengths + 1
     pos = first[:, None] + np.arange(k)[None, :]
     valid = np.arange(k)[None, :] < lengths[:, None]
-    pos = np.where(valid, pos, idx[:, None])
+    pos = np.where(valid, pos, rows[:, None])
     past = feats[pos].astype(np.float32)
     a, r = PAST_FEATURES.index("age_s"), PAST_FEATURES.index("dist_rel_m")
-    past[:, :, a] = (t[:, None] - t[pos]).astype(np.float32)
-    past[:, :, r] = (d[pos] - d[:, None]).astype(np.float32)
+    past[:, :, a] = (t[rows][:, None] - t[pos]).astype(np.float32)
+    past[:, :, r] = (d[pos] - d[rows][:, None]).astype(np.float32)
     past[~valid] = 0.0
     return past, lengths.astype(np.int64)
 
 
-def compute_shape_length(df: pd.DataFrame) -> np.ndarray:
-    """(N,) length in metres of each row's shape (NaN where it cannot be known).
-
-    Uses ``shape_length_m`` where present; otherwise recovers it from the matcher's
-    ``progress = dist_along_m / length`` (clipped to [0, 1]): the median of
-    ``dist_along_m / progress`` over the shape's rows with ``0 < progress < 1``.
-
-    Input columns: ``shape_id, dist_along_m, progress``; optional ``shape_length_m``.
-    """
-    n = len(df)
-    given = (
-        df["shape_length_m"].to_numpy(np.float64, na_value=np.nan)
-        if "shape_length_m" in df
-        else np.full(n, np.nan)
-    )
-    if "progress" not in df or "shape_id" not in df or np.isfinite(given).all():
-        return given
-    dist = df["dist_along_m"].to_numpy(np.float64, na_value=np.nan)
-    prog = df["progress"].to_numpy(np.float64, na_value=np.nan)
-    inner = (prog > 1e-6) & (prog < 1.0 - 1e-9) & (dist > 0)
-    est = pd.Series(np.where(inner, dist / np.where(inner, prog, 1.0), np.nan), index=df.index)
-    shape = df["shape_id"].astype("string").fillna("")
-    per_shape = est.groupby(shape.to_numpy()).transform("median").to_numpy(np.float64)
-    return np.where(np.isfinite(given), given, per_shape)
-
-
-def compute_local_seconds(times: pd.Series, timezone: str) -> np.ndarray:
-    """(N,) float64 local wall-clock seconds since 1970-01-01 00:00 (local) of UTC ``times``.
-
-    ``% 86400`` gives the time of day, ``(// 86400 + 3) % 7`` the day of week (Monday 0).
-    """
-    local = times.dt.tz_convert(timezone).dt.tz_localize(None)
-    seconds: np.ndarray = ((local - pd.Timestamp("1970-01-01")) / pd.Timedelta("1s")).to_numpy(
-        np.float64
-    )
-    return seconds
-
-
-def _context(
-    df: pd.DataFrame, past: np.ndarray, lengths: np.ndarray, local_s: np.ndarray
-) -> np.ndarray:
-    tod = np.floor(local_s) % 86400
-    dow = (np.floor_divide(local_s, 86400) + 3) % 7
-    n = len(df)
-    length = compute_shape_length(df)
-    dist = df["dist_along_m"].to_numpy(np.float64)
-    nxt = (
-        df["next_stop_dist_m"].to_numpy(np.float64, na_value=np.nan)
-        if ("next_stop_dist_m" in df)
-        else np.full(n, np.nan)
-    )
-    # The oldest fix in the window gives the recent along-route speed.
-    span_t = past[:, 0, PAST_FEATURES.index("age_s")]
-    span_d = -past[:, 0, PAST_FEATURES.index("dist_rel_m")]
-    recent = np.where(span_t > 0, span_d / np.maximum(span_t, 1e-6), 0.0)
-    anchor = past[np.arange(n), lengths - 1]
-    cols = {
-        "tod_sin": np.sin(2 * np.pi * tod / 86400),
-        "tod_cos": np.cos(2 * np.pi * tod / 86400),
-        "dow_sin": np.sin(2 * np.pi * dow / 7),
-        "dow_cos": np.cos(2 * np.pi * dow / 7),
-        "progress": df["progress"].to_numpy(np.float64, na_value=0.0),
-        "dist_km": dist / 1000.0,
-        "shape_km": np.nan_to_num(length) / 1000.0,
-        "remaining_m": np.nan_to_num(np.maximum(length - dist, 0.0)),
-        "next_stop_m": np.nan_to_num(nxt - dist),
-        "recent_speed_mps": recent,
-        "delay_s": anchor[:, PAST_FEATURES.index("delay_s")],
-        "has_delay": anchor[:, PAST_FEATURES.index("has_delay")],
-    }
-    for p in DIST_PERIODS_KM:
-        cols[f"dist_sin_{p:g}km"] = np.sin(2 * np.pi * dist / (1000.0 * p))
-        cols[f"dist_cos_{p:g}km"] = np.cos(2 * np.pi * dist / (1000.0 * p))
-    cols.update(zip(LIVE_FEATURES, compute_live_context(df).T, strict=True))
-    return np.stack([np.nan_to_num(cols[c]) for c in CONTEXT_FEATURES], axis=1).astype(np.float32)
-
-
-def build_windows(matched: pd.DataFrame, config: WindowConfig | None = None) -> Windows:
+def build_windows(
+    matched: pd.DataFrame, config: WindowConfig | None = None, *, latest_only: bool = False
+) -> Windows:
     """Cut every usable fix of ``matched`` into a window with its future targets.
 
     Args:
         matched: Matched positions (columns in the module docstring).
         config: Window settings; defaults to :class:`WindowConfig`.
+        latest_only: Serving mode: one window per trajectory, anchored at its latest fix
+            (targets all masked: its future is not known yet). Every fix still feeds the
+            past windows and the live traffic context.
 
     Returns:
-        One window per usable fix, in trajectory/time order. Windows whose targets are all
-        masked are kept (they still serve prediction); training code filters them.
+        One window per usable fix (or per trajectory), in trajectory/time order. Windows
+        whose targets are all masked are kept (they still serve prediction); training code
+        filters them.
     """
     config = config or WindowConfig()
     df = prepare_trajectories(matched, config)
     traj = df["trajectory"].to_numpy(np.int64)
     t = df["t_s"].to_numpy(np.float64)
     d = df["dist_along_m"].to_numpy(np.float64)
-    feats = _past_features(df)
-    past, lengths = _gather_past(feats, traj, t, d, config.past_fixes)
-    targets, mask = interpolate_future(traj, t, d, config.horizons_s)
-    local_s = compute_local_seconds(df["vehicle_timestamp"], config.timezone)
-    context = _context(df, past, lengths, local_s)
+    rows = np.arange(len(df))
+    if latest_only:
+        rows = rows[np.r_[traj[1:] != traj[:-1], True]] if len(df) else rows
+    past, lengths = _gather_past(compute_past_features(df), traj, t, d, config.past_fixes, rows)
+    if latest_only:
+        targets = np.zeros((len(rows), len(config.horizons_s)), dtype=np.float32)
+        mask = np.zeros(targets.shape, dtype=bool)
+    else:
+        targets, mask = interpolate_future(traj, t, d, config.horizons_s)
+    at = df.iloc[rows]
+    local_s = compute_local_seconds(at["vehicle_timestamp"], config.timezone)
+    context = compute_context(df, rows, past, lengths, local_s)
     meta_cols = [
         "feed_id",
         "vehicle_id",
@@ -400,10 +299,10 @@ def build_windows(matched: pd.DataFrame, config: WindowConfig | None = None) -> 
         "dist_along_m",
         "speed_along_mps",
     ]
-    meta = df[meta_cols].copy()
-    meta["anchor_time"] = df["vehicle_timestamp"]
+    meta = at[meta_cols].copy()
+    meta["anchor_time"] = at["vehicle_timestamp"]
     meta["local_hour"] = (np.floor(local_s) % 86400 // 3600).astype(np.int64)
-    meta["delay_s"] = df["delay_s"] if "delay_s" in df else np.nan
+    meta["delay_s"] = at["delay_s"] if "delay_s" in at else np.nan
     return Windows(
         past, lengths, context, targets, mask, meta.reset_index(drop=True), tuple(config.horizons_s)
     )
