@@ -111,12 +111,21 @@ class QuantileCalibration(nn.Module):
         fixed[:, self.mid] = 1.0
         self.scales.copy_(fixed)
 
-    def forward(self, pred: torch.Tensor) -> torch.Tensor:
-        """Calibrate ``(B, H, Q)`` forecasts (monotone in H and Q, non-negative)."""
-        if self.is_identity:
-            return pred
+    def forward(self, pred: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrate ``(B, H, Q)`` forecasts (monotone in H and Q, non-negative).
+
+        Args:
+            pred: Raw forecasts.
+            scales: Scales to use instead of the fitted buffer: ``(H, Q)``, or ``(B, H, Q)``
+                for one set per forecast (online recalibration,
+                :mod:`transitnet.online_calibration`).
+        """
+        if scales is None:
+            if self.is_identity:
+                return pred
+            scales = self.scales
         mid = pred[..., self.mid : self.mid + 1]
-        out = (mid + self.scales * (pred - mid)).clamp_min(0.0)
+        out = (mid + scales.to(pred) * (pred - mid)).clamp_min(0.0)
         out = torch.cummax(out, dim=2).values
         return torch.cummax(out, dim=1).values
 
