@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
-from torch.utils.data import DataLoader
 
+from transitnet.datamodules.base import SplitDataModule
 from transitnet.datamodules.loading import Period, check_order, parse_period
 from transitnet.datasets.batches import fit_scale
 from transitnet.datasets.class_batches import (
@@ -49,7 +48,7 @@ SPLITS = ("train", "val", "test", "predict")
 MIN_STD = 1e-3
 
 
-class RouteClassDataModule(pl.LightningDataModule):
+class RouteClassDataModule(SplitDataModule[ClassBatch]):
     """Which line is this vehicle on? Windows of fixes labelled by line key.
 
     Args:
@@ -255,34 +254,9 @@ class RouteClassDataModule(pl.LightningDataModule):
             windows, labels = windows.subset(keep), labels[keep]
         return ClassWindowDataset(windows, labels, self.scale)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader[ClassBatch]:
-        hp: Any = self.hparams
-        return DataLoader(
-            self.dataset(split),
-            batch_size=hp.batch_size,
-            shuffle=shuffle,
-            collate_fn=collate_class_batch,  # type: ignore[arg-type]
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader[ClassBatch]:
-        """Shuffled training batches."""
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader[ClassBatch] | list[DataLoader[ClassBatch]]:
-        """Validation batches in time order (none without a validation period)."""
-        if not self.hparams["val_dates"]:
-            return []
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader[ClassBatch]:
-        """Test batches in time order."""
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader[ClassBatch]:
-        """Batches of every window of the predict period, unlabelled ones included."""
-        return self._loader("predict", shuffle=False)
+    def collate(self, items: ClassBatch) -> ClassBatch:
+        """Identity: :class:`ClassWindowDataset` returns whole batches."""
+        return collate_class_batch(items)
 
     # -- checkpoint state ----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
-from torch.utils.data import DataLoader
 
+from transitnet.datamodules.base import SplitDataModule
 from transitnet.datamodules.loading import load_windows
 from transitnet.datasets.batches import ForecastBatch, WindowDataset, collate_batch, fit_scale
 from transitnet.datasets.vocab import LineVocabulary
@@ -26,7 +25,7 @@ logger = logging.getLogger(__name__)
 STAGES = ("train", "val", "test", "predict")
 
 
-class TransitDataModule(pl.LightningDataModule):
+class TransitDataModule(SplitDataModule[ForecastBatch]):
     """Forecasting windows from a transitnet store.
 
     Args:
@@ -161,32 +160,9 @@ class TransitDataModule(pl.LightningDataModule):
         line_ids = self.vocab.encode(windows.meta["line_key"].tolist())
         return WindowDataset(windows, line_ids, self.past_scale, self.context_scale)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader[ForecastBatch]:
-        hp: Any = self.hparams
-        return DataLoader(
-            self.dataset(split),
-            batch_size=hp.batch_size,
-            shuffle=shuffle,
-            collate_fn=collate_batch,  # type: ignore[arg-type]
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader[ForecastBatch]:
-        """Shuffled training batches."""
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader[ForecastBatch]:
-        """Validation batches in time order."""
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader[ForecastBatch]:
-        """Test batches in time order."""
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader[ForecastBatch]:
-        """Prediction batches in time order."""
-        return self._loader("predict", shuffle=False)
+    def collate(self, items: ForecastBatch) -> ForecastBatch:
+        """Identity: :class:`WindowDataset` returns whole batches."""
+        return collate_batch(items)
 
     def state_dict(self) -> dict[str, Any]:
         """Vocabulary and scalers, saved into the checkpoint by Lightning."""
