@@ -215,3 +215,21 @@ def test_real_austin_schedule_delay_is_available_and_sane(
     # measured MAE at 5 min: schedule_delay 430 m, constant speed 855 m, historical mean 687 m
     assert 0.25 < mae["schedule_delay"][at_5min] / mae["constant_speed"][at_5min] < 1.5
     assert (mae["schedule_delay"] < mae["persistence"]).all()
+
+
+def test_summarise_scores_a_partial_baseline_where_it_exists() -> None:
+    from transitnet.evaluate import Evaluation, summarise
+
+    w = _anchors([0.0] * 4, ["T"] * 4, ["S"] * 4, horizons=(60, 120))
+    w.targets[:] = [[100, 200], [100, 200], [100, 200], [100, 200]]
+    w.target_mask[3, 1] = False
+    model = np.repeat(np.array([[90.0, 180.0], [110, 220], [100, 200], [50, 50]])[..., None], 3, 2)
+    sched = np.array([[100.0, 100.0], [np.nan, np.nan], [np.nan, np.nan], [0.0, 0.0]])
+    out = summarise(Evaluation(w, model, {"schedule_delay": sched}, (0.1, 0.5, 0.9)))
+    block = out["schedule_delay"]
+    assert block["n"] == {"60": 2, "120": 1}  # only the windows with a schedule count
+    assert block["mae_m"] == {"60": 50.0, "120": 100.0}
+    assert block["available_share"] == 0.5
+    assert block["model_mae_m_same_windows"] == {"60": 30.0, "120": 20.0}
+    assert out["model"]["available_share"] == 1.0 and out["model"]["n"] == {"60": 4, "120": 3}
+    assert "model_mae_m_same_windows" not in out["model"]

@@ -22,6 +22,7 @@ from transitnet.baselines import compute_baselines
 from transitnet.datamodules.transit import TransitDataModule
 from transitnet.datasets.batches import ForecastBatch
 from transitnet.datasets.windows import Windows
+from transitnet.gtfs.artefacts import load_or_build_artefacts
 from transitnet.metrics import (
     compute_coverage,
     compute_mae,
@@ -126,22 +127,35 @@ def run_evaluation(
         exclude_lines=dm.hparams.get("exclude_lines"),
     )["train"]
     pred = predict_windows(task, dm, "test")
-    return Evaluation(test, pred, compute_baselines(train, test), task.quantiles)
+    artefacts = None
+    if dm.static is not None:
+        mode = dm.hparams.get("line_key_mode") or "route"
+        artefacts = load_or_build_artefacts(dm.static, dm.store, line_key_mode=mode)
+    baselines = compute_baselines(train, test, artefacts=artefacts)
+    return Evaluation(test, pred, baselines, task.quantiles)
 
 
 def summarise(evaluation: Evaluation) -> dict[str, Any]:
-    """The ``metrics.json`` content: model and every baseline, per horizon and line."""
+    """The ``metrics.json`` content: model and every baseline, per horizon and line.
+
+    A forecaster that does not apply to every window (NaN rows: ``schedule_delay`` where
+    the trip has no schedule) is scored only where it exists: its ``n`` counts those
+    windows, and :func:`describe_availability` adds their share and the model's MAE on
+    exactly them.
+    """
     w = evaluation.windows
     h = w.horizons_s
     lines = w.meta["line_key"].astype(str).to_numpy()
     out: dict[str, Any] = {}
     candidates = {"model": evaluation.point(), **evaluation.baselines}
     for name, pred in candidates.items():
+        mask = w.target_mask & np.isfinite(pred)  # NaN: the forecaster does not apply
         out[name] = {
-            "mae_m": summarise_by_horizon(compute_mae(pred, w.targets, w.target_mask), h),
-            "rmse_m": summarise_by_horizon(compute_rmse(pred, w.targets, w.target_mask), h),
-            "per_line": compute_per_line_mae(pred, w.targets, w.target_mask, lines, h),
-            "n": summarise_by_horizon(w.target_mask.sum(axis=0), h),
+            "mae_m": summarise_by_horizon(compute_mae(pred, w.targets, mask), h),
+            "rmse_m": summarise_by_horizon(compute_rmse(pred, w.targets, mask), h),
+            "per_line": compute_per_line_mae(pred, w.targets, mask, lines, h),
+            "n": summarise_by_horizon(mask.sum(axis=0), h),
+            **describe_availability(pred, evaluation),
         }
     cov = compute_coverage(
         evaluation.model[..., 0], evaluation.model[..., -1], w.targets, w.target_mask
@@ -150,6 +164,22 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
         "band": [evaluation.quantiles[0], evaluation.quantiles[-1]],
         "by_horizon": summarise_by_horizon(cov, h),
     }
+    return out
+
+
+def describe_availability(pred: np.ndarray, evaluation: Evaluation) -> dict[str, Any]:
+    """``available_share``: share of windows with a forecast in every horizon.
+
+    Below 1 it adds ``model_mae_m_same_windows``, the model's MAE on the windows where
+    the forecaster exists, so a partial baseline is compared with the model fairly.
+    """
+    w = evaluation.windows
+    available = np.isfinite(pred).all(axis=1)
+    out: dict[str, Any] = {"available_share": float(available.mean()) if len(w) else 1.0}
+    if not available.all():
+        mask = w.target_mask & available[:, None]
+        mae = compute_mae(evaluation.point(), w.targets, mask)
+        out["model_mae_m_same_windows"] = summarise_by_horizon(mae, w.horizons_s)
     return out
 
 
