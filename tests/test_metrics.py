@@ -1,10 +1,14 @@
 import numpy as np
 
+from transitnet.gtfs.shapes import make_shape_table
 from transitnet.metrics import (
     compute_coverage,
     compute_eta_band_accuracy,
     compute_mae,
+    compute_masked_mean,
     compute_per_line_mae,
+    compute_per_line_mean,
+    compute_position_error,
     compute_rmse,
     summarise_by_horizon,
 )
@@ -41,3 +45,28 @@ def test_eta_bands_follow_the_transit_app_table() -> None:
     assert acc["10-15"] == 0.0  # 271 s late > 270 s
     assert acc["3-6"] != acc["3-6"]  # no predictions in that bucket -> NaN, left out
     assert abs(acc["score"] - (1 / 3 + 1.0 + 0.0) / 3) < 1e-9
+
+
+def test_position_error_on_an_l_shaped_shape() -> None:
+    # (0, 0) -> (1000, 0) -> (1000, 1000): 2 km, a right angle at 1 km
+    shapes = make_shape_table(
+        ["L"], [np.array([0.0, 1000, 1000])], [np.array([0.0, 0, 1000])], "EPSG:32760"
+    )
+    anchor = np.array([500.0, 500.0, 500.0, 500.0])
+    pred = np.array([[1000.0, 1500.0], [0.0, 0.0], [5000.0, 100.0], [10.0, 10.0]])
+    target = np.array([[500.0, 500.0], [1000.0, 0.0], [1500.0, 100.0], [0.0, 0.0]])
+    err = compute_position_error(shapes, ["L", "L", "L", "unknown"], anchor, pred, target)
+    # straight-line gaps: (1000,500)-(1000,0); (1000,1000)-(1000,0); (500,0)-(1000,500)
+    np.testing.assert_allclose(err[0], [500.0, 1000.0])
+    np.testing.assert_allclose(err[1], [np.hypot(500.0, 500.0), 0.0])  # shorter than 1000 m
+    np.testing.assert_allclose(err[2], [0.0, 0.0])  # both beyond the end: clamped to it
+    assert np.isnan(err[3]).all()  # unknown shape: no position, never a silent 0
+
+
+def test_masked_means_overall_and_per_line() -> None:
+    values = np.array([[1.0, 10.0], [3.0, np.nan], [5.0, 50.0]])
+    mask = np.array([[True, True], [True, False], [False, True]])
+    np.testing.assert_allclose(compute_masked_mean(values, mask), [2.0, 30.0])
+    per_line = compute_per_line_mean(values, mask, np.array(["a", "a", "b"]), (60, 120))
+    assert per_line["a"] == {"60": 2.0, "120": 10.0}
+    assert per_line["b"]["120"] == 50.0 and np.isnan(per_line["b"]["60"])

@@ -16,22 +16,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from transitnet.baselines import compute_baselines
 from transitnet.datamodules.transit import TransitDataModule
 from transitnet.datasets.batches import ForecastBatch
 from transitnet.datasets.windows import Windows
-from transitnet.gtfs.artefacts import load_or_build_artefacts
+from transitnet.gtfs.artefacts import StaticArtefacts, load_or_build_artefacts
 from transitnet.metrics import (
     compute_coverage,
     compute_mae,
+    compute_masked_mean,
     compute_per_line_mae,
+    compute_per_line_mean,
+    compute_position_error,
     compute_rmse,
     summarise_by_horizon,
 )
 from transitnet.report import (
+    format_eta_table,
     format_mae_table,
+    plot_eta_bands,
     plot_mae_by_horizon,
     plot_per_line,
     save_figure,
@@ -52,12 +58,15 @@ class Evaluation:
         model: ``(N, H, Q)`` model quantile forecasts (metres travelled).
         baselines: Baseline name → ``(N, H)`` point forecasts.
         quantiles: The model's quantile levels.
+        artefacts: Static artefacts the windows were matched on (shapes, stops), when
+            known; position errors and ETAs need them.
     """
 
     windows: Windows
     model: np.ndarray
     baselines: dict[str, np.ndarray]
     quantiles: tuple[float, ...]
+    artefacts: StaticArtefacts | None = None
 
     def point(self) -> np.ndarray:
         """``(N, H)`` median forecasts of the model."""
@@ -131,24 +140,36 @@ def run_evaluation(
     if dm.static is not None:
         mode = dm.hparams.get("line_key_mode") or "route"
         artefacts = load_or_build_artefacts(dm.static, dm.store, line_key_mode=mode)
+    else:
+        logger.warning("no static feed: position errors and ETAs are not computed")
     baselines = compute_baselines(train, test, artefacts=artefacts)
-    return Evaluation(test, pred, baselines, task.quantiles)
+    return Evaluation(test, pred, baselines, task.quantiles, artefacts)
 
 
-def summarise(evaluation: Evaluation) -> dict[str, Any]:
+def summarise(evaluation: Evaluation, observed: pd.DataFrame | None = None) -> dict[str, Any]:
     """The ``metrics.json`` content: model and every baseline, per horizon and line.
 
     A forecaster that does not apply to every window (NaN rows: ``schedule_delay`` where
     the trip has no schedule) is scored only where it exists: its ``n`` counts those
     windows, and :func:`describe_availability` adds their share and the model's MAE on
     exactly them.
+
+    Args:
+        evaluation: Predictions on the test windows (metres travelled from the anchor).
+        observed: Observed arrivals (:data:`~transitnet.realtime.trip_updates.OBSERVED_COLUMNS`:
+            ``trip_id, stop_id, observed_time, source``); adds ``"eta"`` blocks when given
+            and the evaluation has static artefacts.
+
+    Returns:
+        ``{"<forecaster>": {"mae_m", "rmse_m", "position_error_m", "n": {"<h>": …},
+        "per_line": {"<line>": {"mae_m", "position_error_m", "n"}}, "eta": {…}}}``;
+        the model also has ``"coverage"`` and, with ETAs, ``"eta_join"`` (join figures).
     """
     w = evaluation.windows
     h = w.horizons_s
     lines = w.meta["line_key"].astype(str).to_numpy()
     out: dict[str, Any] = {}
-    candidates = {"model": evaluation.point(), **evaluation.baselines}
-    for name, pred in candidates.items():
+    for name, pred in forecasters(evaluation).items():
         mask = w.target_mask & np.isfinite(pred)  # NaN: the forecaster does not apply
         out[name] = {
             "mae_m": summarise_by_horizon(compute_mae(pred, w.targets, mask), h),
@@ -157,6 +178,8 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
             "n": summarise_by_horizon(mask.sum(axis=0), h),
             **describe_availability(pred, evaluation),
         }
+        if evaluation.artefacts is not None:
+            add_position_error(out[name], evaluation, pred, lines)
     cov = compute_coverage(
         evaluation.model[..., 0], evaluation.model[..., -1], w.targets, w.target_mask
     )
@@ -164,7 +187,40 @@ def summarise(evaluation: Evaluation) -> dict[str, Any]:
         "band": [evaluation.quantiles[0], evaluation.quantiles[-1]],
         "by_horizon": summarise_by_horizon(cov, h),
     }
+    if observed is not None and evaluation.artefacts is not None:
+        from transitnet.evaluate_eta import summarise_eta
+
+        scores, join = summarise_eta(w, evaluation.artefacts, observed, forecasters(evaluation))
+        for name, block in scores.items():
+            out[name]["eta"] = block
+        out["model"]["eta_join"] = join
     return out
+
+
+def forecasters(evaluation: Evaluation) -> dict[str, np.ndarray]:
+    """Name → (N, H) point forecasts: ``"model"`` (its median) and every baseline."""
+    return {"model": evaluation.point(), **evaluation.baselines}
+
+
+def add_position_error(
+    block: dict[str, Any], evaluation: Evaluation, pred: np.ndarray, lines: np.ndarray
+) -> None:
+    """Add ``position_error_m`` (overall and per line) to one forecaster's metrics block."""
+    if evaluation.artefacts is None:
+        raise ValueError("position errors need the static artefacts (shapes)")
+    w = evaluation.windows
+    err = compute_position_error(
+        evaluation.artefacts.shapes,
+        w.meta["shape_id"],
+        w.meta["dist_along_m"].to_numpy(np.float64),
+        pred.astype(np.float64),
+        w.targets.astype(np.float64),
+    )
+    mask = w.target_mask & np.isfinite(err)
+    block["position_error_m"] = summarise_by_horizon(compute_masked_mean(err, mask), w.horizons_s)
+    per_line = compute_per_line_mean(err, mask, lines, w.horizons_s)
+    for line, values in per_line.items():
+        block["per_line"][line]["position_error_m"] = values
 
 
 def describe_availability(pred: np.ndarray, evaluation: Evaluation) -> dict[str, Any]:
@@ -202,12 +258,46 @@ def write_evaluation_report(metrics: dict[str, Any], out: Path, title: str) -> P
         f"{int(h) // 60} min: {v:.1%}" if v is not None else f"{int(h) // 60} min: –"
         for h, v in cov["by_horizon"].items()
     )
-    return write_report(
-        out / "report.md",
-        f"Forecast evaluation: {title}",
-        [
-            ("MAE along route (m)", format_mae_table(metrics) + "\n\n![](mae_by_horizon.png)"),
-            (f"P{round(cov['band'][0] * 100)}–P{round(cov['band'][1] * 100)} coverage", cov_rows),
-            ("Per line", "![](per_line.png)"),
-        ],
+    sections = [
+        ("MAE along route (m)", format_mae_table(metrics) + "\n\n![](mae_by_horizon.png)"),
+        *_position_section(metrics, out),
+        (f"P{round(cov['band'][0] * 100)}–P{round(cov['band'][1] * 100)} coverage", cov_rows),
+        *_eta_section(metrics, out),
+        ("Per line", "![](per_line.png)"),
+    ]
+    return write_report(out / "report.md", f"Forecast evaluation: {title}", sections)
+
+
+def _position_section(metrics: dict[str, Any], out: Path) -> list[tuple[str, str]]:
+    """The position-error table and plot, when the metrics have them."""
+    if "position_error_m" not in metrics["model"]:
+        return []
+    fig = plot_mae_by_horizon(
+        metrics, "Position error by horizon", "position_error_m", "mean position error (m)"
     )
+    save_figure(fig, out / "position_error_by_horizon.png")
+    text = (
+        "Straight-line distance between the predicted and the observed position, both "
+        "placed on the shape.\n\n"
+        + format_mae_table(metrics, "position_error_m")
+        + "\n\n![](position_error_by_horizon.png)"
+    )
+    return [("Position error (m)", text)]
+
+
+def _eta_section(metrics: dict[str, Any], out: Path) -> list[tuple[str, str]]:
+    """The ETA table, join figures and band plot, when the metrics have them."""
+    if "eta" not in metrics["model"]:
+        return []
+    save_figure(plot_eta_bands(metrics), out / "eta_bands.png")
+    join = metrics["model"].get("eta_join", {})
+    text = (
+        "Share of arrival predictions inside the Transit-app band of their horizon "
+        "(observed arrivals 0–15 min after the anchor; a forecast that does not reach "
+        "the stop by the last horizon counts as a miss).\n\n"
+        + format_eta_table(metrics)
+        + "\n\nJoin: "
+        + ", ".join(f"{k} {v:,.3g}" for k, v in join.items())
+        + "\n\n![](eta_bands.png)"
+    )
+    return [("ETA accuracy (Transit-app bands)", text)]

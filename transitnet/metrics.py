@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from transitnet.gtfs.shapes import ShapeTable, interpolate_xy
+
 #: Transit app ETA bands: (upper horizon s, early tolerance s, late tolerance s).
 TRANSIT_APP_BANDS: tuple[tuple[float, float, float], ...] = (
     (180.0, 30.0, 90.0),
@@ -72,6 +74,63 @@ def compute_per_line_mae(
         rows = np.asarray(idx)
         mae = compute_mae(pred[rows], target[rows], mask[rows])
         out[str(key)] = {"mae_m": summarise_by_horizon(mae, horizons_s), "n": len(rows)}
+    return out
+
+
+def compute_masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H,) mean of ``(N, H)`` values over the masked-in entries per horizon (NaN where none)."""
+    total = np.where(mask, values, 0.0).sum(axis=0)
+    count = mask.sum(axis=0)
+    result: np.ndarray = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return result
+
+
+def compute_position_error(
+    shapes: ShapeTable,
+    shape_ids: Any,
+    anchor_m: np.ndarray,
+    pred: np.ndarray,
+    target: np.ndarray,
+) -> np.ndarray:
+    """(N, H) straight-line distance (m) between predicted and observed positions on the shape.
+
+    Both positions are placed on the window's shape (in its metric CRS) at the anchor's
+    distance along it plus the predicted or the observed distance travelled, clamped to
+    the shape's ends. On a straight shape this equals the along-route error; on a curved
+    one it is smaller (what a rider sees on a map).
+
+    Args:
+        shapes: The metric shapes.
+        shape_ids: (N,) shape id of each window (null or unknown ids give NaN).
+        anchor_m: (N,) distance along the shape at the anchor fix, metres.
+        pred: (N, H) predicted metres travelled from the anchor.
+        target: (N, H) observed metres travelled from the anchor.
+
+    Returns:
+        (N, H) float64 distances in metres; NaN where the shape is unknown or a value is NaN.
+    """
+    idx = np.broadcast_to(shapes.index_of(shape_ids)[:, None], pred.shape).ravel()
+    anchor = np.asarray(anchor_m, dtype=np.float64)[:, None]
+    xp, yp = interpolate_xy(shapes, idx, (anchor + pred).ravel())
+    xt, yt = interpolate_xy(shapes, idx, (anchor + target).ravel())
+    result: np.ndarray = np.hypot(xp - xt, yp - yt).reshape(pred.shape)
+    return result
+
+
+def compute_per_line_mean(
+    values: np.ndarray,
+    mask: np.ndarray,
+    line_keys: np.ndarray,
+    horizons_s: Sequence[int],
+) -> dict[str, dict[str, float]]:
+    """Per line: ``{"<line key>": {"<h>": mean of the masked-in values}}``."""
+    out: dict[str, dict[str, float]] = {}
+    keys = pd.Series(line_keys).astype(str)
+    for key, idx in keys.groupby(keys).groups.items():
+        rows = np.asarray(idx)
+        out[str(key)] = summarise_by_horizon(
+            compute_masked_mean(values[rows], mask[rows]), horizons_s
+        )
     return out
 
 

@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="Test period: service dates, start..end ranges, or one local-time range "
         "YYYY-MM-DDTHH:MM..YYYY-MM-DDTHH:MM (default: the checkpoint's test period).",
     )
+    p.add_argument(
+        "--trip-updates",
+        type=Path,
+        help="TripUpdates snapshots (a tar/tar.xz archive or a folder of .pb files) giving "
+        "observed arrivals: adds ETA accuracy (Transit-app bands) to the report.",
+    )
     p.add_argument("--out", required=True, type=Path, help="Output folder for the report.")
     p.set_defaults(func=run)
 
@@ -42,8 +48,18 @@ def run(args: argparse.Namespace) -> int:
         write_metrics,
     )
 
+    observed = None
+    if args.trip_updates is not None:
+        from transitnet.realtime.trip_updates import derive_observed_arrivals, read_trip_updates
+
+        read = read_trip_updates(args.trip_updates)
+        if read.failures:
+            logger.warning(
+                "%s: snapshots that failed to decode: %s", args.trip_updates, read.failures
+            )
+        observed = derive_observed_arrivals(read.events)
     evaluation = run_evaluation(args.ckpt, store=args.store, static=args.static, dates=args.dates)
-    metrics = summarise(evaluation)
+    metrics = summarise(evaluation, observed)
     write_metrics(metrics, args.out)
     write_evaluation_report(metrics, args.out, args.ckpt.name)
     logger.info("wrote %s (metrics.json, report.md, plots)", args.out)
