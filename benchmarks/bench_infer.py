@@ -157,10 +157,33 @@ def run(args: Any) -> dict[str, Any]:
 def main() -> int:
     """Run the benchmark and print its figures."""
     parser = build_parser(__doc__, "5 repeats, per-vehicle loop timed on 500 vehicles and scaled")
-    parser.add_argument("--work", type=Path, default=Path("runs/exp_work"))
-    parser.add_argument("--ckpt", type=Path, default=None)
-    parser.add_argument("--vehicles", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("runs/exp_work"),
+        help="Working folder of exp_forecast.py: the Austin store is imported and matched "
+        "there on the first run and reused after (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--ckpt",
+        type=Path,
+        default=None,
+        help="A forecasting checkpoint (its vocabulary, scalers and weights); default: the "
+        "exp_forecast.TASK architecture, untrained (weights do not change latency).",
+    )
+    parser.add_argument(
+        "--vehicles",
+        type=int,
+        default=5000,
+        help="Active vehicles forecast per call (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch.set_num_threads for every measurement (default: %(default)s, the "
+        "issue's 2 CPU cores).",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     quiet_lightning()

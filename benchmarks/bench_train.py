@@ -7,18 +7,21 @@ fixes, 61 lines), prepared like ``exp_forecast.py`` (import + match once, reused
 runs on ``--threads`` CPU threads (default 2: the issue's "2 CPU cores"; on a machine
 shared with other jobs, 1 thread can be faster, so compare both).
 
-What is timed (same process, same data, same number of optimizer steps):
+What is timed (same process, same data, same number of optimizer steps; every time is
+the median over the steps, so batches that wait for a core on a shared machine do not
+decide the figure):
 
 - ``loader, per-sample``: the standard PyTorch path, a ``Dataset`` returning one window
   and ``default_collate`` stacking them (the baseline for the loader);
 - ``loader, whole batch``: :class:`~transitnet.datasets.batches.WindowDataset`, whose
   ``__getitems__`` gathers a batch by fancy indexing (what the DataModule serves);
-- ``plain loop``: forward + pinball loss + backward + AdamW step in a bare PyTorch loop
-  (the baseline for Lightning);
+- ``plain loop``: batch fetch + forward + pinball loss + backward + AdamW step in a bare
+  PyTorch loop (the baseline for Lightning);
 - ``Lightning fit``: ``Trainer.fit`` of :class:`~transitnet.tasks.ForecastingTask` on
   the DataModule, with a callback timing each step: the data share is the time between
   the end of one training batch and the start of the next (where Lightning fetches the
-  next batch) over the whole step time. Bar: < 20 %.
+  next batch) over the whole step time, summed over the steps (also given for the
+  median step). Bar: < 20 %.
 
 Usage: ``.venv/bin/python benchmarks/bench_train.py [--quick] [--work runs/exp_work]``.
 """
@@ -84,32 +87,42 @@ def load_datamodule(work: Path) -> TransitDataModule:
 
 
 def time_loader(loader: DataLoader[Any], steps: int) -> float:
-    """Seconds per batch to iterate ``steps`` batches (cycling over epochs)."""
-    done, started = 0, time.perf_counter()
-    while done < steps:
+    """Median seconds per batch over ``steps`` batches (cycling over epochs).
+
+    The median, not the mean: on a machine shared with other jobs a few batches wait for
+    a core, and the median keeps them from deciding the figure.
+    """
+    times: list[float] = []
+    while len(times) < steps:
+        last = time.perf_counter()
         for _ in loader:
-            done += 1
-            if done >= steps:
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+            if len(times) >= steps:
                 break
-    return (time.perf_counter() - started) / steps
+    return float(np.median(times))
 
 
 def time_plain_loop(task: ForecastingTask, loader: DataLoader[Any], steps: int) -> float:
-    """Seconds per optimizer step of a bare PyTorch training loop."""
+    """Median seconds per step (batch fetch + optimizer step) of a bare PyTorch loop."""
     opt = torch.optim.AdamW(task.parameter_groups())
     task.train()
-    done, started = 0, time.perf_counter()
-    while done < steps:
+    times: list[float] = []
+    while len(times) < steps:
+        last = time.perf_counter()
         for batch in loader:
             ids = dropout_ids(batch.line_ids, float(task.hparams["line_dropout"]))
             loss = task._loss(task(batch, ids, calibrated=False), batch)
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-            done += 1
-            if done >= steps:
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+            if len(times) >= steps:
                 break
-    return (time.perf_counter() - started) / steps
+    return float(np.median(times))
 
 
 class StepTimer(pl.Callback):
@@ -121,17 +134,20 @@ class StepTimer(pl.Callback):
         self.compute_s: list[float] = []
         self._end: float | None = None
         self._start = 0.0
+        self._data: float | None = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         """Close the data interval that began at the previous batch's end."""
         self._start = time.perf_counter()
+        self._data = None
         if self._end is not None and trainer.global_step >= self.skip:
-            self.data_s.append(self._start - self._end)
+            self._data = self._start - self._end
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        """Close the compute interval."""
+        """Close the compute interval; keep the step when its data interval was timed."""
         self._end = time.perf_counter()
-        if trainer.global_step > self.skip:
+        if self._data is not None:
+            self.data_s.append(self._data)
             self.compute_s.append(self._end - self._start)
 
     def on_train_epoch_end(self, *args: Any) -> None:
@@ -167,8 +183,8 @@ def run(args: Any) -> dict[str, Any]:
     task.build_net(tuple(dm.vocab.keys), dm.n_features, dm.n_context, dm.horizons_s)
     plain_s = time_plain_loop(task, ours, steps)
     timer = time_lightning(dm, steps, skip=5)
-    data_s, compute_s = float(np.sum(timer.data_s)), float(np.sum(timer.compute_s))
-    step_s = (data_s + compute_s) / max(len(timer.compute_s), 1)
+    data_s, compute_s = np.asarray(timer.data_s), np.asarray(timer.compute_s)
+    step_s = float(np.median(data_s + compute_s))
     return {
         "windows": len(data),
         "steps": steps,
@@ -180,7 +196,9 @@ def run(args: Any) -> dict[str, Any]:
         "plain_loop_samples_per_s": BATCH / plain_s,
         "lightning_samples_per_s": BATCH / step_s,
         "lightning_vs_plain": plain_s / step_s,
-        "data_share": data_s / (data_s + compute_s),
+        "timed_lightning_steps": len(data_s),
+        "data_share": float(data_s.sum() / (data_s.sum() + compute_s.sum())),
+        "data_share_median_step": float(np.median(data_s / (data_s + compute_s))),
         "data_share_with_per_sample_loader": per_sample_s
         / (per_sample_s + max(plain_s - batch_s, 1e-9)),
         "bar_data_share": BAR_DATA_SHARE,
@@ -190,9 +208,23 @@ def run(args: Any) -> dict[str, Any]:
 def main() -> int:
     """Run the benchmark and print its figures."""
     parser = build_parser(__doc__, "40 steps instead of 300")
-    parser.add_argument("--work", type=Path, default=Path("runs/exp_work"))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="Also write the figures as JSON.")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("runs/exp_work"),
+        help="Working folder of exp_forecast.py: the Austin store is imported and matched "
+        "there on the first run and reused after (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch.set_num_threads for every measurement (default: %(default)s, the "
+        "issue's 2 CPU cores).",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="Also write the figures as JSON to this file."
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     quiet_lightning()
@@ -208,7 +240,8 @@ def main() -> int:
         f"plain PyTorch loop: {r['plain_loop_samples_per_s']:,.0f} samples/s (1.00x)",
         f"Lightning fit:      {r['lightning_samples_per_s']:,.0f} samples/s "
         f"({r['lightning_vs_plain']:.2f}x the plain loop)",
-        f"data loading share of step time: {r['data_share']:.1%} "
+        f"data loading share of step time: {r['data_share']:.1%} (median step "
+        f"{r['data_share_median_step']:.1%}, {r['timed_lightning_steps']} steps) "
         f"(bar < {BAR_DATA_SHARE:.0%}: {'met' if r['data_share'] < BAR_DATA_SHARE else 'NOT met'});"
         f" with the per-sample loader it would be {r['data_share_with_per_sample_loader']:.1%}",
     ]
