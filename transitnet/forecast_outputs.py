@@ -35,6 +35,7 @@ NEXT_STOP_COLUMNS: tuple[str, ...] = (
     "stop_sequence",
     "stop_index",
     "ahead_m",
+    "pattern_via",
 )
 _SEP = "\x1f"
 
@@ -174,7 +175,10 @@ def find_next_stops(
     """Find the next ``n_stops`` stops downstream of each window's anchor.
 
     A window's stops are those of its trip's stop pattern on the window's shape
-    (``artefacts.stop_dist`` for that (shape, pattern)), in stop order; the first is the
+    (``artefacts.stop_dist`` for that (shape, pattern)), in stop order. When the trip is
+    not in the static feed (realtime trip ids of another feed version, matched to a
+    shape by variant), the pattern most trips on that shape follow is used instead, and
+    ``pattern_via`` says so. The first stop is the
     first whose distance along the shape exceeds ``dist_along_m`` (distances are taken
     as a running maximum for the search, so a stop placed out of order cannot hide the
     ones after it).
@@ -191,8 +195,9 @@ def find_next_stops(
         ``frame["ahead_m"].to_numpy().reshape(N, n_stops)`` is the matrix of distances:
         ``window`` (int64 row of ``meta``), ``stop_rank`` (1..n_stops), ``stop_id``
         (string), ``stop_sequence`` (Int32), ``stop_index`` (Int64), ``ahead_m``
-        (float64, stop distance minus ``dist_along_m``). Windows whose trip has no stop
-        pattern on that shape, or with fewer stops left, get nulls (NaN ``ahead_m``).
+        (float64, stop distance minus ``dist_along_m``), ``pattern_via`` (string:
+        ``trip``, ``shape`` or null). Windows with no stop pattern on their shape, or
+        with fewer stops left, get nulls (NaN ``ahead_m``).
 
     Raises:
         ValueError: When a column is missing or ``n_stops < 1``.
@@ -202,19 +207,44 @@ def find_next_stops(
         raise ValueError(f"find_next_stops: meta lacks columns {missing}")
     if n_stops < 1:
         raise ValueError(f"n_stops must be >= 1, got {n_stops}")
-    trips = artefacts.trips.drop_duplicates("trip_id")
-    lookup = pd.Series(
-        trips["pattern_id"].astype(object).to_numpy(), index=trips["trip_id"].astype(object)
-    )
-    pattern = meta["trip_id"].astype(object).reset_index(drop=True).map(lookup).astype("string")
     stops, groups, offsets = _stop_groups(artefacts.stop_dist)
-    window_keys = _group_keys(meta["shape_id"].reset_index(drop=True), pattern)
-    group = np.asarray(groups.get_indexer(pd.Index(window_keys)), dtype=np.int64)
+    group, via = _window_groups(meta, artefacts, groups)
     dist = pd.to_numeric(meta["dist_along_m"]).to_numpy(dtype=np.float64, na_value=np.nan)
     first = np.full(len(meta), -1, dtype=np.int64)
     if len(stops):
         first = _first_stop_ahead(stops, offsets, group, dist)
-    return _gather_next_stops(stops, offsets, group, first, dist, n_stops)
+    out = _gather_next_stops(stops, offsets, group, first, dist, n_stops)
+    out["pattern_via"] = pd.Series(np.repeat(via, n_stops), dtype="string")
+    return out
+
+
+def _shape_patterns(artefacts: StaticArtefacts) -> pd.Series:
+    """Shape id → the stop pattern most trips on that shape follow (ties: smallest id)."""
+    trips = artefacts.trips.dropna(subset=["shape_id", "pattern_id"])
+    counts = trips.groupby(["shape_id", "pattern_id"]).size().rename("n").reset_index()
+    counts = counts.sort_values(["shape_id", "n", "pattern_id"], ascending=[True, False, True])
+    best = counts.drop_duplicates("shape_id")
+    return pd.Series(
+        best["pattern_id"].astype(object).to_numpy(), index=best["shape_id"].astype(object)
+    )
+
+
+def _window_groups(
+    meta: pd.DataFrame, artefacts: StaticArtefacts, groups: pd.Index
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's (shape, pattern) group (-1: none) and where its pattern came from."""
+    shape = meta["shape_id"].astype(object).reset_index(drop=True)
+    trips = artefacts.trips.drop_duplicates("trip_id")
+    lookup = pd.Series(
+        trips["pattern_id"].astype(object).to_numpy(), index=trips["trip_id"].astype(object)
+    )
+    by_trip_pattern = meta["trip_id"].astype(object).reset_index(drop=True).map(lookup)
+    by_trip = groups.get_indexer(pd.Index(_group_keys(shape, by_trip_pattern)))
+    by_shape_pattern = shape.map(_shape_patterns(artefacts))
+    by_shape = groups.get_indexer(pd.Index(_group_keys(shape, by_shape_pattern)))
+    group = np.where(by_trip >= 0, by_trip, by_shape).astype(np.int64)
+    via = pd.Series(np.where(by_trip >= 0, "trip", "shape"), dtype="string")
+    return group, np.asarray(via.where(pd.Series(group >= 0)).to_numpy(), dtype=object)
 
 
 def _gather_next_stops(
@@ -253,3 +283,143 @@ def _gather_next_stops(
             "ahead_m": ahead - np.repeat(dist, n_stops),
         }
     )
+
+
+#: Window columns copied into the prediction table when ``meta`` has them.
+META_COLUMNS: tuple[str, ...] = (
+    "feed_id",
+    "vehicle_id",
+    "trip_id",
+    "line_key",
+    "shape_id",
+    "service_date",
+)
+
+
+def quantile_label(q: float) -> str:
+    """Column label of a quantile level: ``0.1 → "p10"``, ``0.025 → "p2_5"``."""
+    return "p" + f"{round(q * 100, 3):g}".replace(".", "_")
+
+
+def _utc(values: Any) -> pd.Series:
+    times: pd.Series = pd.to_datetime(values, utc=True).astype("datetime64[us, UTC]")
+    return times.reset_index(drop=True)
+
+
+def _stop_frame(
+    meta: pd.DataFrame,
+    artefacts: StaticArtefacts | None,
+    pred: np.ndarray,
+    horizons_s: Sequence[int],
+    quantiles: Sequence[float],
+    n_stops: int,
+) -> pd.DataFrame:
+    """One row per window: ``stop{k}_id, _sequence, _ahead_m, _eta_p{..}`` for k = 1..n."""
+    n = len(meta)
+    if artefacts is not None:
+        stops = find_next_stops(meta, artefacts, n_stops)
+    else:
+        stops = pd.DataFrame(
+            {
+                "stop_id": pd.Series(index=range(n * n_stops), dtype="string"),
+                "stop_sequence": pd.Series(index=range(n * n_stops), dtype="Int32"),
+                "ahead_m": np.full(n * n_stops, np.nan),
+                "pattern_via": pd.Series(index=range(n * n_stops), dtype="string"),
+            }
+        )
+    ahead = stops["ahead_m"].to_numpy(np.float64).reshape(n, n_stops)
+    anchor = _utc(meta["anchor_time"])
+    # distance quantile q gives arrival-time quantile 1 - q (farther means earlier)
+    order = sorted(range(len(quantiles)), key=lambda j: -quantiles[j])
+    offsets = {
+        quantile_label(1.0 - quantiles[j]): compute_arrival_offsets(
+            horizons_s, pred[:, :, j], ahead
+        )
+        for j in order
+    }
+    out: dict[str, Any] = {
+        "stops_via": stops["pattern_via"].iloc[::n_stops].reset_index(drop=True).astype("string")
+    }
+    for k in range(n_stops):
+        rows = stops.iloc[k::n_stops].reset_index(drop=True)
+        out[f"stop{k + 1}_id"] = rows["stop_id"].astype("string")
+        out[f"stop{k + 1}_sequence"] = rows["stop_sequence"].astype("Int32")
+        out[f"stop{k + 1}_ahead_m"] = ahead[:, k]
+        for label, seconds in offsets.items():
+            eta = anchor + pd.to_timedelta(seconds[:, k], unit="s")
+            out[f"stop{k + 1}_eta_{label}"] = eta.dt.round("s").astype("datetime64[us, UTC]")
+    return pd.DataFrame(out, index=range(n))
+
+
+def build_forecast_table(
+    meta: pd.DataFrame,
+    pred: Any,
+    horizons_s: Sequence[int],
+    quantiles: Sequence[float],
+    artefacts: StaticArtefacts | None = None,
+    n_stops: int = 3,
+) -> pd.DataFrame:
+    """Build the prediction table: one row per (window, horizon).
+
+    Args:
+        meta: One row per window (``Windows.meta``): ``anchor_time`` (UTC),
+            ``dist_along_m``, ``shape_id``, ``trip_id``, and optionally
+            :data:`META_COLUMNS`.
+        pred: ``(N, H, Q)`` metres travelled from the anchor (quantile forecasts).
+        horizons_s: ``(H,)`` horizons in seconds.
+        quantiles: ``(Q,)`` quantile levels of ``pred``'s last axis.
+        artefacts: Static artefacts for positions and stops; None leaves the ``lat_*``,
+            ``lon_*`` and ``stop*`` columns null.
+        n_stops: Next stops per window.
+
+    Returns:
+        ``N * H`` rows ordered by window then horizon, with columns: ``window`` (row of
+        ``meta``), the :data:`META_COLUMNS` present (string), ``anchor_time`` (UTC),
+        ``anchor_dist_m``, ``horizon_s`` (int32), ``target_time`` (UTC); per quantile
+        label ``pX`` (:func:`quantile_label`): ``travelled_pX_m``, ``dist_along_pX_m``
+        (anchor distance plus travelled, not clamped), ``lat_pX``, ``lon_pX`` (on the
+        shape, clamped to its ends; null without a known shape); and per next stop
+        ``k = 1..n_stops`` (the same on every horizon row of a window): ``stop{k}_id``,
+        ``stop{k}_sequence``, ``stop{k}_ahead_m`` and ``stop{k}_eta_pX`` (UTC, rounded to
+        the second; arrival-time quantile ``pX``, from distance quantile ``1 - X``;
+        null when the stop is not reached by the last horizon), and ``stops_via``
+        (``trip``, or ``shape`` when the trip is not in the static feed; see
+        :func:`find_next_stops`).
+
+    Raises:
+        ValueError: For missing columns or mismatched shapes.
+    """
+    missing = sorted({"anchor_time", "dist_along_m", "shape_id", "trip_id"} - set(meta.columns))
+    if missing:
+        raise ValueError(f"build_forecast_table: meta lacks columns {missing}")
+    p = np.asarray(pred, dtype=np.float64)
+    h = _check_horizons(horizons_s).astype(np.int64)
+    if p.shape != (len(meta), len(h), len(quantiles)):
+        raise ValueError(
+            f"pred is {p.shape}; expected (windows, horizons, quantiles) = "
+            f"({len(meta)}, {len(h)}, {len(quantiles)})"
+        )
+    meta = meta.reset_index(drop=True)
+    n, n_h = len(meta), len(h)
+    per_window = pd.DataFrame({"window": np.arange(n, dtype=np.int64)})
+    for name in META_COLUMNS:
+        if name in meta.columns:
+            per_window[name] = meta[name].astype("string")
+    per_window["anchor_time"] = _utc(meta["anchor_time"])
+    anchor_m = meta["dist_along_m"].to_numpy(np.float64, na_value=np.nan)
+    per_window["anchor_dist_m"] = anchor_m
+    stop_cols = _stop_frame(meta, artefacts, p, horizons_s, quantiles, n_stops)
+    repeated = per_window.iloc[np.repeat(np.arange(n), n_h)].reset_index(drop=True)
+    rows: dict[str, Any] = {"horizon_s": np.tile(h, n).astype(np.int32)}
+    rows["target_time"] = repeated["anchor_time"] + pd.to_timedelta(np.tile(h, n), unit="s")
+    lon, lat = (np.full(p.shape, np.nan),) * 2
+    if artefacts is not None:
+        lon, lat = compute_forecast_lonlat(artefacts.shapes, meta["shape_id"], anchor_m, p)
+    for j, q in enumerate(quantiles):
+        label = quantile_label(q)
+        rows[f"travelled_{label}_m"] = p[:, :, j].ravel()
+        rows[f"dist_along_{label}_m"] = (anchor_m[:, None] + p[:, :, j]).ravel()
+        rows[f"lat_{label}"] = lat[:, :, j].ravel()
+        rows[f"lon_{label}"] = lon[:, :, j].ravel()
+    stops = stop_cols.iloc[np.repeat(np.arange(n), n_h)].reset_index(drop=True)
+    return pd.concat([repeated, pd.DataFrame(rows), stops], axis=1)

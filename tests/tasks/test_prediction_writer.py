@@ -1,0 +1,201 @@
+"""``transitnet predict`` with :class:`ForecastParquetWriter`, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.synthetic import make_matched, write_matched_store
+from transitnet.cli import main
+from transitnet.cli.lightning import config_path
+from transitnet.evaluate import load_datamodule, predict_windows
+from transitnet.gtfs.artefacts import StaticArtefacts, write_artefacts
+from transitnet.gtfs.shapes import make_shape_table, unproject_xy
+from transitnet.tasks.forecasting import ForecastingTask
+from transitnet.tasks.prediction_writer import PREDICTIONS_KEY
+
+CRS = "EPSG:32760"
+X0, Y0, LENGTH = 300_000.0, 5_920_000.0, 20_000.0
+HORIZONS = "[60, 120, 300]"
+WRITER = "transitnet.tasks.prediction_writer.ForecastParquetWriter"
+PREDICT_DAY = "2024-05-08"
+
+
+def synthetic_artefacts() -> StaticArtefacts:
+    """Shapes ``sA`` (due east) and ``sB`` (due north), 20 km, a stop every 500 m.
+
+    Line C's shape ``sC`` is deliberately absent (its windows get null positions/stops).
+    """
+    xs = [np.array([X0, X0 + LENGTH]), np.array([X0, X0])]
+    ys = [np.array([Y0, Y0]), np.array([Y0, Y0 + LENGTH])]
+    shapes = make_shape_table(["sA", "sB"], xs, ys, CRS)
+    trips = pd.DataFrame({"trip_id": [f"t{v}" for v in range(6)]})
+    trips["shape_id"] = ["sA", "sB", "sC", "sA", "sB", "sC"]
+    trips["pattern_id"] = pd.array(["pA", "pB", None, "pA", "pB", None], dtype="string")
+    stop_dist = pd.DataFrame(
+        [
+            (shape, f"p{shape[1]}", i, i + 1, f"{shape}-{i}", 500.0 * i)
+            for shape in ("sA", "sB")
+            for i in range(41)
+        ],
+        columns=["shape_id", "pattern_id", "stop_index", "stop_sequence", "stop_id", "dist_m"],
+    )
+    empty = pd.DataFrame({"id": pd.Series(dtype="string")})
+    return StaticArtefacts("syn-static", shapes, trips, stop_dist, None, empty, empty)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny forecaster fitted through the CLI on 2024-05-06 (val 05-07); (ckpt, store)."""
+    tmp = tmp_path_factory.mktemp("predict")
+    days = [make_matched(day=f"2024-05-0{d}", seed=d) for d in (6, 7, 8)]
+    store = write_matched_store(tmp / "store", pd.concat(days))
+    write_artefacts(synthetic_artefacts(), store / "static" / "syn-static")
+    args = [
+        "fit", "--config", str(config_path("forecast.yaml")), "--data.store", str(store),
+        "--data.train_dates", "[2024-05-06]", "--data.val_dates", "[2024-05-07]",
+        "--data.horizons_s", HORIZONS, "--data.past_fixes", "4", "--model.hidden_dim", "8",
+        "--model.encoder_dim", "8", "--model.line_dim", "4", "--trainer.max_epochs", "1",
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp),
+    ]  # fmt: skip
+    assert main(args) == 0
+    return tmp / "checkpoints" / "last.ckpt", store
+
+
+def run_predict(ckpt: Path, store: Path, *extra: str, config: str = "predict.yaml") -> int:
+    args = [
+        "predict", "--config", str(config_path(config)), "--ckpt_path", str(ckpt),
+        "--data.store", str(store), "--data.horizons_s", HORIZONS, "--data.past_fixes", "4",
+        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", *extra,
+    ]  # fmt: skip
+    return main(args)
+
+
+def expected_forecasts(ckpt: Path, store: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The predict windows' meta and ``(N, H, Q)`` forecasts, computed without the writer."""
+    task = ForecastingTask.load_from_checkpoint(ckpt, map_location="cpu")
+    dm = load_datamodule(
+        torch.load(ckpt, map_location="cpu", weights_only=False),
+        store=str(store),
+        predict_dates=[PREDICT_DAY],
+    )
+    dm.setup("predict")
+    return dm.windows["predict"].meta, predict_windows(task, dm, "predict")
+
+
+def test_predict_writes_one_aligned_row_per_window_and_horizon(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ckpt, store = trained
+    out = tmp_path / "out"
+    extra = ("--data.predict_dates", f"[{PREDICT_DAY}]")
+    assert (
+        run_predict(ckpt, store, *extra, "--trainer.callbacks.init_args.output_dir", str(out)) == 0
+    )
+    path = out / "predictions.parquet"
+    df = pd.read_parquet(path)
+    meta, pred = expected_forecasts(ckpt, store)
+    n = len(meta)
+    assert n > 100 and len(df) == 3 * n
+    assert (df["window"].to_numpy() == np.repeat(np.arange(n), 3)).all()
+    assert (df["horizon_s"].to_numpy() == np.tile([60, 120, 300], n)).all()
+    rows = meta.iloc[df["window"].to_numpy()].reset_index(drop=True)
+    assert (df["vehicle_id"].to_numpy() == rows["vehicle_id"].to_numpy()).all()
+    assert (df["anchor_time"] == rows["anchor_time"]).all()
+    assert str(df["anchor_time"].dt.tz) == "UTC"
+    lag = (df["target_time"] - df["anchor_time"]).dt.total_seconds()
+    assert (lag.to_numpy() == df["horizon_s"].to_numpy()).all()
+    for j, label in enumerate(("p10", "p50", "p90")):
+        np.testing.assert_allclose(df[f"travelled_{label}_m"], pred[:, :, j].ravel(), rtol=1e-5)
+    info = json.loads(pq.read_schema(path).metadata[PREDICTIONS_KEY])
+    assert info["horizons_s"] == [60, 120, 300] and info["static_version"] == "syn-static"
+    assert not list(out.glob(".tmp-*"))
+    check_positions_and_etas(df)
+
+
+def check_positions_and_etas(df: pd.DataFrame) -> None:
+    """Positions on the synthetic shapes; ETAs ordered along the stops and the quantiles."""
+    on_a = (df["shape_id"] == "sA").to_numpy()
+    x = X0 + np.clip(df["dist_along_p50_m"].to_numpy()[on_a], 0.0, LENGTH)
+    lon, lat = unproject_xy(CRS, x, np.full(len(x), Y0))
+    np.testing.assert_allclose(df["lon_p50"].to_numpy()[on_a], lon, atol=1e-9)
+    np.testing.assert_allclose(df["lat_p50"].to_numpy()[on_a], lat, atol=1e-9)
+    missing_shape = (df["shape_id"] == "sC").to_numpy()
+    assert missing_shape.any() and df.loc[missing_shape, ["lat_p50", "lon_p90"]].isna().all().all()
+    assert df.loc[missing_shape, "stop1_id"].isna().all()
+    known = df[~missing_shape]
+    assert known["stop1_id"].notna().all() and (known["stops_via"] == "trip").all()
+    ahead = known["stop1_ahead_m"].to_numpy()
+    assert ((ahead > 0) & (ahead <= 500)).all()
+    assert (known["stop2_sequence"] == known["stop1_sequence"] + 1).all()
+    for k in (1, 2, 3):
+        eta = known[[f"stop{k}_eta_p10", f"stop{k}_eta_p50", f"stop{k}_eta_p90"]].dropna()
+        assert (eta[f"stop{k}_eta_p10"] <= eta[f"stop{k}_eta_p50"]).all()
+        assert (eta[f"stop{k}_eta_p50"] <= eta[f"stop{k}_eta_p90"]).all()
+    both = known[["stop1_eta_p50", "stop2_eta_p50", "stop3_eta_p50"]].dropna()
+    assert len(both) > 0.3 * len(known)
+    assert (both["stop1_eta_p50"] <= both["stop2_eta_p50"]).all()
+    assert (both["stop2_eta_p50"] <= both["stop3_eta_p50"]).all()
+    assert (known["stop1_eta_p50"].dropna() >= known.loc[both.index, "anchor_time"].min()).all()
+
+
+def test_writer_appended_to_the_training_config_in_batch_mode(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ckpt, store = trained
+    out = tmp_path / "out"
+    extra = [
+        "--data.predict_dates", f"[{PREDICT_DAY}]", "--data.batch_size", "32",
+        f"--trainer.callbacks+={WRITER}", "--trainer.callbacks.output_dir", str(out),
+        "--trainer.callbacks.write_interval", "batch", "--trainer.callbacks.n_stops", "1",
+        "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    assert run_predict(ckpt, store, *extra, config="forecast.yaml") == 0
+    df = pd.read_parquet(out / "predictions.parquet")
+    _, pred = expected_forecasts(ckpt, store)
+    assert len(df) == pred.shape[0] * 3 and "stop2_id" not in df.columns
+    np.testing.assert_allclose(df["travelled_p50_m"], pred[:, :, 1].ravel(), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (("--data.predict_dates", "[2024-05-08T00:00..2024-05-08T03:00]"), "no windows"),
+        (("--data.predict_dates", f"[{PREDICT_DAY}]", "--data.horizons_s", "[60]"), "horizons"),
+        (("--data.predict_dates", f"[{PREDICT_DAY}]", "--data.past_fixes", "8"), "past_fixes"),
+        ((), "predict_dates"),
+    ],
+    ids=["empty-period", "horizon-mismatch", "past-fixes-mismatch", "no-period"],
+)
+def test_bad_predict_runs_are_clear_errors(
+    trained: tuple[Path, Path], tmp_path: Path, extra: tuple[str, ...], match: str
+) -> None:
+    ckpt, store = trained
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=match):
+        run_predict(ckpt, store, *extra, "--trainer.callbacks.init_args.output_dir", str(out))
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_predictions_without_static_leave_positions_and_stops_null(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ckpt, store = trained
+    bare = tmp_path / "store"  # the same fixes, no cached static artefacts
+    shutil.copytree(store / "matched", bare / "matched")
+    out = tmp_path / "out"
+    extra = ("--data.predict_dates", f"[{PREDICT_DAY}]")
+    assert (
+        run_predict(ckpt, bare, *extra, "--trainer.callbacks.init_args.output_dir", str(out)) == 0
+    )
+    df = pd.read_parquet(out / "predictions.parquet")
+    assert len(df) > 300 and df["travelled_p50_m"].notna().all()
+    assert df[["lat_p50", "lon_p10", "stop1_id", "stop3_eta_p90"]].isna().all().all()
