@@ -148,6 +148,8 @@ def test_compute_baselines_adds_schedule_delay_only_with_stop_times() -> None:
     preds = compute_baselines(train, test, artefacts=art)
     np.testing.assert_allclose(preds["schedule_delay"][0], [length / 2, length], rtol=1e-4)
     assert "schedule_delay" not in compute_baselines(train, test)  # old calls unchanged
+    elsewhere = _anchors([0.0], ["not-in-the-feed"], ["E"], horizons=(150, 600))
+    assert "schedule_delay" not in compute_baselines(train, elsewhere, artefacts=art)
     no_times = replace(art, stop_times=None)
     assert "schedule_delay" not in compute_baselines(train, test, artefacts=no_times)
     assert ScheduleDelay.from_artefacts(no_times) is None

@@ -256,7 +256,8 @@ def compute_baselines(
         train: Training windows (``meta``: ``line_key, local_hour, dist_along_m``).
         test: Windows to predict (also ``trip_id``/``static_trip_id``, ``shape_id``).
         artefacts: The static feed; with stop_times it adds ``schedule_delay`` (NaN rows
-            where a window's trip has no schedule). None or no stop_times: left out.
+            where a window's trip has no schedule). Left out (logged) when None or when
+            no window's trip has a schedule.
         extra: More baselines by name, each called on ``test``.
 
     Returns:
@@ -268,10 +269,12 @@ def compute_baselines(
         "historical_mean": HistoricalMean().fit(train)(test),
     }
     schedule = ScheduleDelay.from_artefacts(artefacts) if artefacts is not None else None
-    if schedule is not None:
-        preds["schedule_delay"] = schedule(test)
+    timetable = schedule(test) if schedule is not None else None
+    if timetable is not None and np.isfinite(timetable).any():
+        preds["schedule_delay"] = timetable
     elif artefacts is not None:
-        logger.info("schedule_delay left out: static %s has no stop_times", artefacts.version)
+        logger.info("schedule_delay left out: no stop_times for any of the %d windows' trips "
+                    "in static %s", len(test), artefacts.version)  # fmt: skip
     for name, baseline in (extra or {}).items():
         preds[name] = baseline(test)
     return preds
