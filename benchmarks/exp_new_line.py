@@ -144,7 +144,9 @@ class Settings:
 
     hidden_dim: int = 32
     line_dim: int = 8
+    task: dict[str, Any] = field(default_factory=dict)
     epochs: int = 30
+    patience: int = 3
     batch_size: int = 256
     ext_steps_frac: float = 0.08
     ext_epochs: int = 30
@@ -154,6 +156,8 @@ class Settings:
     anchor_weight: float = 100.0
     replay_per_line: int = 64
     replay_new_share: float = 0.5
+    distill_per_line: int = 0
+    lr_decay: bool = False
     random_draws: int = 5
     reference_seeds: int = 2
     ablations: bool = True
@@ -234,6 +238,7 @@ class Experiment:
     def __init__(self, data: Data, settings: Settings, work: Path) -> None:
         self.data, self.s, self.work = data, settings, work
         self.task_kwargs = {"hidden_dim": settings.hidden_dim, "line_dim": settings.line_dim}
+        self.task_kwargs |= settings.task
         self.dms: dict[str, TransitDataModule] = {}
         self.bases: dict[str, ec.Fit] = {}
         self.ckpts: dict[str, dict[str, Any]] = {}
@@ -248,7 +253,13 @@ class Experiment:
         dm = ec.clone_datamodule(self.data.dm, windows, keep_state=False)
         ckpt = self.work / f"{name}.ckpt"
         fit = ec.fit_forecaster(
-            dm, self.task_kwargs, epochs=epochs, seed=seed, ckpt=ckpt, min_steps=min_steps
+            dm,
+            self.task_kwargs,
+            epochs=epochs,
+            seed=seed,
+            ckpt=ckpt,
+            min_steps=min_steps,
+            patience=self.s.patience,
         )
         self.dms[name] = dm
         logger.info(
@@ -350,6 +361,8 @@ class Experiment:
             anchor_weight=s.anchor_weight,
             replay_per_line=s.replay_per_line,
             replay_new_share=s.replay_new_share,
+            distill_per_line=s.distill_per_line,
+            lr_decay=s.lr_decay,
             batch_size=s.batch_size,
             seed=seed,
         )

@@ -48,6 +48,11 @@ class ExtensionConfig:
         replay_new_share: ``replay`` repeats the new lines' windows until they are at least
             this share of the training set (0: no repetition; with few new windows the
             replay buffer would otherwise fill nearly every batch).
+        distill_per_line: ``partial`` also distils on this many old-line windows per line
+            (their inputs only: they never enter the forecast loss), sampled like the
+            replay buffer, so the tuned layers are held to the base model on old lines'
+            own inputs too (0: distil on the new lines' inputs only).
+        lr_decay: Decay the learning rates to 0 along a cosine over ``max_steps``.
         min_windows: ``auto`` only adds lines with at least this many training windows.
         batch_size: Windows per step.
         seed: Seed for initialisation, sampling and training.
@@ -63,6 +68,8 @@ class ExtensionConfig:
     anchor_weight: float = 0.0
     replay_per_line: int = 64
     replay_new_share: float = 0.0
+    distill_per_line: int = 0
+    lr_decay: bool = False
     min_windows: int = 20
     batch_size: int = 256
     seed: int = 0
@@ -103,6 +110,7 @@ def build_extension_task(
         layer_lr=cfg.layer_lr,
         distill_weight=cfg.distill_weight,
         anchor_weight=cfg.anchor_weight,
+        lr_decay=cfg.lr_decay,
         **hp,
     )
     meta = base_ckpt[CKPT_KEY]
@@ -264,12 +272,7 @@ def train_extension(
     is_new = train.meta["line_key"].isin(new_keys).to_numpy()
     if steps and not is_new.any():
         raise ValueError(f"tier {cfg.tier!r} trains on the new lines' windows: none for {new_keys}")
-    parts, n_replay = [train.subset(is_new)], 0
-    if cfg.tier == "replay":
-        replay = sample_per_line(train.subset(~is_new), cfg.replay_per_line, cfg.seed)
-        parts = parts * _repeats(len(parts[0]), len(replay), cfg.replay_new_share) + [replay]
-        n_replay = len(replay)
-    dm.windows["train"] = concat_windows(parts)
+    dm.windows["train"], n_replay = build_training_windows(train, is_new, cfg)
     started = time.perf_counter()
     trainer = pl.Trainer(
         max_steps=steps,
@@ -299,6 +302,31 @@ def train_extension(
         replay_windows=n_replay,
     )
     return task, report
+
+
+def build_training_windows(
+    train: Windows, is_new: np.ndarray, cfg: ExtensionConfig
+) -> tuple[Windows, int]:
+    """The windows an extension trains on, and how many of them are old lines'.
+
+    The new lines' windows, plus for ``replay`` a line-balanced buffer of
+    ``replay_per_line`` old-line windows per line and for ``partial`` one of
+    ``distill_per_line`` (inputs for distillation only). With a buffer, the new lines'
+    windows are repeated up to ``replay_new_share`` of the set.
+
+    Args:
+        train: Windows with ``meta["line_key"]``; old lines' windows are sampled from.
+        is_new: ``(N,)`` mask of the new lines' windows in ``train``.
+        cfg: Extension settings (``tier``, ``replay_per_line``, ``distill_per_line``,
+            ``replay_new_share``, ``seed``).
+    """
+    per_line = {"replay": cfg.replay_per_line, "partial": cfg.distill_per_line}.get(cfg.tier, 0)
+    new = train.subset(is_new)
+    if per_line <= 0:
+        return new, 0
+    old = sample_per_line(train.subset(~is_new), per_line, cfg.seed)
+    copies = _repeats(len(new), len(old), cfg.replay_new_share)
+    return concat_windows([new] * copies + [old]), len(old)
 
 
 def _repeats(n_new: int, n_replay: int, share: float) -> int:

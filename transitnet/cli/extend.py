@@ -41,10 +41,58 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(partial + old-line replay), naive (everything; experiments only).",
     )
     p.add_argument("--max-steps", type=int, default=300, help="Optimizer steps (default 300).")
-    p.add_argument("--new-row-lr", type=float, default=3e-2, help="LR of new rows.")
-    p.add_argument("--layer-lr", type=float, default=3e-4, help="LR of fine-tuned layers.")
+    p.add_argument(
+        "--new-row-lr",
+        type=float,
+        default=3e-2,
+        help="Learning rate of the new embedding rows (default 3e-2).",
+    )
+    p.add_argument(
+        "--layer-lr",
+        type=float,
+        default=3e-4,
+        help="Learning rate of the fine-tuned layers (partial/replay/naive; default 3e-4).",
+    )
+    p.add_argument(
+        "--lr-decay",
+        action="store_true",
+        help="Decay every learning rate to 0 along a cosine over --max-steps.",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=1.0,
+        help="partial/replay: weight of the distillation towards the frozen base model's "
+        "outputs (default 1).",
+    )
+    p.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=0.0,
+        help="partial/replay: weight of the L2 anchor of tuned layers to the base weights "
+        "(default 0).",
+    )
+    p.add_argument(
+        "--distill-per-line",
+        type=int,
+        default=0,
+        help="partial: also distil on this many old-line windows per line (inputs only, "
+        "never their targets; default 0 = the new lines' inputs only).",
+    )
     p.add_argument("--min-windows", type=int, default=20, help="'auto': min windows per line.")
-    p.add_argument("--replay-per-line", type=int, default=64, help="Replay windows per old line.")
+    p.add_argument(
+        "--replay-per-line",
+        type=int,
+        default=64,
+        help="replay: old-line windows per line in the replay buffer (default 64).",
+    )
+    p.add_argument(
+        "--replay-new-share",
+        type=float,
+        default=0.0,
+        help="replay/partial with old-line windows: repeat the new lines' windows until "
+        "they are at least this share of the training set, in [0, 1) (default 0).",
+    )
     p.add_argument("--seed", type=int, default=0, help="Seed (init, sampling, training).")
     p.add_argument(
         "--eval-dates",
@@ -70,8 +118,13 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         new_row_lr=args.new_row_lr,
         layer_lr=args.layer_lr,
+        lr_decay=args.lr_decay,
+        distill_weight=args.distill_weight,
+        anchor_weight=args.anchor_weight,
+        distill_per_line=args.distill_per_line,
         min_windows=args.min_windows,
         replay_per_line=args.replay_per_line,
+        replay_new_share=args.replay_new_share,
         seed=args.seed,
     )
     report = extend_lines(

@@ -10,9 +10,15 @@ Tiers and what each guarantees:
 - ``partial``: the new rows plus the chosen later layers (``trunk``, ``head`` by
   default) train, at discriminative learning rates; the outputs for old lines on the
   new data are distilled towards the frozen base model, optionally with an L2 anchor
-  to the base weights. Forgetting is measured, not guaranteed.
+  to the base weights. Old-line windows in the training set (see
+  ``ExtensionConfig.distill_per_line``) are distilled on with their own rows and never
+  enter the forecast loss: only their inputs are used. Forgetting is measured, not
+  guaranteed.
 - ``replay``: ``partial`` plus a line-balanced buffer of old-line windows trained with
-  the ordinary loss.
+  the ordinary loss (and distilled on).
+
+The learning rates decay to 0 along a cosine over the run's steps when ``lr_decay`` is
+set (``max_steps`` of the trainer), else stay constant.
 - ``naive``: everything trains on the new data with no protection (the lower bound for
   forgetting, for experiments only).
 """
@@ -20,6 +26,7 @@ Tiers and what each guarantees:
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -42,6 +49,7 @@ class LineExtensionTask(ForecastingTask):
             ``partial`` and ``replay``.
         distill_weight: Weight of the distillation loss towards the frozen base model.
         anchor_weight: Weight of the L2 anchor to the base weights of fine-tuned layers.
+        lr_decay: Cosine decay of every learning rate to 0 over the trainer's ``max_steps``.
         **kwargs: Passed to :class:`ForecastingTask`.
     """
 
@@ -53,6 +61,7 @@ class LineExtensionTask(ForecastingTask):
         tune_layers: list[str] | None = None,
         distill_weight: float = 1.0,
         anchor_weight: float = 0.0,
+        lr_decay: bool = False,
         **kwargs: Any,
     ) -> None:
         if tier not in TIERS:
@@ -101,12 +110,29 @@ class LineExtensionTask(ForecastingTask):
         return groups
 
     def configure_optimizers(self) -> Any:
-        """Constant-rate AdamW over the tier's groups (extension runs are short)."""
-        return torch.optim.AdamW(self.parameter_groups())
+        """AdamW over the tier's groups; cosine decay over ``max_steps`` with ``lr_decay``."""
+        optimizer = torch.optim.AdamW(self.parameter_groups())
+        steps = int(getattr(self._trainer, "max_steps", -1) or -1) if self._trainer else -1
+        if not self.hparams.get("lr_decay") or steps <= 0:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def training_step(self, batch: ForecastBatch, batch_idx: int) -> torch.Tensor:
-        """Forecast loss, plus distillation and anchoring for ``partial``/``replay``."""
-        loss = super().training_step(batch, batch_idx)
+        """Forecast loss, plus distillation and anchoring for ``partial``/``replay``.
+
+        Under ``partial`` only the new lines' windows (rows >= ``n_old_rows``) enter the
+        forecast loss; old-line windows are there for distillation only.
+        """
+        if self.tier != "partial" or self.base_net is None:
+            forecast_batch = batch
+        else:
+            is_new = batch.line_ids >= self.n_old_rows
+            forecast_batch = replace(batch, target_mask=batch.target_mask & is_new[:, None])
+        loss = super().training_step(forecast_batch, batch_idx)
         if self.tier in ("partial", "replay") and self.base_net is not None:
             loss = loss + self.hparams["distill_weight"] * self._distill(batch)
             if self.hparams["anchor_weight"]:
@@ -114,10 +140,16 @@ class LineExtensionTask(ForecastingTask):
         return loss
 
     def _distill(self, batch: ForecastBatch) -> torch.Tensor:
-        """Match the base model on these inputs as if they came from random old lines."""
-        old_ids = torch.randint(
+        """Match the frozen base model's outputs on this batch's inputs.
+
+        Old-line windows are run on their own rows, new-line (and unknown) windows as if
+        they came from random old lines.
+        """
+        random_ids = torch.randint(
             1, max(self.n_old_rows, 2), batch.line_ids.shape, device=batch.line_ids.device
         )
+        is_new = (batch.line_ids >= self.n_old_rows) | (batch.line_ids == 0)
+        old_ids = torch.where(is_new, random_ids, batch.line_ids)
         with torch.no_grad():
             teacher = self.base_net(batch.past, batch.lengths, old_ids, batch.context)  # type: ignore[misc]
         student = self(batch, old_ids)
