@@ -75,7 +75,12 @@ def compute_forecast_lonlat(
     return lon.reshape(dist.shape), lat.reshape(dist.shape)
 
 
-def _check_horizons(horizons_s: Sequence[int]) -> np.ndarray:
+def check_horizons(horizons_s: Sequence[int]) -> np.ndarray:
+    """Return the horizons as float64 seconds.
+
+    Raises:
+        ValueError: Unless they are positive and strictly increasing.
+    """
     h = np.asarray(horizons_s, dtype=np.float64)
     if h.ndim != 1 or len(h) == 0 or not np.all(h > 0) or np.any(np.diff(h) <= 0):
         raise ValueError(f"horizons_s must be positive and increasing, got {list(horizons_s)}")
@@ -104,7 +109,7 @@ def compute_arrival_offsets(
     Raises:
         ValueError: For bad horizons or mismatched shapes.
     """
-    h = _check_horizons(horizons_s)
+    h = check_horizons(horizons_s)
     travelled = np.asarray(travelled_m, dtype=np.float64)
     ahead = np.asarray(ahead_m, dtype=np.float64)
     if travelled.ndim != 2 or travelled.shape[1] != len(h):
@@ -283,143 +288,3 @@ def _gather_next_stops(
             "ahead_m": ahead - np.repeat(dist, n_stops),
         }
     )
-
-
-#: Window columns copied into the prediction table when ``meta`` has them.
-META_COLUMNS: tuple[str, ...] = (
-    "feed_id",
-    "vehicle_id",
-    "trip_id",
-    "line_key",
-    "shape_id",
-    "service_date",
-)
-
-
-def quantile_label(q: float) -> str:
-    """Column label of a quantile level: ``0.1 → "p10"``, ``0.025 → "p2_5"``."""
-    return "p" + f"{round(q * 100, 3):g}".replace(".", "_")
-
-
-def _utc(values: Any) -> pd.Series:
-    times: pd.Series = pd.to_datetime(values, utc=True).astype("datetime64[us, UTC]")
-    return times.reset_index(drop=True)
-
-
-def _stop_frame(
-    meta: pd.DataFrame,
-    artefacts: StaticArtefacts | None,
-    pred: np.ndarray,
-    horizons_s: Sequence[int],
-    quantiles: Sequence[float],
-    n_stops: int,
-) -> pd.DataFrame:
-    """One row per window: ``stop{k}_id, _sequence, _ahead_m, _eta_p{..}`` for k = 1..n."""
-    n = len(meta)
-    if artefacts is not None:
-        stops = find_next_stops(meta, artefacts, n_stops)
-    else:
-        stops = pd.DataFrame(
-            {
-                "stop_id": pd.Series(index=range(n * n_stops), dtype="string"),
-                "stop_sequence": pd.Series(index=range(n * n_stops), dtype="Int32"),
-                "ahead_m": np.full(n * n_stops, np.nan),
-                "pattern_via": pd.Series(index=range(n * n_stops), dtype="string"),
-            }
-        )
-    ahead = stops["ahead_m"].to_numpy(np.float64).reshape(n, n_stops)
-    anchor = _utc(meta["anchor_time"])
-    # distance quantile q gives arrival-time quantile 1 - q (farther means earlier)
-    order = sorted(range(len(quantiles)), key=lambda j: -quantiles[j])
-    offsets = {
-        quantile_label(1.0 - quantiles[j]): compute_arrival_offsets(
-            horizons_s, pred[:, :, j], ahead
-        )
-        for j in order
-    }
-    out: dict[str, Any] = {
-        "stops_via": stops["pattern_via"].iloc[::n_stops].reset_index(drop=True).astype("string")
-    }
-    for k in range(n_stops):
-        rows = stops.iloc[k::n_stops].reset_index(drop=True)
-        out[f"stop{k + 1}_id"] = rows["stop_id"].astype("string")
-        out[f"stop{k + 1}_sequence"] = rows["stop_sequence"].astype("Int32")
-        out[f"stop{k + 1}_ahead_m"] = ahead[:, k]
-        for label, seconds in offsets.items():
-            eta = anchor + pd.to_timedelta(seconds[:, k], unit="s")
-            out[f"stop{k + 1}_eta_{label}"] = eta.dt.round("s").astype("datetime64[us, UTC]")
-    return pd.DataFrame(out, index=range(n))
-
-
-def build_forecast_table(
-    meta: pd.DataFrame,
-    pred: Any,
-    horizons_s: Sequence[int],
-    quantiles: Sequence[float],
-    artefacts: StaticArtefacts | None = None,
-    n_stops: int = 3,
-) -> pd.DataFrame:
-    """Build the prediction table: one row per (window, horizon).
-
-    Args:
-        meta: One row per window (``Windows.meta``): ``anchor_time`` (UTC),
-            ``dist_along_m``, ``shape_id``, ``trip_id``, and optionally
-            :data:`META_COLUMNS`.
-        pred: ``(N, H, Q)`` metres travelled from the anchor (quantile forecasts).
-        horizons_s: ``(H,)`` horizons in seconds.
-        quantiles: ``(Q,)`` quantile levels of ``pred``'s last axis.
-        artefacts: Static artefacts for positions and stops; None leaves the ``lat_*``,
-            ``lon_*`` and ``stop*`` columns null.
-        n_stops: Next stops per window.
-
-    Returns:
-        ``N * H`` rows ordered by window then horizon, with columns: ``window`` (row of
-        ``meta``), the :data:`META_COLUMNS` present (string), ``anchor_time`` (UTC),
-        ``anchor_dist_m``, ``horizon_s`` (int32), ``target_time`` (UTC); per quantile
-        label ``pX`` (:func:`quantile_label`): ``travelled_pX_m``, ``dist_along_pX_m``
-        (anchor distance plus travelled, not clamped), ``lat_pX``, ``lon_pX`` (on the
-        shape, clamped to its ends; null without a known shape); and per next stop
-        ``k = 1..n_stops`` (the same on every horizon row of a window): ``stop{k}_id``,
-        ``stop{k}_sequence``, ``stop{k}_ahead_m`` and ``stop{k}_eta_pX`` (UTC, rounded to
-        the second; arrival-time quantile ``pX``, from distance quantile ``1 - X``;
-        null when the stop is not reached by the last horizon), and ``stops_via``
-        (``trip``, or ``shape`` when the trip is not in the static feed; see
-        :func:`find_next_stops`).
-
-    Raises:
-        ValueError: For missing columns or mismatched shapes.
-    """
-    missing = sorted({"anchor_time", "dist_along_m", "shape_id", "trip_id"} - set(meta.columns))
-    if missing:
-        raise ValueError(f"build_forecast_table: meta lacks columns {missing}")
-    p = np.asarray(pred, dtype=np.float64)
-    h = _check_horizons(horizons_s).astype(np.int64)
-    if p.shape != (len(meta), len(h), len(quantiles)):
-        raise ValueError(
-            f"pred is {p.shape}; expected (windows, horizons, quantiles) = "
-            f"({len(meta)}, {len(h)}, {len(quantiles)})"
-        )
-    meta = meta.reset_index(drop=True)
-    n, n_h = len(meta), len(h)
-    per_window = pd.DataFrame({"window": np.arange(n, dtype=np.int64)})
-    for name in META_COLUMNS:
-        if name in meta.columns:
-            per_window[name] = meta[name].astype("string")
-    per_window["anchor_time"] = _utc(meta["anchor_time"])
-    anchor_m = meta["dist_along_m"].to_numpy(np.float64, na_value=np.nan)
-    per_window["anchor_dist_m"] = anchor_m
-    stop_cols = _stop_frame(meta, artefacts, p, horizons_s, quantiles, n_stops)
-    repeated = per_window.iloc[np.repeat(np.arange(n), n_h)].reset_index(drop=True)
-    rows: dict[str, Any] = {"horizon_s": np.tile(h, n).astype(np.int32)}
-    rows["target_time"] = repeated["anchor_time"] + pd.to_timedelta(np.tile(h, n), unit="s")
-    lon, lat = (np.full(p.shape, np.nan),) * 2
-    if artefacts is not None:
-        lon, lat = compute_forecast_lonlat(artefacts.shapes, meta["shape_id"], anchor_m, p)
-    for j, q in enumerate(quantiles):
-        label = quantile_label(q)
-        rows[f"travelled_{label}_m"] = p[:, :, j].ravel()
-        rows[f"dist_along_{label}_m"] = (anchor_m[:, None] + p[:, :, j]).ravel()
-        rows[f"lat_{label}"] = lat[:, :, j].ravel()
-        rows[f"lon_{label}"] = lon[:, :, j].ravel()
-    stops = stop_cols.iloc[np.repeat(np.arange(n), n_h)].reset_index(drop=True)
-    return pd.concat([repeated, pd.DataFrame(rows), stops], axis=1)

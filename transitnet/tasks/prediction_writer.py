@@ -13,7 +13,7 @@ or add it to any forecasting config::
         --trainer.callbacks.output_dir OUT
 
 The file ``OUT/predictions.parquet`` (zstd, written atomically) has one row per (window,
-horizon); see :func:`transitnet.forecast_outputs.build_forecast_table` for its columns.
+horizon); see :func:`transitnet.forecast_table.build_forecast_table` for its columns.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from transitnet.datasets.windows import Windows
-from transitnet.forecast_outputs import build_forecast_table
+from transitnet.forecast_table import build_forecast_table
 from transitnet.gtfs.artefacts import (
     META_FILE,
     StaticArtefacts,
