@@ -44,6 +44,8 @@ from transitnet.evaluate import (
     write_metrics,
 )
 from transitnet.metrics import compute_coverage, summarise_by_horizon
+from transitnet.realtime.trip_updates import derive_observed_arrivals, read_trip_updates
+from transitnet.report import format_eta_table, format_mae_table
 from transitnet.store.atomic import write_text_atomic
 from transitnet.tasks.forecasting import ForecastingTask
 
@@ -66,6 +68,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     "auckland": {
         "feed": "akl",
         "inputs": [DATA / "auckland-2019-08-13/vehicle_positions.tar.xz"],
+        "trip_updates": DATA / "auckland-2019-08-13/trip_updates.tar.xz",
         "static": DATA / "auckland-2019-08-13/static_subset_2019-06",
         "timezone": "Pacific/Auckland",
         "train": ["2019-08-13T05:00..2019-08-13T13:00"],
@@ -168,10 +171,17 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     logger.info("%s: store ready (%s)", name, prep)
     fitted = fit(spec, store, out, args.seed, args.epochs)
     evaluation = run_evaluation(Path(fitted["ckpt"]))
-    metrics = summarise(evaluation)
+    observed = None
+    if spec.get("trip_updates"):  # observed arrivals: ETA accuracy (Transit-app bands)
+        observed = derive_observed_arrivals(read_trip_updates(spec["trip_updates"]).events)
+    metrics = summarise(evaluation, observed)
     write_metrics(metrics, out)
     write_evaluation_report(metrics, out, f"{name} (seed {args.seed})")
     result = {"fit": fitted, "prepare": prep, **score(metrics, spec["held_out"])}
+    result["extra"] = {  # position error and ETA accuracy of every forecaster
+        k: {x: v[x] for x in ("position_error_m", "eta", "eta_join") if x in v}
+        for k, v in metrics.items()
+    }
     result["calibration"] = describe_calibration(Path(fitted["ckpt"]), evaluation)
     write_text_atomic(out / "experiment.json", json.dumps(result, indent=2, default=str))
     return result
@@ -236,6 +246,13 @@ def format_summary(results: dict[str, Any], command: str) -> str:
             )
         if res.get("held_out_line"):
             lines += ["", *format_held_out(res["held_out_line"])]
+        extra = res.get("extra", {})
+        if "position_error_m" in extra.get("model", {}):
+            table = format_mae_table(extra, "position_error_m")
+            lines += ["", "Position error (m, on the shape):", "", table]
+        if "eta" in extra.get("model", {}):
+            lines += ["", "ETA accuracy vs TripUpdates observed arrivals:", ""]
+            lines += [format_eta_table(extra)]
         lines += ["", f"Fit: {json.dumps(res['fit'])}", ""]
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ from transitnet.evaluate import Evaluation, summarise, write_evaluation_report, 
 from transitnet.evaluate_eta import (
     assign_static_trips,
     build_eta_pairs,
+    extend_curve,
     score_eta,
     strip_version_suffix,
 )
@@ -126,6 +127,25 @@ def test_pairs_and_scores_follow_the_transit_bands() -> None:
     assert np.isnan(still["mae_s"])
     absent = score_eta(pairs, HORIZONS, np.full((1, len(HORIZONS)), np.nan))
     assert absent["available_share"] == 0.0 and absent["n"] == 0
+
+
+def test_curves_continue_past_the_last_horizon_for_late_stops() -> None:
+    h, d = extend_curve((60, 120), np.array([[100.0, 400.0], [500.0, 400.0], [np.nan, 1.0]]))
+    assert h == (60, 120, 420)
+    np.testing.assert_allclose(d[:2, 2], [400.0 + 5.0 * 300, 400.0])  # 5 m/s; never backwards
+    assert np.isnan(d[2, 2])
+    # a stop 9,200 m ahead reached at 920 s (10 m/s), observed at 880 s: 40 s late, inside
+    windows = tiny_windows(["RT" + V82], [0.0])
+    art = tiny_artefacts()
+    far = art.stop_dist.assign(dist_m=[9200.0, 9300.0, 9400.0, 9500.0])
+    shapes = make_shape_table(
+        ["SH" + V80], [np.array([0.0, 20000.0])], [np.array([0.0, 0.0])], "EPSG:32760"
+    )
+    art = StaticArtefacts("v80", shapes, art.trips, far, None, art.stops, art.routes)
+    pairs = build_eta_pairs(windows, art, observed([("RT", "A", 880.0, "arrival")]), n_stops=1)
+    scores = score_eta(pairs, HORIZONS, windows.targets)
+    assert scores["10-15"] == 1.0 and scores["unreached"] == 0.0
+    assert scores["mae_s"] == pytest.approx(40.0)
 
 
 def test_a_loop_stop_keeps_the_visit_nearest_the_anchor() -> None:

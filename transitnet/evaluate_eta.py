@@ -10,9 +10,13 @@ observed 0–15 min after the anchor are scored: each forecaster's curve gives t
 predicted arrival offset (:func:`~transitnet.forecast_outputs.compute_arrival_offsets`),
 which is compared with the observed one (Transit-app bands and MAE in seconds).
 
-A forecast curve that does not reach the stop by the last horizon predicts "later than
-the last horizon": it counts as outside its band (a miss), never as dropped, and is
-left out of the MAE (``unreached`` gives the share).
+Forecast curves end at the last horizon (15 min), yet a stop observed at 14 min may be
+predicted at 16 min and still be inside its band (up to 270 s late). So, for ETAs only,
+each curve is continued :data:`EXTEND_S` (300 s) past its last horizon at the speed of
+its last segment (:func:`extend_curve`). A curve that still does not reach the stop
+predicts an arrival more than 300 s after the last horizon, which is outside every band:
+it counts as a miss, never as dropped, and is left out of the MAE (``unreached`` gives
+the share).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ logger = logging.getLogger(__name__)
 _VERSION_SUFFIX = r"-\d{8,14}_v[\d.]+$"
 #: Observed arrivals are scored up to this long after the anchor (Transit-app bands).
 MAX_ETA_S = 900.0
+#: Forecast curves are continued this long past their last horizon (see :func:`extend_curve`).
+EXTEND_S = 300
 
 
 def strip_version_suffix(ids: pd.Series) -> pd.Series:
@@ -184,6 +190,29 @@ def _join_figures(
     return join
 
 
+def extend_curve(
+    horizons_s: tuple[int, ...], travelled_m: np.ndarray, extra_s: int = EXTEND_S
+) -> tuple[tuple[int, ...], np.ndarray]:
+    """Add a knot ``extra_s`` after the last horizon, at the last segment's speed.
+
+    Args:
+        horizons_s: (H,) increasing horizons, seconds.
+        travelled_m: (N, H) metres travelled from the anchor at each horizon.
+        extra_s: How far past the last horizon to continue, seconds.
+
+    Returns:
+        ``(H + 1,)`` horizons and ``(N, H + 1)`` distances; the speed of the last segment
+        (from the previous knot, or from the anchor when H = 1) is clipped at 0; NaN stays NaN.
+    """
+    h = np.asarray(horizons_s, dtype=np.float64)
+    d = np.asarray(travelled_m, dtype=np.float64)
+    prev_h = h[-2] if len(h) > 1 else 0.0
+    prev_d = d[:, -2] if len(h) > 1 else np.zeros(len(d))
+    speed = np.clip((d[:, -1] - prev_d) / (h[-1] - prev_h), 0.0, None)
+    extended = np.concatenate([d, (d[:, -1] + speed * extra_s)[:, None]], axis=1)
+    return (*tuple(int(x) for x in horizons_s), int(horizons_s[-1]) + extra_s), extended
+
+
 def score_eta(
     pairs: EtaPairs, horizons_s: tuple[int, ...], travelled_m: np.ndarray
 ) -> dict[str, Any]:
@@ -198,12 +227,12 @@ def score_eta(
         ``{"0-3", "3-6", "6-10", "10-15", "score", "n"`` (see
         :func:`~transitnet.metrics.compute_eta_band_accuracy`), ``"mae_s"``,
         ``"median_error_s"`` (predicted − observed; negative = early), ``"unreached"``
-        (share whose curve did not reach the stop by the last horizon: counted as
-        misses), ``"available_share"`` (share of pairs whose window the forecaster
+        (share whose curve, continued by :func:`extend_curve`, does not reach the stop:
+        counted as misses), ``"available_share"`` (share of pairs whose window the forecaster
         applies to: rows of NaN, e.g. ``schedule_delay`` without a schedule, are left
         out) and ``"arrival_events"`` (score, mae_s, n on arrival observations only)}.
     """
-    offsets = compute_arrival_offsets(horizons_s, travelled_m, pairs.ahead_m)
+    offsets = compute_arrival_offsets(*extend_curve(horizons_s, travelled_m), pairs.ahead_m)
     # a forecaster that does not apply to a window (NaN row) is scored where it applies
     finite = np.asarray(np.isfinite(np.asarray(travelled_m, dtype=np.float64)).all(axis=1))
     applies = finite[pairs.window]

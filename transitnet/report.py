@@ -87,7 +87,7 @@ def format_mae_table(metrics: dict[str, Any], key: str = "mae_m") -> str:
     for name, block in metrics.items():
         if not isinstance(block, dict) or key not in block:
             continue
-        cells = [f"{block[key][h]:,.0f}" if block[key][h] is not None else "–" for h in horizons]
+        cells = [_number(block[key][h]) for h in horizons]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -99,7 +99,8 @@ def _pct(value: float | None) -> str:
     return "–" if value is None or value != value else f"{value:.1%}"
 
 
-def _seconds(value: float | None) -> str:
+def _number(value: float | None) -> str:
+    """Format a number with no decimals; "–" for None or NaN."""
     return "–" if value is None or value != value else f"{value:,.0f}"
 
 
@@ -119,8 +120,8 @@ def format_eta_table(metrics: dict[str, Any]) -> str:
         if not eta:
             continue
         cells = [_pct(eta.get(b)) for b in ETA_BANDS]
-        cells += [_pct(eta.get("score")), _seconds(eta.get("mae_s"))]
-        cells += [_seconds(eta.get("median_error_s")), _pct(eta.get("unreached"))]
+        cells += [_pct(eta.get("score")), _number(eta.get("mae_s"))]
+        cells += [_number(eta.get("median_error_s")), _pct(eta.get("unreached"))]
         cells += [_pct(eta.get("arrival_events", {}).get("score")), f"{eta.get('n', 0):,.0f}"]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
