@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from transitnet.metrics import (
     compute_rmse,
     summarise_by_horizon,
 )
+from transitnet.online_calibration import OnlineCalibrationConfig, recalibrate_online
 from transitnet.report import (
     format_eta_table,
     format_mae_table,
@@ -60,6 +61,9 @@ class Evaluation:
         quantiles: The model's quantile levels.
         artefacts: Static artefacts the windows were matched on (shapes, stops), when
             known; position errors and ETAs need them.
+        raw: ``(N, H, Q)`` the model's uncalibrated forecasts, when known (for the
+            coverage of the raw band and online recalibration).
+        prior_scales: ``(H, Q)`` the checkpoint's validation-fitted calibration scales.
     """
 
     windows: Windows
@@ -67,6 +71,8 @@ class Evaluation:
     baselines: dict[str, np.ndarray]
     quantiles: tuple[float, ...]
     artefacts: StaticArtefacts | None = None
+    raw: np.ndarray | None = None
+    prior_scales: np.ndarray | None = None
 
     def point(self) -> np.ndarray:
         """``(N, H)`` median forecasts of the model."""
@@ -92,14 +98,19 @@ def load_datamodule(ckpt: dict[str, Any], **overrides: Any) -> TransitDataModule
 
 
 @torch.no_grad()
-def predict_windows(task: ForecastingTask, dm: TransitDataModule, split: str) -> np.ndarray:
-    """``(N, H, Q)`` forecasts for every window of ``split``, in window order."""
+def predict_windows(
+    task: ForecastingTask, dm: TransitDataModule, split: str, *, calibrated: bool = True
+) -> np.ndarray:
+    """``(N, H, Q)`` forecasts for every window of ``split``, in window order.
+
+    ``calibrated=False`` gives the raw quantiles (before the validation-fitted scales).
+    """
     task.eval()
     dataset = dm.dataset(split)
     out = []
     for start in range(0, len(dataset), 4096):
         batch: ForecastBatch = dataset.__getitems__(range(start, min(start + 4096, len(dataset))))
-        out.append(task(batch).numpy())
+        out.append(task(batch, calibrated=calibrated).numpy())
     n_h, n_q = len(dm.horizons_s), len(task.quantiles)
     return np.concatenate(out) if out else np.zeros((0, n_h, n_q), dtype=np.float32)
 
@@ -143,7 +154,9 @@ def run_evaluation(
     else:
         logger.warning("no static feed: position errors and ETAs are not computed")
     baselines = compute_baselines(train, test, artefacts=artefacts)
-    return Evaluation(test, pred, baselines, task.quantiles, artefacts)
+    raw = predict_windows(task, dm, "test", calibrated=False)
+    prior = task.net.calibration.scales.numpy() if task.net is not None else None
+    return Evaluation(test, pred, baselines, task.quantiles, artefacts, raw, prior)
 
 
 def summarise(evaluation: Evaluation, observed: pd.DataFrame | None = None) -> dict[str, Any]:
@@ -186,6 +199,7 @@ def summarise(evaluation: Evaluation, observed: pd.DataFrame | None = None) -> d
     out["model"]["coverage"] = {
         "band": [evaluation.quantiles[0], evaluation.quantiles[-1]],
         "by_horizon": summarise_by_horizon(cov, h),
+        **describe_band_variants(evaluation),
     }
     if observed is not None and evaluation.artefacts is not None:
         from transitnet.evaluate_eta import summarise_eta
@@ -223,6 +237,32 @@ def add_position_error(
         block["per_line"][line]["position_error_m"] = values
 
 
+def describe_band_variants(evaluation: Evaluation) -> dict[str, Any]:
+    """Coverage of the raw band and of the online-recalibrated band, when raw is known.
+
+    ``online_by_horizon`` is the coverage a live system would have had recalibrating
+    the band every minute from the outcomes resolved in the trailing hour
+    (:mod:`transitnet.online_calibration`; never an outcome from after the forecast).
+    """
+    w = evaluation.windows
+    if evaluation.raw is None or evaluation.prior_scales is None or len(w) == 0:
+        return {}
+    raw = evaluation.raw
+    anchor = w.meta["anchor_time"]
+    anchor_s = (anchor - anchor.min()).dt.total_seconds().to_numpy(np.float64)
+    online = recalibrate_online(
+        anchor_s, w.horizons_s, raw, w.targets, w.target_mask, evaluation.quantiles,
+        evaluation.prior_scales,
+    )  # fmt: skip
+    raw_cov = compute_coverage(raw[..., 0], raw[..., -1], w.targets, w.target_mask)
+    online_cov = compute_coverage(online[..., 0], online[..., -1], w.targets, w.target_mask)
+    return {
+        "raw_by_horizon": summarise_by_horizon(raw_cov, w.horizons_s),
+        "online_by_horizon": summarise_by_horizon(online_cov, w.horizons_s),
+        "online_settings": asdict(OnlineCalibrationConfig()),
+    }
+
+
 def describe_availability(pred: np.ndarray, evaluation: Evaluation) -> dict[str, Any]:
     """``available_share``: share of windows with a forecast in every horizon.
 
@@ -254,18 +294,37 @@ def write_evaluation_report(metrics: dict[str, Any], out: Path, title: str) -> P
     focus = "300" if "300" in horizons else horizons[len(horizons) // 2]
     save_figure(plot_per_line(metrics, focus), out / "per_line.png")
     cov = metrics["model"]["coverage"]
-    cov_rows = " | ".join(
-        f"{int(h) // 60} min: {v:.1%}" if v is not None else f"{int(h) // 60} min: –"
-        for h, v in cov["by_horizon"].items()
-    )
     sections = [
         ("MAE along route (m)", format_mae_table(metrics) + "\n\n![](mae_by_horizon.png)"),
         *_position_section(metrics, out),
-        (f"P{round(cov['band'][0] * 100)}–P{round(cov['band'][1] * 100)} coverage", cov_rows),
+        (
+            f"P{round(cov['band'][0] * 100)}–P{round(cov['band'][1] * 100)} coverage",
+            format_coverage(cov),
+        ),
         *_eta_section(metrics, out),
         ("Per line", "![](per_line.png)"),
     ]
     return write_report(out / "report.md", f"Forecast evaluation: {title}", sections)
+
+
+def format_coverage(coverage: dict[str, Any]) -> str:
+    """Markdown table of the band's coverage per horizon: as served, raw, online."""
+    rows = [
+        ("calibrated on validation (as served)", "by_horizon"),
+        ("raw quantiles", "raw_by_horizon"),
+        ("recalibrated online (trailing hour)", "online_by_horizon"),
+    ]
+    horizons = list(coverage["by_horizon"])
+    lines = [
+        "| band | " + " | ".join(f"{int(h) // 60} min" for h in horizons) + " |",
+        "|" + " --- |" * (len(horizons) + 1),
+    ]
+    for label, key in rows:
+        values = coverage.get(key)
+        if values:
+            cells = [f"{v:.1%}" if v is not None else "–" for v in values.values()]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _position_section(metrics: dict[str, Any], out: Path) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ observable. That is adaptive/rolling split-conformal calibration.
   :func:`transitnet.models.heads.fit_quantile_calibration`);
 - :func:`compute_online_scales`: the scales each forecast of an evaluation period would
   have had live, from the outcomes resolved before its anchor time;
+- :func:`recalibrate_online`: those scales applied (what evaluation reports);
 - :class:`OnlineCalibrator`: the same, fed outcome by outcome when serving.
 
 A forecast made at ``t`` for horizon ``h`` counts as resolved at ``t + h + lag_s`` (the
@@ -27,6 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
+from transitnet.models.heads import QuantileCalibration
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,34 @@ def compute_online_scales(
         for k in np.flatnonzero(hi - lo >= cfg.min_count):
             table[k] = _window_scales(hs[lo[k] : hi[k]], quantiles)
         out[:, h, :] = table[tick_of]
+    return out
+
+
+def recalibrate_online(
+    anchor_s: np.ndarray,
+    horizons_s: Sequence[int],
+    raw: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray,
+    quantiles: Sequence[float],
+    prior: np.ndarray,
+    config: OnlineCalibrationConfig | None = None,
+) -> np.ndarray:
+    """The forecasts as a live system recalibrating online would have served them.
+
+    Arguments as in :func:`compute_online_scales`; the scales are applied exactly as the
+    model's own :class:`~transitnet.models.heads.QuantileCalibration` applies its buffer
+    (the median unchanged, non-negative, monotone in horizon and level).
+
+    Returns:
+        ``(N, H, Q)`` float32 recalibrated forecasts.
+    """
+    scales = compute_online_scales(
+        anchor_s, horizons_s, raw, target, mask, quantiles, prior, config
+    )
+    layer = QuantileCalibration(raw.shape[1], raw.shape[2])
+    with torch.no_grad():
+        out: np.ndarray = layer(torch.from_numpy(raw), torch.from_numpy(scales)).numpy()
     return out
 
 
