@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.synthetic import make_matched, write_matched_store
+from tests.synthetic import make_matched, train_base_checkpoint, write_matched_store
 from transitnet.cli import main
 from transitnet.cli.lightning import config_path
 from transitnet.evaluate import load_datamodule, predict_windows
@@ -205,6 +205,34 @@ def test_predictions_without_static_leave_positions_and_stops_null(
     df = pd.read_parquet(out / "predictions.parquet")
     assert len(df) > 300 and df["travelled_p50_m"].notna().all()
     assert df[["lat_p50", "lon_p10", "stop1_id", "stop3_eta_p90"]].isna().all().all()
+
+
+def test_test_subcommand_from_a_checkpoint(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """``transitnet test --ckpt_path`` sizes the network from the checkpoint's vocabulary."""
+    ckpt, store = trained
+    extra = ["--data.test_dates", f"[{PREDICT_DAY}]", "--trainer.default_root_dir", str(tmp_path)]
+    args = [
+        "test", "--config", str(config_path("forecast.yaml")), "--ckpt_path", str(ckpt),
+        "--data.store", str(store), "--data.horizons_s", HORIZONS, "--data.past_fixes", "4",
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", *extra,
+    ]  # fmt: skip
+    assert main(args) == 0
+
+
+def test_predict_from_a_checkpoint_written_outside_the_cli(tmp_path: Path) -> None:
+    """A plain-Trainer checkpoint (as ``transitnet extend`` writes) trained without line C."""
+    ckpt, store = train_base_checkpoint(tmp_path, exclude=("C",))
+    out = tmp_path / "out"
+    args = [
+        "predict", "--config", str(config_path("predict.yaml")), "--ckpt_path", str(ckpt),
+        "--data.store", str(store), "--data.horizons_s", "[60, 120]", "--data.past_fixes", "4",
+        "--data.predict_dates", f"[{PREDICT_DAY}]", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks.init_args.output_dir", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    df = pd.read_parquet(out / "predictions.parquet")
+    assert set(df["line_key"]) == {"A", "B", "C"}  # C meets the unknown row, still forecast
+    assert df["travelled_p50_m"].notna().all() and (df["travelled_p50_m"] > 0).mean() > 0.9
 
 
 AKL = "auckland-2019-08-13"

@@ -64,8 +64,47 @@ def restore_datamodule_state(datamodule: Any, ckpt_path: str | Path | None) -> N
                     ckpt_path)  # fmt: skip
 
 
+#: Checkpoint key each task writes → the task's class path.
+TASK_CLASS_PATHS: dict[str, str] = {
+    "transitnet_forecaster": "transitnet.tasks.ForecastingTask",
+    "transitnet_classifier": "transitnet.tasks.ClassificationTask",
+}
+
+
+def infer_model_config(ckpt_path: str | Path) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` of a checkpoint written outside LightningCLI.
+
+    Checkpoints saved by a plain ``Trainer`` (``transitnet extend``, scripts) record their
+    hyperparameters without LightningCLI's ``_class_path``; the task is recognised by the
+    key it writes. None when the checkpoint has a class path or is not a transitnet task.
+    """
+    ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+    hparams = ckpt.get("hyper_parameters") or {}
+    if not hparams or "_class_path" in hparams:
+        return None
+    for key, class_path in TASK_CLASS_PATHS.items():
+        if key in ckpt:
+            init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
+            return {"class_path": class_path, "init_args": init_args}
+    return None
+
+
 class TransitCLI(LightningCLI):
     """LightningCLI with transitnet's defaults (any task, any DataModule, by class path)."""
+
+    def _parse_ckpt_path(self) -> None:
+        """Take the model's settings from ``--ckpt_path``, whoever wrote the checkpoint.
+
+        LightningCLI does this for checkpoints it wrote itself; for others (see
+        :func:`infer_model_config`) the task class is inferred from the checkpoint.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        model = infer_model_config(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+        if model is None:
+            super()._parse_ckpt_path()
+            return
+        self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
     def _restore_datamodule(self) -> None:
         subcommand = self.config.get("subcommand")
