@@ -122,6 +122,20 @@ def test_read_archive_counts_bad_snapshots_and_keeps_the_rest(tmp_path: Path) ->
     assert again.n_snapshots == 1 and again.failures == {"html": 1}
 
 
+def test_a_truncated_archive_keeps_what_was_read_and_flags_the_break(tmp_path: Path) -> None:
+    bodies = {
+        f"{i:03d}.pb": make_feed(T0 + i, [{"trip": f"T{i}", "stop": "S", "arr": T0}])
+        for i in range(400)
+    }
+    whole = write_tar(tmp_path / "whole.tar.xz", bodies).read_bytes()
+    cut = tmp_path / "cut.tar.xz"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    read = read_trip_updates(cut)
+    assert read.failures == {"archive_broken": 1}
+    assert read.failed_files == [("cut.tar.xz", "archive_broken")]
+    assert 0 < read.n_snapshots < 400 and len(read.events) == read.n_snapshots
+
+
 def test_read_rejects_missing_and_foreign_paths(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_trip_updates(tmp_path / "absent.tar.xz")

@@ -20,9 +20,13 @@ departure_delay_s`` (Int64), ``update_time`` (the TripUpdate's own timestamp, UT
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
 import logging
+import lzma
 import tarfile
-from collections import Counter
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +72,10 @@ OBSERVED_COLUMNS: tuple[str, ...] = (
     "n_reports",
     "spread_s",
 )
+
+
+class ArchiveError(ValueError):
+    """A tar archive of snapshots that is broken or truncated part-way."""
 
 
 @dataclass
@@ -176,6 +184,7 @@ def iter_snapshot_bodies(path: Path) -> Iterator[tuple[str, bytes]]:
     Raises:
         FileNotFoundError: When ``path`` does not exist.
         ValueError: When ``path`` is a file that is neither a tar archive nor a snapshot.
+        ArchiveError: When a tar archive breaks off (after yielding the members before).
     """
     if not path.exists():
         raise FileNotFoundError(f"no TripUpdates archive or folder at {path}")
@@ -188,11 +197,32 @@ def iter_snapshot_bodies(path: Path) -> Iterator[tuple[str, bytes]]:
             yield path.name, path.read_bytes()
             return
         raise ValueError(f"{path} is neither a tar archive, a folder nor a .pb snapshot")
-    with tarfile.open(path, mode="r|*") as tar:
-        for member in tar:
-            handle = tar.extractfile(member) if member.isfile() else None
-            if handle is not None:
-                yield Path(member.name).name, handle.read()
+    try:
+        with _open_decompressed(path) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            for member in tar:
+                handle = tar.extractfile(member) if member.isfile() else None
+                if handle is not None:
+                    yield Path(member.name).name, handle.read()
+            raw.read()  # to the end of the compressed stream: a truncated one raises here
+    except (tarfile.TarError, lzma.LZMAError, zlib.error, EOFError, OSError) as exc:
+        raise ArchiveError(f"{path}: the archive is broken or truncated ({exc})") from exc
+
+
+def _open_decompressed(path: Path) -> io.BufferedIOBase:
+    """Open ``path`` through xz/gzip/bzip2 by its magic bytes (plain when none matches).
+
+    The decompressors raise ``EOFError`` on a stream cut short, which tarfile's own
+    stream mode would take for the end of the archive.
+    """
+    with path.open("rb") as f:
+        head = f.read(6)
+    if head.startswith(b"\xfd7zXZ"):
+        return lzma.open(path, "rb")
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.open(path, "rb")
+    if head.startswith(b"BZh"):
+        return bz2.open(path, "rb")
+    return path.open("rb")
 
 
 def read_trip_updates(path: Path, *, limit: int | None = None) -> TripUpdateRead:
@@ -200,7 +230,8 @@ def read_trip_updates(path: Path, *, limit: int | None = None) -> TripUpdateRead
 
     A snapshot that fails to decode is logged, counted per
     :class:`~transitnet.realtime.decode.FeedDecodeError` kind and skipped; the others
-    are read.
+    are read. An archive that breaks off part-way (truncated download) keeps the
+    snapshots before the break and is counted as ``archive_broken`` (logged as an error).
 
     Args:
         path: A tar archive (``.tar``, ``.tar.xz``, ``.tar.gz``), a folder, or one file.
@@ -209,24 +240,39 @@ def read_trip_updates(path: Path, *, limit: int | None = None) -> TripUpdateRead
     Returns:
         The stop events of all snapshots (:data:`STOP_EVENT_COLUMNS`) and the failures.
     """
+    read = TripUpdateRead(_to_frame([]))
     frames: list[pd.DataFrame] = []
-    failures: Counter[str] = Counter()
-    failed: list[tuple[str, str]] = []
-    n = 0
     bodies = iter_snapshot_bodies(Path(path))
-    for name, body in tqdm(bodies, desc="TripUpdates", unit=" snapshots", leave=False):
-        if limit is not None and n + len(failed) >= limit:
-            break
-        try:
-            frames.append(decode_trip_updates(body, source_file=name))
-            n += 1
-        except FeedDecodeError as exc:
-            failures[exc.kind] += 1
-            failed.append((name, exc.kind))
-            logger.warning("%s: skipped, %s", name, exc)
-    events = pd.concat(frames, ignore_index=True) if frames else _to_frame([])
-    logger.info("%s: %d snapshots, %d stop events, failures %s", path, n, len(events), failures)
-    return TripUpdateRead(events, n, dict(failures), failed)
+    try:
+        for name, body in tqdm(bodies, desc="TripUpdates", unit=" snapshots", leave=False):
+            if limit is not None and read.n_snapshots + len(read.failed_files) >= limit:
+                break
+            _decode_into(read, frames, name, body)
+    except ArchiveError as exc:
+        _count_failure(read, Path(path).name, "archive_broken")
+        logger.error("%s; keeping the %d snapshots read before", exc, read.n_snapshots)
+    if frames:
+        read.events = pd.concat(frames, ignore_index=True)
+    logger.info(
+        "%s: %d snapshots, %d stop events, failures %s",
+        path, read.n_snapshots, len(read.events), read.failures,
+    )  # fmt: skip
+    return read
+
+
+def _count_failure(read: TripUpdateRead, name: str, kind: str) -> None:
+    read.failures[kind] = read.failures.get(kind, 0) + 1
+    read.failed_files.append((name, kind))
+
+
+def _decode_into(read: TripUpdateRead, frames: list[pd.DataFrame], name: str, body: bytes) -> None:
+    """Decode one snapshot into ``frames``, or count its failure in ``read``."""
+    try:
+        frames.append(decode_trip_updates(body, source_file=name))
+        read.n_snapshots += 1
+    except FeedDecodeError as exc:
+        _count_failure(read, name, exc.kind)
+        logger.warning("%s: skipped, %s", name, exc)
 
 
 def derive_observed_arrivals(events: pd.DataFrame) -> pd.DataFrame:
