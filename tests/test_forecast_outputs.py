@@ -198,3 +198,16 @@ def test_next_stops_refuse_bad_arguments() -> None:
     meta = pd.DataFrame({"trip_id": ["t1"], "shape_id": ["E"], "dist_along_m": [5.0]})
     with pytest.raises(ValueError, match="n_stops"):
         find_next_stops(meta, tiny_artefacts(), n_stops=0)
+
+
+def test_next_stops_with_null_trip_or_shape_ids() -> None:
+    meta = pd.DataFrame(
+        {
+            "trip_id": pd.array([None, "t1", None], dtype="string"),
+            "shape_id": pd.array(["E", None, None], dtype="string"),
+            "dist_along_m": [250.0, 250.0, 250.0],
+        }
+    )
+    out = find_next_stops(meta, tiny_artefacts(), n_stops=1)
+    assert out["stop_id"].tolist()[0] == "s2" and out["pattern_via"].tolist()[0] == "shape"
+    assert out["stop_id"].iloc[1:].isna().all() and out["pattern_via"].iloc[1:].isna().all()

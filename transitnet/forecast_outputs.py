@@ -234,22 +234,38 @@ def _shape_patterns(artefacts: StaticArtefacts) -> pd.Series:
     )
 
 
-def _window_groups(
-    meta: pd.DataFrame, artefacts: StaticArtefacts, groups: pd.Index
+def _pair_groups(
+    pairs: pd.DataFrame, artefacts: StaticArtefacts, groups: pd.Index
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each window's (shape, pattern) group (-1: none) and where its pattern came from."""
-    shape = meta["shape_id"].astype(object).reset_index(drop=True)
+    """(shape, pattern) group (-1: none) and pattern source of ``trip_id, shape_id`` rows."""
+    shape = pairs["shape_id"].reset_index(drop=True)
     trips = artefacts.trips.drop_duplicates("trip_id")
     lookup = pd.Series(
         trips["pattern_id"].astype(object).to_numpy(), index=trips["trip_id"].astype(object)
     )
-    by_trip_pattern = meta["trip_id"].astype(object).reset_index(drop=True).map(lookup)
+    by_trip_pattern = pairs["trip_id"].reset_index(drop=True).map(lookup)
     by_trip = groups.get_indexer(pd.Index(_group_keys(shape, by_trip_pattern)))
     by_shape_pattern = shape.map(_shape_patterns(artefacts))
     by_shape = groups.get_indexer(pd.Index(_group_keys(shape, by_shape_pattern)))
     group = np.where(by_trip >= 0, by_trip, by_shape).astype(np.int64)
     via = pd.Series(np.where(by_trip >= 0, "trip", "shape"), dtype="string")
     return group, np.asarray(via.where(pd.Series(group >= 0)).to_numpy(), dtype=object)
+
+
+def _window_groups(
+    meta: pd.DataFrame, artefacts: StaticArtefacts, groups: pd.Index
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's (shape, pattern) group (-1: none) and where its pattern came from.
+
+    Looked up once per distinct (trip, shape) pair: windows repeat them many times.
+    """
+    pairs = pd.DataFrame({c: meta[c].astype(object).to_numpy() for c in ("trip_id", "shape_id")})
+    trip_code, trip_ids = pd.factorize(pairs["trip_id"], use_na_sentinel=False)
+    shape_code, _ = pd.factorize(pairs["shape_id"], use_na_sentinel=False)
+    key = trip_code.astype(np.int64) + shape_code.astype(np.int64) * max(len(trip_ids), 1)
+    _, first, codes = np.unique(key, return_index=True, return_inverse=True)
+    group, via = _pair_groups(pairs.iloc[np.asarray(first)], artefacts, groups)
+    return group[codes], via[codes]
 
 
 def _gather_next_stops(

@@ -128,7 +128,7 @@ def _horizon_frame(
     seconds = np.tile(horizons_s, n)
     anchor_time = windows["anchor_time"].iloc[np.repeat(np.arange(n), len(horizons_s))]
     rows: dict[str, Any] = {"horizon_s": seconds.astype(np.int32)}
-    rows["target_time"] = anchor_time.to_numpy() + pd.to_timedelta(seconds, unit="s")
+    rows["target_time"] = anchor_time.reset_index(drop=True) + pd.to_timedelta(seconds, unit="s")
     lon = lat = np.full(pred.shape, np.nan)
     if artefacts is not None:
         lon, lat = compute_forecast_lonlat(artefacts.shapes, windows["shape_id"], anchor_m, pred)
