@@ -54,11 +54,14 @@ class ForecastParquetWriter(BasePredictionWriter):
     ``anchor_dist_m``), ``horizon_s``, ``target_time`` (UTC), per quantile ``pX``
     (``p10``, ``p50``, ``p90``) ``travelled_pX_m``, ``dist_along_pX_m``, ``lat_pX``,
     ``lon_pX`` (on the shape), and the next ``n_stops`` stops downstream (the same on
-    each horizon row of a window): ``stop{k}_id``, ``stop{k}_sequence``,
+    each horizon row of a window): ``stops_via`` (``trip``, or ``shape`` for a trip
+    absent from the static feed), ``stop{k}_id``, ``stop{k}_sequence``,
     ``stop{k}_ahead_m`` and arrival times ``stop{k}_eta_p10/_p50/_p90`` (UTC; p10 is
-    the early bound). ``window`` is the row of the DataModule's predict windows, so
-    ``df[df.horizon_s == 300]`` gives one row per window. Positions and stops are null
-    where the static feed, the shape or the trip's stop pattern is unknown.
+    the early bound; null when not reached by the last horizon). ``window`` is the row
+    of the DataModule's predict windows, so ``df[df.horizon_s == 300]`` gives one row
+    per window. Positions and stops are null where the static feed or the shape is
+    unknown, stops also where the shape has no stop pattern. The schema metadata key
+    :data:`PREDICTIONS_KEY` holds the horizons, quantiles and static version (JSON).
 
     Args:
         output_dir: Folder of the Parquet file (created if needed).
