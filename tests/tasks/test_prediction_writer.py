@@ -18,6 +18,7 @@ import torch
 from tests.synthetic import make_matched, train_base_checkpoint, write_matched_store
 from transitnet.cli import main
 from transitnet.cli.lightning import config_path
+from transitnet.datasets.windows import Windows
 from transitnet.evaluate import load_datamodule, predict_windows
 from transitnet.forecast_outputs import compute_forecast_lonlat
 from transitnet.gtfs.artefacts import StaticArtefacts, read_artefacts, write_artefacts
@@ -25,7 +26,12 @@ from transitnet.gtfs.shapes import make_shape_table, unproject_xy
 from transitnet.realtime.decode import decode_vehicle_positions
 from transitnet.store.parquet import write_positions
 from transitnet.tasks.forecasting import ForecastingTask
-from transitnet.tasks.prediction_writer import PREDICTIONS_KEY
+from transitnet.tasks.prediction_writer import (
+    PREDICTIONS_KEY,
+    ForecastParquetWriter,
+    check_alignment,
+    collect_outputs,
+)
 
 CRS = "EPSG:32760"
 X0, Y0, LENGTH = 300_000.0, 5_920_000.0, 20_000.0
@@ -348,3 +354,37 @@ def check_auckland_etas(at_1min: pd.DataFrame) -> None:
     assert (band["anchor_time"] <= band["stop1_eta_p10"]).all()
     assert (band["stop1_eta_p10"] <= band["stop1_eta_p50"]).all()
     assert (band["stop1_eta_p50"] <= band["stop1_eta_p90"]).all()
+
+
+def tiny_windows(n: int, horizons: tuple[int, ...] = (60, 120)) -> Windows:
+    meta = pd.DataFrame({"vehicle_id": [f"v{i}" for i in range(n)]})
+    h = len(horizons)
+    return Windows(
+        np.zeros((n, 1, 1), np.float32), np.ones(n, np.int64), np.zeros((n, 1), np.float32),
+        np.zeros((n, h), np.float32), np.ones((n, h), bool), meta, horizons,
+    )  # fmt: skip
+
+
+def test_writer_helpers_refuse_what_does_not_align() -> None:
+    with pytest.raises(ValueError, match="write_interval"):
+        ForecastParquetWriter("out", write_interval="batch_and_epoch")
+    with pytest.raises(ValueError, match="n_stops"):
+        ForecastParquetWriter("out", n_stops=0)
+    with pytest.raises(ValueError, match="no forecasts"):
+        collect_outputs([])
+    with pytest.raises(ValueError, match="ForecastingTask"):
+        collect_outputs([{"logits": torch.zeros(2, 3)}])
+    parts = [[{"index": torch.tensor([2, 0]), "pred": torch.arange(12.0).view(2, 2, 3)}],
+             [{"index": torch.tensor([1]), "pred": torch.full((1, 2, 3), -1.0)}]]  # fmt: skip
+    index, pred = collect_outputs(parts)
+    assert index.tolist() == [0, 1, 2] and pred[0, 0, 0] == 6.0 and pred[1, 0, 0] == -1.0
+    check_alignment(tiny_windows(3), index, pred, (60, 120), (0.1, 0.5, 0.9))
+    bad = [
+        (tiny_windows(3, (60, 300)), index, pred, "horizons"),
+        (tiny_windows(3), np.array([0, 0, 1]), pred, "repeated"),
+        (tiny_windows(2), index, pred, "outside"),
+        (tiny_windows(3), index, pred[:, :, :2], "forecasts are"),
+    ]
+    for windows, idx, p, match in bad:
+        with pytest.raises(ValueError, match=match):
+            check_alignment(windows, idx, p, (60, 120), (0.1, 0.5, 0.9))
