@@ -8,6 +8,7 @@ it onto the final name (atomic on POSIX). A kill in the middle leaves at most a
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,6 +16,18 @@ from pathlib import Path
 from typing import IO
 
 TEMP_PREFIX = ".tmp-"
+
+
+@functools.cache
+def _file_mode() -> int:
+    """Mode a plain ``open()`` would give a new file: 0o666 less the process umask.
+
+    ``mkstemp`` creates 0o600 files; published files should be readable by whoever the
+    umask allows (a shared store, a notebook server running as another user).
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -27,6 +40,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     # The temporary name never ends in the final suffix, so globs such as DuckDB's
     # ``**/*.parquet`` never pick up a file that is still being written.
     fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _file_mode())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
