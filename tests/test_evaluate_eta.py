@@ -12,7 +12,6 @@ import pytest
 from transitnet.datasets.windows import CONTEXT_FEATURES, PAST_FEATURES, Windows
 from transitnet.evaluate import Evaluation, summarise, write_evaluation_report, write_metrics
 from transitnet.evaluate_eta import (
-    assign_static_trips,
     build_eta_pairs,
     extend_curve,
     score_eta,
@@ -90,17 +89,6 @@ def test_strip_version_suffix() -> None:
     assert pd.isna(out[5])
 
 
-def test_realtime_trips_of_another_version_take_their_shape_static_trip() -> None:
-    art = tiny_artefacts()
-    meta = pd.DataFrame(
-        {"trip_id": ["RT" + V82, "ST" + V80, "RT2"], "shape_id": ["SH" + V80, "SH" + V80, "no"]}
-    )
-    out = assign_static_trips(meta, art)
-    assert out["trip_id"].tolist()[:2] == ["ST" + V80, "ST" + V80]
-    assert pd.isna(out["trip_id"].iloc[2])  # unknown shape: no stops, not a wrong pattern
-    assert meta["trip_id"].iloc[0] == "RT" + V82  # the input is not modified
-
-
 def test_pairs_and_scores_follow_the_transit_bands() -> None:
     windows = tiny_windows(["RT" + V82], [500.0])
     obs = observed(
@@ -116,6 +104,7 @@ def test_pairs_and_scores_follow_the_transit_bands() -> None:
     assert pairs.stop_rank.tolist() == [0, 1, 2]
     np.testing.assert_allclose(pairs.observed_s, [60.0, 100.0, 400.0])
     assert pairs.join["stops_ahead_observed"] == 1.0 and pairs.join["pairs_within_15_min"] == 3
+    assert pairs.join["windows_pattern_via_shape"] == 1.0  # the v82 trip is not in the feed
     model = score_eta(pairs, HORIZONS, windows.targets)
     assert model["0-3"] == 1.0 and model["6-10"] == 0.0 and np.isnan(model["3-6"])
     assert model["score"] == 0.5 and model["n"] == 3

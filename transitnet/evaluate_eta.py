@@ -1,13 +1,15 @@
 """ETA accuracy of forecasts against observed arrivals (e.g. Auckland TripUpdates).
 
 For every test window, the stops downstream of the anchor on its shape
-(:func:`transitnet.forecast_outputs.find_next_stops`) are joined to the observed
-arrivals of the window's trip (:func:`transitnet.realtime.trip_updates.derive_observed_arrivals`)
-by trip id and stop id, both with their feed-version suffix (``<id>-<feedversion>``)
-stripped: the realtime feed and the static feed used for matching may be different
-versions (Auckland: the day's ``v82.14`` against the June ``v80.31`` subset). Visits
-observed 0–15 min after the anchor are scored: each forecaster's curve gives the
-predicted arrival offset (:func:`~transitnet.forecast_outputs.compute_arrival_offsets`),
+(:func:`transitnet.forecast_outputs.find_next_stops`; a realtime trip that is not in the
+static feed takes the stop pattern most trips of its matched shape follow) are joined to
+the observed arrivals of the window's trip
+(:func:`transitnet.realtime.trip_updates.derive_observed_arrivals`) by trip id and stop
+id, both with their feed-version suffix (``<id>-<feedversion>``) stripped: the realtime
+feed and the static feed used for matching may be different versions (Auckland: the
+day's ``v82.14`` against the June ``v80.31`` subset). Visits observed 0–15 min after the
+anchor are scored: each forecaster's curve gives the predicted arrival offset
+(:func:`~transitnet.forecast_outputs.compute_arrival_offsets`),
 which is compared with the observed one (Transit-app bands and MAE in seconds).
 
 Forecast curves end at the last horizon (15 min), yet a stop observed at 14 min may be
@@ -52,36 +54,6 @@ def strip_version_suffix(ids: pd.Series) -> pd.Series:
     text = ids.astype("string")
     result: pd.Series = text.str.replace(_VERSION_SUFFIX, "", regex=True)
     return result
-
-
-def assign_static_trips(meta: pd.DataFrame, artefacts: StaticArtefacts) -> pd.DataFrame:
-    """Give windows whose realtime trip is not in the static feed a static trip of their shape.
-
-    :func:`~transitnet.forecast_outputs.find_next_stops` finds a window's stop pattern
-    through its ``trip_id``. A realtime trip of another feed version (or an added trip)
-    is not in ``artefacts.trips``; the window's matched ``shape_id`` is, so it takes the
-    stop pattern most trips of that shape follow.
-
-    Args:
-        meta: Window rows with ``trip_id, shape_id, dist_along_m``.
-        artefacts: Static artefacts (``trips``: ``trip_id, shape_id, pattern_id``).
-
-    Returns:
-        A copy of ``meta`` whose ``trip_id`` is a static trip id wherever one was found.
-    """
-    trips = artefacts.trips.dropna(subset=["shape_id", "pattern_id"])
-    common = trips.groupby(["shape_id", "pattern_id"]).size().rename("n").reset_index()
-    best = common.sort_values("n", ascending=False, kind="stable").drop_duplicates("shape_id")
-    by_pattern = trips.drop_duplicates(["shape_id", "pattern_id"]).set_index(
-        ["shape_id", "pattern_id"]
-    )["trip_id"]
-    keys = pd.MultiIndex.from_frame(best[["shape_id", "pattern_id"]])
-    per_shape = pd.Series(by_pattern.reindex(keys).to_numpy(), index=best["shape_id"].to_numpy())
-    known = meta["trip_id"].isin(set(artefacts.trips["trip_id"]))
-    replaced = meta["shape_id"].map(per_shape)
-    out = meta.copy()
-    out["trip_id"] = meta["trip_id"].where(known, replaced)
-    return out
 
 
 @dataclass
@@ -133,7 +105,8 @@ def build_eta_pairs(
         The pairs; a stop visited twice by a trip (a loop) keeps the visit nearest the anchor.
     """
     meta = windows.meta.reset_index(drop=True)
-    nxt = find_next_stops(assign_static_trips(meta, artefacts), artefacts, n_stops)
+    # a realtime trip absent from the static feed takes the commonest pattern of its shape
+    nxt = find_next_stops(meta, artefacts, n_stops)
     ahead = nxt["ahead_m"].to_numpy(np.float64).reshape(len(meta), n_stops)
     stops = pd.DataFrame(
         {
@@ -151,6 +124,8 @@ def build_eta_pairs(
     pairs = pairs.sort_values("observed_s").drop_duplicates(["window", "stop_rank"])
     pairs = pairs.sort_values(["window", "stop_rank"])
     join = _join_figures(meta, stops, obs, len(pairs))
+    via = nxt["pattern_via"].iloc[::n_stops]
+    join["windows_pattern_via_shape"] = float((via == "shape").mean()) if len(via) else 0.0
     return EtaPairs(
         ahead,
         pairs["window"].to_numpy(np.int64),
