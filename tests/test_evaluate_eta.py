@@ -14,6 +14,7 @@ from transitnet.evaluate import Evaluation, summarise, write_evaluation_report, 
 from transitnet.evaluate_eta import (
     build_eta_pairs,
     extend_curve,
+    format_join_figures,
     score_eta,
     strip_version_suffix,
 )
@@ -137,6 +138,11 @@ def test_curves_continue_past_the_last_horizon_for_late_stops() -> None:
     assert scores["mae_s"] == pytest.approx(40.0)
 
 
+def test_join_figures_format_counts_and_shares() -> None:
+    text = format_join_figures({"windows": 1.0, "stops_ahead_observed": 0.926, "x": None})
+    assert text == "windows 1, stops ahead observed 92.6%, x –"
+
+
 def test_a_loop_stop_keeps_the_visit_nearest_the_anchor() -> None:
     windows = tiny_windows(["RT" + V82], [500.0])
     obs = observed([("RT", "A", -300.0, "arrival"), ("RT", "A", 70.0, "arrival")])
@@ -163,6 +169,7 @@ def test_summarise_adds_position_error_and_eta_and_the_report_shows_them(tmp_pat
     write_evaluation_report(metrics, out, "tiny")
     text = (out / "report.md").read_text()
     assert "Position error (m)" in text and "ETA accuracy" in text
+    assert "Join: windows 2, windows with stops ahead 100.0%" in text
     assert (out / "eta_bands.png").stat().st_size > 0
     assert (out / "position_error_by_horizon.png").stat().st_size > 0
 

@@ -348,15 +348,17 @@ def _eta_section(metrics: dict[str, Any], out: Path) -> list[tuple[str, str]]:
     """The ETA table, join figures and band plot, when the metrics have them."""
     if "eta" not in metrics["model"]:
         return []
+    from transitnet.evaluate_eta import format_join_figures
+
     save_figure(plot_eta_bands(metrics), out / "eta_bands.png")
-    join = metrics["model"].get("eta_join", {})
     text = (
         "Share of arrival predictions inside the Transit-app band of their horizon "
-        "(observed arrivals 0–15 min after the anchor; a forecast that does not reach "
-        "the stop by the last horizon counts as a miss).\n\n"
+        "(observed arrivals 0–15 min after the anchor). Forecast curves are continued "
+        "5 min past the last horizon at their last speed; one that still does not reach "
+        'the stop counts as a miss ("not reached").\n\n'
         + format_eta_table(metrics)
         + "\n\nJoin: "
-        + ", ".join(f"{k} {v:,.3g}" for k, v in join.items())
+        + format_join_figures(metrics["model"].get("eta_join", {}))
         + "\n\n![](eta_bands.png)"
     )
     return [("ETA accuracy (Transit-app bands)", text)]

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 _VERSION_SUFFIX = r"-\d{8,14}_v[\d.]+$"
 #: Observed arrivals are scored up to this long after the anchor (Transit-app bands).
 MAX_ETA_S = 900.0
+#: Join figures that are counts (the others are shares).
+JOIN_COUNTS: tuple[str, ...] = ("windows", "stops_ahead", "pairs_within_15_min")
 #: Forecast curves are continued this long past their last horizon (see :func:`extend_curve`).
 EXTEND_S = 300
 
@@ -186,6 +188,18 @@ def extend_curve(
     speed = np.clip((d[:, -1] - prev_d) / (h[-1] - prev_h), 0.0, None)
     extended = np.concatenate([d, (d[:, -1] + speed * extra_s)[:, None]], axis=1)
     return (*tuple(int(x) for x in horizons_s), int(horizons_s[-1]) + extra_s), extended
+
+
+def format_join_figures(join: Mapping[str, float | None]) -> str:
+    """One line of join figures: counts with thousands separators, shares in percent."""
+    parts = []
+    for key, value in join.items():
+        label = key.replace("_", " ")
+        if value is None or value != value:
+            parts.append(f"{label} –")
+        else:
+            parts.append(f"{label} {value:,.0f}" if key in JOIN_COUNTS else f"{label} {value:.1%}")
+    return ", ".join(parts)
 
 
 def score_eta(
