@@ -1,3 +1,4 @@
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -246,3 +247,30 @@ def test_ignored_context_features_are_named_and_checked(tmp_path) -> None:
         ForecastingTask(ignore_context=["nope"]).build_net(("<unknown>",), 9, 4, (60,))
     with pytest.raises(ValueError, match="this network has 4"):
         ForecastingTask(ignore_context=["tod_sin"]).build_net(("<unknown>",), 9, 4, (60,))
+
+
+def test_plain_trainer_predict_restores_the_network_from_the_checkpoint(tmp_path) -> None:
+    pl.seed_everything(0)
+    dm = _dm(tmp_path)
+    task = ForecastingTask(hidden_dim=16, line_dim=4)
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(task, dm)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    # A fresh DataModule with only a predict period: its vocabulary comes from the checkpoint.
+    fresh = TransitDataModule(
+        str(tmp_path), predict_dates=["2024-05-08"], horizons_s=[60, 120],
+        past_fixes=4, batch_size=32,
+    )  # fmt: skip
+    predictor = pl.Trainer(logger=False, enable_progress_bar=False)
+    out = predictor.predict(ForecastingTask(hidden_dim=16, line_dim=4), fresh, ckpt_path=ckpt)
+    assert out
+    loaded = ForecastingTask.load_from_checkpoint(ckpt).eval()
+    first = next(iter(fresh.predict_dataloader()))
+    with torch.no_grad():
+        assert torch.allclose(out[0]["pred"], loaded(first))
+    untrained = TransitDataModule(str(tmp_path), predict_dates=["2024-05-08"], horizons_s=[60, 120])
+    with pytest.raises(RuntimeError, match="never built|not fitted"):
+        predictor.predict(ForecastingTask(hidden_dim=16, line_dim=4), untrained)

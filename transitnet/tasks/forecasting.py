@@ -149,14 +149,39 @@ class ForecastingTask(BaseTask):
     def configure_model(self) -> None:
         """Build the network from the attached DataModule (after its setup).
 
-        Without a trainer (``load_from_checkpoint``), :meth:`on_load_checkpoint` builds it.
+        Without a trainer (``load_from_checkpoint``), :meth:`on_load_checkpoint` builds it;
+        so it does when the trainer restores a checkpoint into a DataModule whose vocabulary
+        is not fitted yet (``trainer.predict(task, dm, ckpt_path=…)`` on a predict period:
+        the vocabulary comes from the checkpoint after this hook). Evaluation without
+        either fails in :meth:`on_validation_start` / ``on_test_start`` / ``on_predict_start``.
         """
         if self.net is not None or self._trainer is None:
             return
         dm: Any = getattr(self.trainer, "datamodule", None)
         if dm is None:
             raise RuntimeError("ForecastingTask needs a TransitDataModule to size its network")
+        if len(dm.vocab) <= 1 and "train" not in dm.windows:
+            return  # no fitted vocabulary yet: on_load_checkpoint builds the network
         self.build_net(tuple(dm.vocab.keys), dm.n_features, dm.n_context, dm.horizons_s)
+
+    def _require_net(self) -> None:
+        if self.net is None:
+            raise RuntimeError(
+                "the network was never built: give a checkpoint (ckpt_path / --ckpt_path) "
+                "or a training period to size it"
+            )
+
+    def on_validation_start(self) -> None:
+        """Refuse to evaluate a network that was never built."""
+        self._require_net()
+
+    def on_test_start(self) -> None:
+        """Refuse to test a network that was never built."""
+        self._require_net()
+
+    def on_predict_start(self) -> None:
+        """Refuse to predict with a network that was never built."""
+        self._require_net()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the row keys and shapes the weights belong to."""
