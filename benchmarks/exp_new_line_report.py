@@ -126,19 +126,7 @@ def check_bars(res: dict[str, Any], levels: list[str]) -> list[dict[str, Any]]:
     runs, joint, bars = main_runs(res), res["joint"], []
     day = [r for r in runs if r["level"] == levels[-1] and r["tier"] != "naive"]
     if day:
-        best = min(day, key=lambda r: r["new_mae_m"]["mean"])
-        gap = best["new_mae_m"]["mean"] / joint["new_mae_m"]["mean"] - 1.0
-        ratio = {k: best[k] / joint[k] for k in ("steps", "cpu_s", "wall_s")}
-        bars.append(
-            {
-                "bar": f"{ec.level_label(levels[-1])}: best warm start within 10 % of joint "
-                "retraining's new-line MAE, at <= 10 % of its compute (steps and CPU s)",
-                "passed": gap <= 0.10 and ratio["steps"] <= 0.10 and ratio["cpu_s"] <= 0.10,
-                "value": f"{best['tier']}/{best['init']}: MAE {100 * gap:+.1f} % vs joint; steps "
-                f"{100 * ratio['steps']:.1f} %, CPU {100 * ratio['cpu_s']:.1f} %, wall "
-                f"{100 * ratio['wall_s']:.1f} % of joint's",
-            }
-        )
+        bars.append(best_warm_start(day, joint, levels[-1]))
     frozen = [r for r in res["runs"] if r["tier"] in ("row-only", "zero-shot")]
     diff = max((r["old_max_abs_diff_m"] for r in frozen), default=math.nan)
     bars.append(
@@ -164,6 +152,39 @@ def check_bars(res: dict[str, Any], levels: list[str]) -> list[dict[str, Any]]:
             )
     bars.append(beats_random(res, runs, levels[0]))
     return bars
+
+
+def best_warm_start(day: list[dict[str, Any]], joint: dict[str, Any], level: str) -> dict[str, Any]:
+    """Bar: the best warm start costing <= 10 % of joint's compute is within 10 % of its MAE.
+
+    Compute is optimizer steps and CPU seconds, both against joint retraining's. Runs over
+    the budget cannot pass; when none is within it, the best run overall is shown failing.
+    """
+
+    def ratio(r: dict[str, Any]) -> dict[str, float]:
+        return {k: r[k] / joint[k] for k in ("steps", "cpu_s", "wall_s")}
+
+    within = [r for r in day if ratio(r)["steps"] <= 0.10 and ratio(r)["cpu_s"] <= 0.10]
+    best = min(within or day, key=lambda r: r["new_mae_m"]["mean"])
+    top = min(day, key=lambda r: r["new_mae_m"]["mean"])
+    gap, rt = best["new_mae_m"]["mean"] / joint["new_mae_m"]["mean"] - 1.0, ratio(best)
+    value = (
+        f"{best['tier']}/{best['init']}: MAE {100 * gap:+.1f} % vs joint; steps "
+        f"{100 * rt['steps']:.1f} %, CPU {100 * rt['cpu_s']:.1f} %, wall "
+        f"{100 * rt['wall_s']:.1f} % of joint's"
+    )
+    if top is not best:
+        top_gap = top["new_mae_m"]["mean"] / joint["new_mae_m"]["mean"] - 1.0
+        value += (
+            f" (over the budget: {top['tier']}/{top['init']} {100 * top_gap:+.1f} % at CPU "
+            f"{100 * ratio(top)['cpu_s']:.1f} %)"
+        )
+    return {
+        "bar": f"{ec.level_label(level)}: best warm start within 10 % of joint retraining's "
+        "new-line MAE, at <= 10 % of its compute (steps and CPU s)",
+        "passed": bool(within) and gap <= 0.10,
+        "value": value,
+    }
 
 
 def beats_random(res: dict[str, Any], runs: list[dict[str, Any]], first: str) -> dict[str, Any]:
@@ -407,18 +428,26 @@ Total: {report["total_wall_s"]:.0f} s wall.
 
 **Method.** Per dataset the new line's windows are removed from the training period and
 a base forecaster is trained on the old lines (early stopping on the old lines'
-validation windows). *Joint retraining* trains the same model on everything (early
-stopping on all validation windows); its steps include the patience epochs. Every
-extension grows the base by the new line's embedding row (init) and trains under a tier
-for `ext_epochs` epochs over the new line's level-k windows, capped at `ext_steps_frac`
-of joint retraining's steps (so a few trips get few steps: more overfit them, see the
-ablations); `partial`/`replay` distil the base on the new line's inputs and anchor the
-tuned layers to the base weights (`anchor_weight`). *Scratch* trains the model on the
-new line's level-k windows only, early-stopped on the new line's validation windows,
-with at least the extension budget. *Naive* fine-tunes everything (init unknown). The
-random init is drawn `random_draws` times at k=0 and at the first level (its mean is the
-bar), and base and joint are retrained with `reference_seeds` seeds: the spread is the
-noise floor, and zero-shot is scored on every base.
+validation windows). *Joint retraining* trains the same model with the same recipe
+(`task` settings, `epochs`, cosine schedule over them, early stopping with `patience`,
+best validation epoch kept) on everything, early-stopped on all validation windows; its
+steps include the patience epochs. Every extension grows the base by the new line's
+embedding row (init) and trains under a tier for `ext_epochs` epochs over the new line's
+level-k windows, capped at `ext_steps_frac` of joint retraining's steps (so a few trips
+get few steps: more overfit them, see the ablations), with the learning rates decayed
+to 0 along a cosine over the run when `lr_decay` is set. `partial`/`replay` distil the
+base (`distill_weight`) on the new line's inputs (read as random old lines) and on
+old-line windows with their own rows (`partial`: `distill_per_line` windows per old
+line, inputs only; `replay`: the replay buffer, which also enters the forecast loss),
+and anchor the tuned layers to the base weights (`anchor_weight`). *Scratch* trains the
+model on the new line's level-k windows only, early-stopped on the new line's
+validation windows, with at least the extension budget. *Naive* fine-tunes everything
+(init unknown). The random init is drawn `random_draws` times at k=0 and at the first
+level (its mean is the bar), and base and joint are retrained with `reference_seeds`
+seeds: the spread is the noise floor, and zero-shot is scored on every base.
+Settings were chosen on Auckland's and Austin's runs as documented in
+`benchmarks/exp_new_line.py` (the ablation table lists the alternatives, measured in
+this run).
 
 **Measures.** MAE: along-route error (m) of the median forecast on the test period,
 new line only, per horizon and mean over horizons. Forgetting: each old line's MAE (mean

@@ -188,6 +188,19 @@ def test_bars_fail_when_measured_values_miss_them() -> None:
     assert all(b["passed"] for b in bars), bars
 
 
+def test_best_warm_start_only_counts_runs_within_the_compute_budget() -> None:
+    joint = {"new_mae_m": {"mean": 100.0}, "steps": 100, "cpu_s": 100.0, "wall_s": 100.0}
+    cheap = _run("all", "row-only", "unknown", 109.0, 0.0)  # 10 steps, 1 s: 10 % / 1 %
+    dear = _run("all", "partial", "unknown", 101.0, 0.0) | {"cpu_s": 11.0}  # CPU 11 %
+    bar = report.best_warm_start([cheap, dear], joint, "all")
+    assert bar["passed"] is True and bar["value"].startswith("row-only/unknown: MAE +9.0 %")
+    assert "over the budget: partial/unknown +1.0 % at CPU 11.0 %" in bar["value"]
+    bar = report.best_warm_start([cheap | {"new_mae_m": {"mean": 111.0}}, dear], joint, "all")
+    assert bar["passed"] is False and "+11.0 %" in bar["value"]
+    bar = report.best_warm_start([dear], joint, "all")  # nothing within the budget
+    assert bar["passed"] is False and bar["value"].startswith("partial/unknown: MAE +1.0 %")
+
+
 def test_write_json_turns_non_finite_numbers_into_null(tmp_path: Path) -> None:
     path = ec.write_json(tmp_path / "r.json", {"a": float("nan"), "b": [np.float32(1.5)]})
     assert json.loads(path.read_text()) == {"a": None, "b": [1.5]}
