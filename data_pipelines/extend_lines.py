@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from transitnet.cli import configure_logging
+from transitnet.cli.extend import add_training_options, training_options
 from transitnet.datamodules.loading import ensure_matched
 from transitnet.datasets.vocab import LineVocabulary
 from transitnet.extend import ExtensionConfig, extend_lines, report_dict
@@ -125,10 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tier",
         default="row-only",
+        choices=["zero-shot", "row-only", "partial", "replay"],
         help="Extension tier (default row-only: old lines provably unchanged).",
     )
     p.add_argument("--init", default="unknown", help="New-row initialisation (default unknown).")
     p.add_argument("--max-steps", type=int, default=300, help="Optimizer steps (default 300).")
+    add_training_options(p)
     return p
 
 
@@ -138,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("INFO")
     today = dt.datetime.now(dt.UTC).date()
     dates = [str(today - dt.timedelta(days=k)) for k in range(args.days, 0, -1)]
-    cfg = ExtensionConfig(tier=args.tier, init=args.init, max_steps=args.max_steps)
+    cfg = ExtensionConfig(
+        tier=args.tier, init=args.init, max_steps=args.max_steps, **training_options(args)
+    )
     try:
         run_job(
             args.models,

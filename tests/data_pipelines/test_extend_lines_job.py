@@ -41,3 +41,31 @@ def test_waits_below_threshold_then_extends_and_moves_the_pointer(models) -> Non
 
 def test_missing_pointer_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["--models", str(tmp_path), "--store", str(tmp_path)]) == 2
+
+
+def test_job_passes_the_extension_training_options(monkeypatch, tmp_path) -> None:
+    import data_pipelines.extend_lines as job
+
+    seen = {}
+
+    def fake_run_job(models, store, *, static, dates, min_fixes, config):
+        seen["config"] = config
+
+    monkeypatch.setattr(job, "run_job", fake_run_job)
+    argv = ["--models", str(tmp_path), "--store", str(tmp_path), "--tier", "partial"]
+    argv += ["--anchor-weight", "10", "--distill-weight", "2", "--distill-per-line", "64"]
+    argv += ["--replay-new-share", "0.5", "--new-row-lr", "1e-2", "--lr-decay"]
+    assert job.main(argv) == 0
+    cfg = seen["config"]
+    assert (cfg.tier, cfg.anchor_weight, cfg.distill_weight, cfg.distill_per_line) == (
+        "partial",
+        10.0,
+        2.0,
+        64,
+    )
+    assert cfg.replay_new_share == 0.5 and cfg.new_row_lr == 1e-2 and cfg.lr_decay is True
+
+
+def test_job_refuses_an_unknown_tier(tmp_path) -> None:
+    with pytest.raises(SystemExit):
+        main(["--models", str(tmp_path), "--store", str(tmp_path), "--tier", "everything"])

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(partial + old-line replay), naive (everything; experiments only).",
     )
     p.add_argument("--max-steps", type=int, default=300, help="Optimizer steps (default 300).")
+    add_training_options(p)
+    p.add_argument("--min-windows", type=int, default=20, help="'auto': min windows per line.")
+    p.add_argument("--seed", type=int, default=0, help="Seed (init, sampling, training).")
+    p.add_argument(
+        "--eval-dates",
+        nargs="+",
+        help="Report old- and new-line MAE before and after on these (later) dates.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="Output folder.")
+    p.set_defaults(func=run, accepts_extra=True)
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """Add the learning-rate, distillation, anchor and replay options of an extension."""
     p.add_argument(
         "--new-row-lr",
         type=float,
@@ -79,7 +94,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="partial: also distil on this many old-line windows per line (inputs only, "
         "never their targets; default 0 = the new lines' inputs only).",
     )
-    p.add_argument("--min-windows", type=int, default=20, help="'auto': min windows per line.")
     p.add_argument(
         "--replay-per-line",
         type=int,
@@ -93,14 +107,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="replay/partial with old-line windows: repeat the new lines' windows until "
         "they are at least this share of the training set, in [0, 1) (default 0).",
     )
-    p.add_argument("--seed", type=int, default=0, help="Seed (init, sampling, training).")
-    p.add_argument(
-        "--eval-dates",
-        nargs="+",
-        help="Report old- and new-line MAE before and after on these (later) dates.",
-    )
-    p.add_argument("--out", required=True, type=Path, help="Output folder.")
-    p.set_defaults(func=run, accepts_extra=True)
+
+
+def training_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``ExtensionConfig`` fields from the options of :func:`add_training_options`."""
+    names = ["new_row_lr", "layer_lr", "lr_decay", "distill_weight", "anchor_weight"]
+    names += ["distill_per_line", "replay_per_line", "replay_new_share"]
+    return {name: getattr(args, name) for name in names}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,16 +129,9 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         tier=args.tier,
         max_steps=args.max_steps,
-        new_row_lr=args.new_row_lr,
-        layer_lr=args.layer_lr,
-        lr_decay=args.lr_decay,
-        distill_weight=args.distill_weight,
-        anchor_weight=args.anchor_weight,
-        distill_per_line=args.distill_per_line,
         min_windows=args.min_windows,
-        replay_per_line=args.replay_per_line,
-        replay_new_share=args.replay_new_share,
         seed=args.seed,
+        **training_options(args),
     )
     report = extend_lines(
         args.ckpt, args.out, cfg, data_overrides=overrides, eval_dates=args.eval_dates
