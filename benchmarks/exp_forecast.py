@@ -243,8 +243,9 @@ def add_schedule_delay(evaluation: Evaluation, events: pd.DataFrame, timezone: s
     stop_times = build_stop_times_from_trip_updates(events, evaluation.artefacts, pairs, timezone)
     shapes = select_trip_shapes(pairs).set_index("trip_id")["shape_id"].astype(object)
     shapes.index = shapes.index.astype(object)
-    pred = ScheduleDelay(build_timetable(stop_times), shapes)(evaluation.windows)
-    if not np.isfinite(pred).any():
+    timetable = build_timetable(stop_times)
+    pred = ScheduleDelay(timetable, shapes)(evaluation.windows) if len(timetable.trip_ids) else None
+    if pred is None or not np.isfinite(pred).any():
         logger.warning("schedule_delay from TripUpdates covers no test window: left out")
         return
     evaluation.baselines["schedule_delay"] = pred
