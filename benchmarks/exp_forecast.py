@@ -294,6 +294,8 @@ def format_partial(name: str, part: dict[str, Any]) -> list[str]:
     ]
     for label, values in ((name, part["mae_m"]), ("model", part["model_mae_m"])):
         lines.append(f"| {label} | " + " | ".join(f"{values[h]:,.0f}" for h in horizons) + " |")
+    gains = [1 - part["model_mae_m"][h] / part["mae_m"][h] for h in horizons]
+    lines.append("| model better by | " + " | ".join(f"{g:.1%}" for g in gains) + " |")
     return lines
 
 

@@ -57,3 +57,18 @@ def test_schedule_delay_is_left_out_when_no_window_has_a_timetable() -> None:
     evaluation = Evaluation(windows, model, {}, (0.1, 0.5, 0.9), tiny_artefacts())
     exp.add_schedule_delay(evaluation, _events("RT", [0.0, 100.0], 0), "UTC")
     assert "schedule_delay" not in evaluation.baselines
+
+
+def test_partial_block_states_the_model_improvement() -> None:
+    part = {
+        "available_share": 0.999,
+        "mae_m": {"300": 500.0, "600": 800.0},
+        "model_mae_m": {"300": 400.0, "600": 680.0},
+    }
+    lines = exp.format_partial("schedule_delay", part)
+    assert lines[0].startswith("`schedule_delay` applies to 99.9% of the test windows")
+    assert lines[-3:] == [
+        "| schedule_delay | 500 | 800 |",
+        "| model | 400 | 680 |",
+        "| model better by | 20.0% | 15.0% |",
+    ]
