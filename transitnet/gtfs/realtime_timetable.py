@@ -26,11 +26,18 @@ realtime ``trip_id``:
   the pattern (loops) takes the occurrence whose ``stop_sequence`` is nearest.
 
 These are derived reference data, not stored observations, so bad rows are dropped,
-each reason counted, logged and kept in ``frame.attrs["dropped"]``: reports without a
-delay (``no_delay``), visits whose reports disagree by more than :data:`SPREAD_TOL_S`
-(``inconsistent``) or depart before they arrive (``departs_before_arrival``), trips
-without a shape (``no_shape``), stops not on the shape (``stop_not_on_shape``), stops
-that go back along the shape or back in scheduled time (``non_monotone``).
+each reason counted, logged and kept in ``frame.attrs["dropped"]``. ``no_delay`` counts
+event rows (reports) without a time and its delay; the other counts are visits (one per
+trip and ``stop_sequence``, however many snapshots repeated it): visits whose reports
+disagree by more than :data:`SPREAD_TOL_S` (``inconsistent``) or that depart before
+they arrive (``departs_before_arrival``), visits of trips without a shape
+(``no_shape``), stops not on the trip's shape pattern (``stop_not_on_shape``), stops that
+go back along the shape or back in scheduled time (``non_monotone``).
+
+On 2019-08-13 (:mod:`benchmarks.exp_realtime_timetable`), where a realtime trip runs the
+same route at the same start time as a published June trip, 8 of 11 such trips have
+exactly the published times at every stop (76 % of 381 visits equal, 82 % within 60 s);
+the other 3 differ by up to 7 min, most likely revisions between the two versions.
 """
 
 from __future__ import annotations
