@@ -317,7 +317,8 @@ def format_dataset(name: str, res: dict[str, Any]) -> str:
         f"base training: {spec['new_lines']} (similar: {spec['similar']}). {w['old_lines']} "
         f"old lines, {w['train_old']} old-line training windows; {w['test']} test windows, "
         f"{w['test_new']} of the new line. k levels: {levels}. Extension steps per level "
-        f"(epochs over the new windows, capped): {steps}. Base: {res['base']['steps']} steps, "
+        f"(epochs over the new windows, capped): {steps}. Line embedding width: "
+        f"{res.get('line_dim', '?')}. Base: {res['base']['steps']} steps, "
         f"{res['base']['cpu_s']:.0f} s CPU. Dataset total: {res['wall_s']:.0f} s wall."
     )
     return "\n\n".join(

@@ -226,3 +226,16 @@ def test_austin_store_is_prepared_once_and_yields_every_level(
     assert 0 < len(data.levels["trips:3"]) < len(data.levels["until:07:00"]) < len(data.new_all)
     assert (data.test.meta["line_key"] == "803").sum() > 1000
     assert data.train_old.meta["line_key"].nunique() > 50
+
+
+def test_line_dim_is_capped_at_the_old_lines_count_minus_one() -> None:
+    from types import SimpleNamespace
+
+    def data(n: int) -> exp.Data:
+        meta = pd.DataFrame({"line_key": [f"L{i % n}" for i in range(3 * n)]})
+        return SimpleNamespace(train_old=SimpleNamespace(meta=meta))  # type: ignore[return-value]
+
+    assert exp.line_dim_for(data(61), exp.Settings()) == 32  # Austin: the setting
+    assert exp.line_dim_for(data(13), exp.Settings()) == 12  # Auckland: capped
+    assert exp.line_dim_for(data(1), exp.Settings()) == 1
+    assert exp.line_dim_for(data(13), exp.Settings(line_dim=8)) == 8
