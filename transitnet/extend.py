@@ -45,9 +45,10 @@ class ExtensionConfig:
         distill_weight: Distillation weight (``partial``/``replay``).
         anchor_weight: L2 anchor weight (``partial``/``replay``).
         replay_per_line: Old-line windows per line in the replay buffer.
-        replay_new_share: ``replay`` repeats the new lines' windows until they are at least
-            this share of the training set (0: no repetition; with few new windows the
-            replay buffer would otherwise fill nearly every batch).
+        replay_new_share: ``replay`` (and ``partial`` with ``distill_per_line``) repeats
+            the new lines' windows until they are at least this share of the training set
+            (0: no repetition; with few new windows the old-line windows would otherwise
+            fill nearly every batch).
         distill_per_line: ``partial`` also distils on this many old-line windows per line
             (their inputs only: they never enter the forecast loss), sampled like the
             replay buffer, so the tuned layers are held to the base model on old lines'
@@ -77,7 +78,11 @@ class ExtensionConfig:
 
 @dataclass
 class ExtensionReport:
-    """What an extension did (``report.json``)."""
+    """What an extension did (``report.json``).
+
+    ``replay_windows`` counts the old-line windows in the training set: the replay
+    buffer (``replay``) or the distillation inputs (``partial`` with ``distill_per_line``).
+    """
 
     lines_added: list[str]
     init: str
