@@ -9,7 +9,9 @@ architecture (``exp_forecast.TASK``, as in ``forecast.yaml``) sized for Austin's
 
 What is timed (median and p90 wall time of 30 calls, 5 with ``--quick``, and the median
 CPU time of the process; torch on ``--threads`` threads; with 1 thread the CPU time is
-what a call costs on an idle core even when other jobs share the machine):
+what a call costs on an idle core even when other jobs share the machine, whereas with 2
+threads on 2 busy cores every parallel region waits for a descheduled thread, so compare
+both there):
 
 - ``features``: from the matched rows of the latest fixes (``--vehicles`` × K rows) to a
   scaled :class:`~transitnet.datasets.batches.ForecastBatch`:
