@@ -60,8 +60,8 @@ def test_ingest_once_bad_config_is_exit_2(tmp_path: Path, caplog: pytest.LogCapt
 
 def test_ingest_run_with_max_ticks(tmp_path: Path, server: FaultServer) -> None:
     server.route("/vp", *[Reply(200, build_feed(2, timestamp=1704067200 + n)) for n in range(5)])
-    config = write_config(tmp_path / "f.yaml", server, {"a": "/vp"}, interval_s=0.2,
-                          connect_timeout_s=0.1, read_timeout_s=0.1)  # fmt: skip
+    config = write_config(tmp_path / "f.yaml", server, {"a": "/vp"}, interval_s=1.0,
+                          connect_timeout_s=0.9, read_timeout_s=0.9)  # fmt: skip
     assert cli("ingest", "run", "--config", config, "--store", tmp_path / "s",
                "--max-ticks", "3") == 0  # fmt: skip
     assert len(read_fetch_log(tmp_path / "s")) == 3

@@ -104,8 +104,9 @@ def test_run_forever_polls_on_interval_and_drops_ticks_while_in_flight(
 
 def test_run_forever_stops_after_max_ticks(tmp_path: Path, server: FaultServer) -> None:
     server.route("/vp", Reply(200, build_feed(2)))
-    cfg = config(server, {"a": "/vp", "b": "/vp"}, interval_s=0.2, connect_timeout_s=0.1,
-                 read_timeout_s=0.1)  # fmt: skip
+    # Timeouts far above a loopback answer: a retry would add fetch-log rows.
+    cfg = config(server, {"a": "/vp", "b": "/vp"}, interval_s=1.0, connect_timeout_s=0.9,
+                 read_timeout_s=0.9)  # fmt: skip
     stats = run_forever(cfg, tmp_path, stop_event=threading.Event(), max_ticks=3)
     assert {f: stats.started[f] + stats.dropped[f] for f in ("a", "b")} == {"a": 3, "b": 3}
     assert len(read_fetch_log(tmp_path)) == stats.started["a"] + stats.started["b"]
