@@ -34,6 +34,17 @@ def build_parser(doc: str | None, quick_help: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_work_option(parser: argparse.ArgumentParser) -> None:
+    """``--work``: the folder where exp_forecast.py keeps its prepared stores."""
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("runs/exp_work"),
+        help="Working folder of exp_forecast.py: the Austin store is imported and matched "
+        "there on the first run and reused after (default: %(default)s).",
+    )
+
+
 def machine_facts(*packages: str) -> str:
     """Return one line of machine facts, then the version of each named distribution.
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from bench_common import build_parser, machine_facts
+from bench_common import add_work_option, build_parser, machine_facts
 from exp_common import prepare_store, quiet_lightning
 from exp_forecast import DATASETS, TASK
 
@@ -168,13 +168,7 @@ def run(args: Any) -> dict[str, Any]:
 def main() -> int:
     """Run the benchmark and print its figures."""
     parser = build_parser(__doc__, "5 repeats, per-vehicle loop timed on 500 vehicles and scaled")
-    parser.add_argument(
-        "--work",
-        type=Path,
-        default=Path("runs/exp_work"),
-        help="Working folder of exp_forecast.py: the Austin store is imported and matched "
-        "there on the first run and reused after (default: %(default)s).",
-    )
+    add_work_option(parser)
     parser.add_argument(
         "--ckpt",
         type=Path,
