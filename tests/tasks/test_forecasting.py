@@ -272,5 +272,5 @@ def test_plain_trainer_predict_restores_the_network_from_the_checkpoint(tmp_path
     with torch.no_grad():
         assert torch.allclose(out[0]["pred"], loaded(first))
     untrained = TransitDataModule(str(tmp_path), predict_dates=["2024-05-08"], horizons_s=[60, 120])
-    with pytest.raises(RuntimeError, match="never built|not fitted"):
+    with pytest.raises(RuntimeError, match=r"never built|not fitted"):
         predictor.predict(ForecastingTask(hidden_dim=16, line_dim=4), untrained)
