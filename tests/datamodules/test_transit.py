@@ -10,6 +10,7 @@ import torch
 
 from tests.synthetic import make_matched, write_matched_store
 from transitnet.datamodules import TransitDataModule
+from transitnet.datasets.schedule import SCHEDULE_FEATURES
 from transitnet.datasets.windows import CONTEXT_FEATURES
 from transitnet.evaluate import load_datamodule
 from transitnet.gtfs.timetable import write_timetable
@@ -107,7 +108,7 @@ def test_checkpoint_rebuilds_the_timetable_for_evaluation(tmp_path: Path) -> Non
 def test_a_checkpoint_with_fewer_context_features_fails_clearly(tmp_path: Path) -> None:
     ckpt = _fit(tmp_path, _dm(tmp_path))
     old = torch.load(ckpt, map_location="cpu", weights_only=False)
-    n_old = len(CONTEXT_FEATURES) - 7  # as written before the schedule features
+    n_old = len(CONTEXT_FEATURES) - len(SCHEDULE_FEATURES)  # as before the schedule features
     old[CKPT_KEY]["n_context"] = n_old
     scale = old["TransitDataModule"]["context_scale"]
     old["TransitDataModule"]["context_scale"] = [a[:n_old] for a in scale]

@@ -10,7 +10,12 @@ from transitnet.datasets.schedule import (
     SCHEDULE_OFFSETS_S,
     compute_schedule_context,
 )
-from transitnet.datasets.windows import CONTEXT_FEATURES, WindowConfig, build_windows
+from transitnet.datasets.windows import (
+    CONTEXT_FEATURES,
+    PAST_FEATURES,
+    WindowConfig,
+    build_windows,
+)
 from transitnet.gtfs.timetable import Timetable
 
 #: _matched(): trip t1 on shape s1 from 2024-05-06 08:00 UTC at 10 m/s, a fix every 30 s.
@@ -52,6 +57,23 @@ def test_schedule_features_are_what_schedule_delay_forecasts() -> None:
     np.testing.assert_allclose(_ctx(w, "sched_ahead_60s_m")[:5], 600.0, atol=0.05)
     np.testing.assert_allclose(_ctx(w, "sched_delay_s"), 120.0, atol=1e-3)
     assert (_ctx(w, "has_schedule") == 1).all()
+    # 120 s late at 10 m/s: the on-time schedule is 1200 m ahead now, 4200 m in 300 s
+    # (until the timetable's last stop at 6 km caps it)
+    np.testing.assert_allclose(_ctx(w, "sched_on_time_0s_m")[:3], 1200.0, atol=0.05)
+    np.testing.assert_allclose(_ctx(w, "sched_on_time_300s_m")[:3], 4200.0, atol=0.05)
+    # the per-fix delay reaches the past features (the encoder sees its history)
+    delay = w.past[:, :, PAST_FEATURES.index("delay_s")]
+    has = w.past[:, :, PAST_FEATURES.index("has_delay")]
+    valid = np.arange(4)[None, :] < w.lengths[:, None]
+    np.testing.assert_allclose(delay[valid], 120.0, atol=1e-3)
+    assert (has[valid] == 1).all() and (has[~valid] == 0).all()
+    np.testing.assert_allclose(w.meta["delay_s"].to_numpy(np.float64), 120.0, atol=1e-3)
+
+
+def test_a_matcher_delay_is_kept_and_only_missing_ones_are_filled() -> None:
+    df = _matched(n=6).assign(delay_s=[30.0, np.nan, 30.0, np.nan, np.nan, np.nan])
+    w = build_windows(df, WindowConfig(past_fixes=2), timetable=_timetable(delay_s=120.0))
+    np.testing.assert_allclose(w.meta["delay_s"].to_numpy(np.float64), [30, 120, 30, 120, 120, 120])
 
 
 def test_no_timetable_or_no_usable_trip_gives_zeros_and_flag_0() -> None:
@@ -104,3 +126,8 @@ def test_delay_from_a_wrong_service_day_is_clipped_and_a_missing_day_gives_0() -
     delay = out[:, SCHEDULE_FEATURES.index("sched_delay_s")]
     assert delay.tolist() == [MAX_DELAY_S, 0.0]
     assert np.isfinite(out).all()
+    # without a trustworthy delay the on-time features fall back to keeping the delay
+    on_time = out[:, SCHEDULE_FEATURES.index("sched_on_time_300s_m")]
+    ahead = out[:, SCHEDULE_FEATURES.index("sched_ahead_300s_m")]
+    np.testing.assert_allclose(on_time, ahead)
+    assert (out[:, SCHEDULE_FEATURES.index("sched_on_time_0s_m")] == 0).all()

@@ -29,6 +29,7 @@ from transitnet.datasets.features import (
     compute_local_seconds,
     compute_past_features,
 )
+from transitnet.datasets.schedule import fill_schedule_delay
 from transitnet.gtfs.timetable import Timetable
 
 __all__ = [
@@ -283,6 +284,8 @@ def build_windows(
     """
     config = config or WindowConfig()
     df = prepare_trajectories(matched, config)
+    if timetable is not None:
+        df = fill_schedule_delay(df, timetable, config.timezone)
     traj = df["trajectory"].to_numpy(np.int64)
     t = df["t_s"].to_numpy(np.float64)
     d = df["dist_along_m"].to_numpy(np.float64)
