@@ -274,8 +274,10 @@ def build_windows(
             (targets all masked: its future is not known yet). Every fix still feeds the
             past windows and the live traffic context.
         timetable: Scheduled stop times keyed by the fixes' ``trip_id`` (or
-            ``static_trip_id``) for the schedule context features; None gives them zeros
-            and ``has_schedule`` 0. Public and fixed in advance, so no leakage.
+            ``static_trip_id``) for the schedule context features
+            (:mod:`transitnet.datasets.schedule`); it also fills each fix's ``delay_s``
+            where the matcher gave none. None gives the schedule features zeros and
+            ``has_schedule`` 0. Public and fixed in advance, so no leakage.
 
     Returns:
         One window per usable fix (or per trajectory), in trajectory/time order. Windows
