@@ -46,6 +46,12 @@ DIST_ENCODINGS = [f"dist_{fn}_{p:g}km" for p in DIST_PERIODS_KM for fn in ("sin"
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "no_schedule": {"ignore_context": [*TASK["ignore_context"], *SCHEDULE_FEATURES]},
+    "no_on_time": {
+        "ignore_context": [
+            *TASK["ignore_context"],
+            *(f for f in SCHEDULE_FEATURES if f.startswith("sched_on_time")),
+        ]
+    },
     "dropout_0.2": {"dropout": 0.2},
     "trunk_3": {"trunk_layers": 3},
     "lr_1e-3": {"lr": 1e-3},
