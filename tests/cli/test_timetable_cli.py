@@ -29,8 +29,7 @@ def _store_with_trip_shapes(day: Path, store: Path, tu: Path) -> pd.DataFrame:
 
 
 @pytest.mark.real_data
-@pytest.mark.slow
-def test_timetable_cli_writes_a_file_the_datamodule_reads(
+def test_timetable_cli_writes_a_timetable_on_the_matched_shapes(
     shared_data: Path, tmp_path: Path
 ) -> None:
     day = shared_data / "auckland-2019-08-13"

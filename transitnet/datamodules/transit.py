@@ -187,10 +187,10 @@ class TransitDataModule(SplitDataModule[ForecastBatch]):
             ValueError: The saved context scaler is for another number of context
                 features (a checkpoint from before :data:`CONTEXT_FEATURES` changed).
         """
-        saved = len(state_dict.get("context_scale", [CONTEXT_FEATURES])[0])
-        if saved != self.n_context:
+        scale = state_dict.get("context_scale")
+        if scale is not None and len(scale[0]) != self.n_context:
             raise ValueError(
-                f"this checkpoint's DataModule scaled {saved} context features, but this "
+                f"this checkpoint's DataModule scaled {len(scale[0])} context features, but this "
                 f"version builds {self.n_context} (CONTEXT_FEATURES changed, e.g. the schedule "
                 "features were added): retrain the model with this version"
             )
