@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exp_common import DATA, machine_facts, prepare_store, quiet_lightning
 
 from transitnet.baselines import ScheduleDelay, build_timetable
+from transitnet.datamodules.loading import read_trip_shapes, schedule_share
 from transitnet.datamodules.transit import TransitDataModule
 from transitnet.evaluate import (
     Evaluation,
@@ -52,10 +53,13 @@ from transitnet.evaluate import (
     write_evaluation_report,
     write_metrics,
 )
+from transitnet.gtfs.artefacts import load_or_build_artefacts
 from transitnet.gtfs.realtime_timetable import (
     build_stop_times_from_trip_updates,
+    build_timetable_from_trip_updates,
     select_trip_shapes,
 )
+from transitnet.gtfs.timetable import write_timetable
 from transitnet.metrics import summarise_by_horizon
 from transitnet.realtime.trip_updates import derive_observed_arrivals, read_trip_updates
 from transitnet.report import format_eta_table, format_mae_table
@@ -108,8 +112,19 @@ TASK: dict[str, Any] = {
 PATIENCE = 6
 
 
-def fit(spec: dict[str, Any], store: Path, out: Path, seed: int, epochs: int) -> dict[str, Any]:
-    """Train with early stopping on validation MAE; returns the best checkpoint path."""
+def fit(
+    spec: dict[str, Any],
+    store: Path,
+    out: Path,
+    seed: int,
+    epochs: int,
+    timetable: Path | None = None,
+) -> dict[str, Any]:
+    """Train with early stopping on validation MAE; returns the best checkpoint path.
+
+    ``timetable`` (a timetable file) feeds the schedule context features; without it
+    they come from the static feed's stop_times (none usable on Austin).
+    """
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = TransitDataModule(
         str(store),
@@ -121,6 +136,7 @@ def fit(spec: dict[str, Any], store: Path, out: Path, seed: int, epochs: int) ->
         timezone=spec["timezone"],
         exclude_lines=[spec["held_out"]] if spec["held_out"] else None,
         batch_size=256,
+        timetable=str(timetable) if timetable is not None else None,
     )
     task = ForecastingTask(**TASK, max_epochs_hint=epochs)
     best = pl.callbacks.ModelCheckpoint(
@@ -148,6 +164,9 @@ def fit(spec: dict[str, Any], store: Path, out: Path, seed: int, epochs: int) ->
         "fit_s": round(time.perf_counter() - started, 1),
         "train_windows": len(dm.windows["train"]),
         "lines": len(dm.vocab) - 1,
+        "schedule_share": {
+            split: round(schedule_share(dm.windows[split]), 3) for split in ("train", "val")
+        },
     }
 
 
@@ -206,11 +225,15 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     store = args.work / name / "store"
     prep = prepare_store(store, spec["feed"], spec["inputs"], str(spec["static"]))
     logger.info("%s: store ready (%s)", name, prep)
-    fitted = fit(spec, store, out, args.seed, args.epochs)
-    evaluation = run_evaluation(Path(fitted["ckpt"]))
-    observed = None
-    if spec.get("trip_updates"):  # observed arrivals: ETA accuracy (Transit-app bands)
+    timetable, events = None, None
+    if spec.get("trip_updates"):  # the day's timetable, for the model's schedule features
         events = read_trip_updates(spec["trip_updates"]).events
+        timetable = write_day_timetable(spec, events, store, out / "timetable.parquet")
+    fitted = fit(spec, store, out, args.seed, args.epochs, timetable)
+    evaluation = run_evaluation(Path(fitted["ckpt"]))
+    fitted["schedule_share"]["test"] = round(schedule_share(evaluation.windows), 3)
+    observed = None
+    if events is not None:  # observed arrivals: ETA accuracy (Transit-app bands)
         observed = derive_observed_arrivals(events)
         add_schedule_delay(evaluation, events, spec["timezone"])
     metrics = summarise(evaluation, observed)
@@ -224,6 +247,20 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     result["calibration"] = describe_calibration(Path(fitted["ckpt"]))
     write_text_atomic(out / "experiment.json", json.dumps(result, indent=2, default=str))
     return result
+
+
+def write_day_timetable(
+    spec: dict[str, Any], events: pd.DataFrame, store: Path, path: Path
+) -> Path:
+    """Write the day's timetable recovered from TripUpdates stop ``events``.
+
+    As ``transitnet timetable`` does: on the shapes the trips were matched on in
+    ``store``. Public and fixed before the day, so the model may use it on test windows.
+    """
+    art = load_or_build_artefacts(str(spec["static"]), store)
+    pairs = read_trip_shapes(store, [spec["feed"]])
+    rows = build_timetable_from_trip_updates(events, art, pairs, spec["timezone"])
+    return write_timetable(rows, path)
 
 
 def add_schedule_delay(evaluation: Evaluation, events: pd.DataFrame, timezone: str) -> None:

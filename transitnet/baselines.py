@@ -25,11 +25,24 @@ import pandas as pd
 
 from transitnet.datasets.windows import CONTEXT_FEATURES, Windows
 from transitnet.gtfs.artefacts import StaticArtefacts
-from transitnet.gtfs.service_days import (
-    ScheduleIndex,
-    build_schedule_index,
-    compute_scheduled_s,
+from transitnet.gtfs.service_days import ScheduleIndex
+from transitnet.gtfs.timetable import (
+    Timetable,
+    build_timetable,
+    compute_schedule_ahead,
+    compute_timetable_dist,
 )
+
+__all__ = [
+    "Baseline",
+    "HistoricalMean",
+    "ScheduleDelay",
+    "build_timetable",
+    "compute_baselines",
+    "compute_timetable_dist",
+    "predict_constant_speed",
+    "predict_persistence",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -127,60 +140,6 @@ class HistoricalMean:
         return result
 
 
-def build_timetable(stop_times: pd.DataFrame) -> ScheduleIndex:
-    """Index scheduled stop times by distance along each trip, as the matcher does.
-
-    Args:
-        stop_times: ``trip_id, stop_index, arrival_s, departure_s, dist_m``
-            (:attr:`StaticArtefacts.stop_times`); stops without a distance or a time
-            are skipped, so times between timepoints are interpolated by distance.
-
-    Returns:
-        The :class:`~transitnet.gtfs.service_days.ScheduleIndex` of every trip.
-    """
-    st = stop_times.sort_values(["trip_id", "stop_index"], kind="stable")
-    return build_schedule_index(
-        st["trip_id"].to_numpy(dtype=object),
-        *(st[c].to_numpy(dtype=np.float64, na_value=np.nan)
-          for c in ("dist_m", "arrival_s", "departure_s")),
-    )  # fmt: skip
-
-
-def compute_timetable_dist(
-    index: ScheduleIndex, trip: np.ndarray, time_s: np.ndarray
-) -> np.ndarray:
-    """Distance along its trip where the timetable puts a vehicle at each scheduled time.
-
-    The inverse of :func:`~transitnet.gtfs.service_days.compute_scheduled_s`: the vehicle
-    waits at each stop from its arrival to its departure and runs linearly in between;
-    before the first departure it is at the first stop, after the last arrival at the last.
-
-    Args:
-        index: The timetable (:func:`build_timetable`).
-        trip: (N,) int64 row of each query's trip in ``index`` (-1: none).
-        time_s: (N,) scheduled seconds after service-day noon minus 12 h.
-
-    Returns:
-        (N,) float64 distances, NaN without a trip or a time.
-    """
-    out = np.full(len(time_s), np.nan)
-    ok = np.flatnonzero((trip >= 0) & np.isfinite(time_s))
-    if not len(ok) or not len(index.dist_m):
-        return out
-    counts = np.diff(index.offsets)
-    group = np.repeat(np.arange(len(counts)), 2 * counts)
-    times = np.column_stack([index.arrival_s, index.departure_s]).ravel()
-    shift = group * 2.0 * (np.nanmax(np.abs(times)) + 1.0)
-    times = np.maximum.accumulate(times + shift) - shift  # never back in time within a trip
-    span = float(np.nanmax(times) - np.nanmin(times)) + 1.0
-    key = times + group * span
-    tr = trip[ok]
-    first, last = times[2 * index.offsets[tr]], times[2 * index.offsets[tr + 1] - 1]
-    query = np.clip(time_s[ok], first, last) + tr * span
-    out[ok] = np.interp(query, key, np.repeat(index.dist_m, 2))
-    return out
-
-
 @dataclass
 class ScheduleDelay:
     """OneBusAway-style forecast: the vehicle keeps its current delay on the timetable.
@@ -205,38 +164,34 @@ class ScheduleDelay:
     @classmethod
     def from_artefacts(cls, art: StaticArtefacts) -> ScheduleDelay | None:
         """The baseline of a static feed, or None when it has no usable stop_times."""
-        if art.stop_times is None or art.stop_times.empty:
-            return None
-        index = build_timetable(art.stop_times)
-        if not len(index.trip_ids):
-            return None
-        shapes = art.trips.drop_duplicates("trip_id").set_index("trip_id")["shape_id"]
-        return cls(index, shapes.astype(object))
+        timetable = Timetable.from_artefacts(art)
+        return None if timetable is None else cls.from_timetable(timetable)
+
+    @classmethod
+    def from_timetable(cls, timetable: Timetable) -> ScheduleDelay:
+        """The baseline of a :class:`~transitnet.gtfs.timetable.Timetable`."""
+        return cls(timetable.index, timetable.trip_shapes)
 
     def find_trips(self, windows: Windows) -> np.ndarray:
         """(N,) row of each window's trip in the timetable (-1: no usable schedule).
 
-        Uses ``meta`` columns ``static_trip_id`` (or ``trip_id``) and ``shape_id``.
+        Uses ``meta`` columns ``static_trip_id`` (falling back to ``trip_id``) or
+        ``trip_id``, and ``shape_id``.
         """
         meta = windows.meta
-        column = "static_trip_id" if "static_trip_id" in meta.columns else "trip_id"
-        trips = meta[column].astype(object).to_numpy()
-        code = pd.Index(self.index.trip_ids).get_indexer(trips)
-        code[np.diff(self.index.offsets)[np.maximum(code, 0)] < 2] = -1
-        shape = pd.Series(self.trip_shapes.reindex(trips).to_numpy(), dtype="string")
-        window_shape = pd.Series(meta["shape_id"].to_numpy(), dtype="string")
-        same = shape.eq(window_shape).fillna(False)
-        return np.where(same.to_numpy(dtype=bool), code, -1).astype(np.int64)
+        trips = meta["trip_id"].astype(object).to_numpy()
+        shapes = meta["shape_id"].astype(object).to_numpy()
+        timetable = Timetable(self.index, self.trip_shapes)
+        if "static_trip_id" in meta.columns:
+            return timetable.find_trips(meta["static_trip_id"].astype(object).to_numpy(),
+                                        shapes, trips)  # fmt: skip
+        return timetable.find_trips(trips, shapes)
 
     def __call__(self, windows: Windows) -> np.ndarray:
         """(N, H) float32 distance travelled; NaN rows where no schedule applies."""
         code = self.find_trips(windows)
         d0 = windows.meta["dist_along_m"].to_numpy(np.float64, na_value=np.nan)
-        s0 = compute_scheduled_s(self.index, code, d0)
-        out = np.full((len(windows), len(windows.horizons_s)), np.nan)
-        for j, h in enumerate(windows.horizons_s):
-            ahead = compute_timetable_dist(self.index, code, s0 + float(h)) - d0
-            out[:, j] = np.clip(ahead, 0.0, None)
+        out, _ = compute_schedule_ahead(self.index, code, d0, tuple(windows.horizons_s))
         covered = float(np.isfinite(out[:, 0]).mean()) if len(out) else 0.0
         logger.info("schedule_delay: a schedule for %.1f%% of %d windows", 100 * covered, len(out))
         result: np.ndarray = out.astype(np.float32)
@@ -248,6 +203,7 @@ def compute_baselines(
     test: Windows,
     *,
     artefacts: StaticArtefacts | None = None,
+    timetable: Timetable | None = None,
     extra: dict[str, Baseline] | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit every baseline on ``train`` and predict ``test``.
@@ -258,6 +214,8 @@ def compute_baselines(
         artefacts: The static feed; with stop_times it adds ``schedule_delay`` (NaN rows
             where a window's trip has no schedule). Left out (logged) when None or when
             no window's trip has a schedule.
+        timetable: A timetable for ``schedule_delay`` instead of the static feed's
+            stop_times (e.g. the day's, recovered from TripUpdates).
         extra: More baselines by name, each called on ``test``.
 
     Returns:
@@ -268,13 +226,18 @@ def compute_baselines(
         "constant_speed": predict_constant_speed(test),
         "historical_mean": HistoricalMean().fit(train)(test),
     }
-    schedule = ScheduleDelay.from_artefacts(artefacts) if artefacts is not None else None
-    timetable = schedule(test) if schedule is not None else None
-    if timetable is not None and np.isfinite(timetable).any():
-        preds["schedule_delay"] = timetable
+    schedule = None
+    if timetable is not None:
+        schedule = ScheduleDelay.from_timetable(timetable)
     elif artefacts is not None:
-        logger.info("schedule_delay left out: no stop_times for any of the %d windows' trips "
-                    "in static %s", len(test), artefacts.version)  # fmt: skip
+        schedule = ScheduleDelay.from_artefacts(artefacts)
+    scheduled = schedule(test) if schedule is not None else None
+    if scheduled is not None and np.isfinite(scheduled).any():
+        preds["schedule_delay"] = scheduled
+    elif artefacts is not None or timetable is not None:
+        source = "the timetable" if timetable is not None else f"static {artefacts.version}"  # type: ignore[union-attr]
+        logger.info("schedule_delay left out: no schedule for any of the %d windows' trips "
+                    "in %s", len(test), source)  # fmt: skip
     for name, baseline in (extra or {}).items():
         preds[name] = baseline(test)
     return preds

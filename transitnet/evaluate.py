@@ -134,8 +134,9 @@ def run_evaluation(
     train_spec = dm.hparams.get("train_dates")
     if not train_spec:
         raise ValueError("the checkpoint's DataModule has no training period for the baselines")
-    from transitnet.datamodules.loading import load_windows
+    from transitnet.datamodules.loading import load_windows, resolve_timetable
 
+    timetable = resolve_timetable(dm.store, dm.static, dm.hparams.get("timetable"))
     train = load_windows(
         dm.store,
         dm.static,
@@ -145,6 +146,7 @@ def run_evaluation(
         timezone=dm.hparams.get("timezone"),
         include_lines=dm.hparams.get("include_lines"),
         exclude_lines=dm.hparams.get("exclude_lines"),
+        timetable=timetable,
     )["train"]
     pred = predict_windows(task, dm, "test")
     artefacts = None
@@ -153,7 +155,8 @@ def run_evaluation(
         artefacts = load_or_build_artefacts(dm.static, dm.store, line_key_mode=mode)
     else:
         logger.warning("no static feed: position errors and ETAs are not computed")
-    baselines = compute_baselines(train, test, artefacts=artefacts)
+    own = timetable if dm.hparams.get("timetable") else None  # else the static one, as before
+    baselines = compute_baselines(train, test, artefacts=artefacts, timetable=own)
     raw = predict_windows(task, dm, "test", calibrated=False)
     prior = task.net.calibration.scales.numpy() if task.net is not None else None
     return Evaluation(test, pred, baselines, task.quantiles, artefacts, raw, prior)

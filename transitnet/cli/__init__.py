@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "transitnet.cli.replay",
     "transitnet.cli.simulate",
     "transitnet.cli.match",
+    "transitnet.cli.timetable",
     "transitnet.cli.evaluate",
     "transitnet.cli.extend",
     "transitnet.cli.extend_classes",

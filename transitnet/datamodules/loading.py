@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 
 from transitnet.datasets.splits import expand_dates, select_dates, select_time_range
 from transitnet.datasets.windows import WindowConfig, Windows, build_windows
+from transitnet.gtfs.timetable import Timetable, read_timetable
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,26 @@ def read_matched(store: Path, feed_ids: Sequence[str] | None, utc_dates: set[str
     return frame
 
 
+def read_trip_shapes(store: Path, feed_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """``trip_id, shape_id`` of every matched fix in ``store`` (the shape each trip ran on).
+
+    Raises:
+        ValueError: When the store holds no matched positions (run ``transitnet match``).
+    """
+    root = store / MATCHED_DIR
+    files = [
+        p
+        for p in sorted(root.glob("feed=*/date=*/*.parquet"))
+        if not p.name.startswith(".")
+        and (feed_ids is None or p.parent.parent.name.removeprefix("feed=") in feed_ids)
+    ]
+    if not files:
+        raise ValueError(f"no matched positions in {root}: run `transitnet match` first")
+    table = ds.dataset(files, format="parquet").to_table(columns=["trip_id", "shape_id"])
+    frame: pd.DataFrame = table.to_pandas()
+    return frame
+
+
 def ensure_matched(
     store: Path, static: str | None, feed_ids: Sequence[str] | None, utc_dates: set[str]
 ) -> pd.DataFrame:
@@ -159,6 +180,30 @@ def check_order(periods: Mapping[str, Period]) -> None:
             raise ValueError(f"the {b} period must start after the {a} period ends (no leakage)")
 
 
+def resolve_timetable(store: Path, static: str | None, path: str | None) -> Timetable | None:
+    """The timetable for the schedule features: ``path`` if given, else the static feed's.
+
+    Args:
+        store: The store (static artefacts are cached under ``store/static/``).
+        static: Static GTFS whose ``stop_times`` serve when ``path`` is None.
+        path: A timetable file (:func:`transitnet.gtfs.timetable.write_timetable`).
+
+    Returns:
+        The timetable, or None when neither gives a usable schedule (the schedule
+        features are then zeros with ``has_schedule`` 0).
+    """
+    if path:
+        return read_timetable(path)
+    if static is None:
+        return None
+    from transitnet.gtfs.artefacts import load_or_build_artefacts
+
+    timetable = Timetable.from_artefacts(load_or_build_artefacts(static, store))
+    if timetable is None:
+        logger.info("static %s has no usable stop_times: no schedule features", static)
+    return timetable
+
+
 def load_windows(
     store: Path,
     static: str | None,
@@ -170,8 +215,11 @@ def load_windows(
     line_key_mode: str = "route",
     include_lines: Sequence[str] | None = None,
     exclude_lines: Sequence[str] | None = None,
+    timetable: Timetable | None = None,
 ) -> dict[str, Windows]:
     """Windows per split name for the given period specs.
+
+    ``timetable`` feeds the schedule context features (None: zeros, ``has_schedule`` 0).
 
     ``exclude_lines`` applies to the training split only: held-out lines still appear in
     validation and test, where they meet the unknown row (or their added row).
@@ -183,12 +231,26 @@ def load_windows(
     matched = filter_lines(ensure_matched(store, static, feed_ids, utc_dates), include_lines, None)
     if line_key_mode != "route" and "line_key" in matched:
         logger.info("line keys as stored by the matcher (mode %s)", line_key_mode)
-    windows = build_windows(matched, WindowConfig(**{**config.__dict__, "timezone": tz}))
+    windows = build_windows(
+        matched, WindowConfig(**{**config.__dict__, "timezone": tz}), timetable=timetable
+    )
     out: dict[str, Windows] = {}
     for name, period in periods.items():
         split = select_period(windows, period)
         if name == "train" and exclude_lines:
             split = split.subset(~split.meta["line_key"].isin(list(exclude_lines)).to_numpy())
-        logger.info("%s: %d windows, %d lines", name, len(split), split.meta["line_key"].nunique())
+        logger.info(
+            "%s: %d windows, %d lines, %.1f%% with a schedule",
+            name, len(split), split.meta["line_key"].nunique(), 100 * schedule_share(split),
+        )  # fmt: skip
         out[name] = split
     return out
+
+
+def schedule_share(windows: Windows) -> float:
+    """Share of ``windows`` whose context has ``has_schedule`` set."""
+    from transitnet.datasets.features import CONTEXT_FEATURES
+
+    if not len(windows):
+        return 0.0
+    return float(windows.context[:, CONTEXT_FEATURES.index("has_schedule")].mean())

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from transitnet.datamodules.base import SplitDataModule
-from transitnet.datamodules.loading import load_windows
+from transitnet.datamodules.loading import load_windows, resolve_timetable
 from transitnet.datasets.batches import ForecastBatch, WindowDataset, collate_batch, fit_scale
 from transitnet.datasets.vocab import LineVocabulary
 from transitnet.datasets.windows import CONTEXT_FEATURES, PAST_FEATURES, WindowConfig, Windows
@@ -48,6 +48,12 @@ class TransitDataModule(SplitDataModule[ForecastBatch]):
         num_workers: DataLoader worker processes (0 = in the main process).
         max_train_windows: Subsample training windows to at most this many (seeded).
         seed: Seed for subsampling.
+        timetable: A timetable file (Parquet of stop_times keyed by the realtime trip
+            id, with each trip's ``shape_id``; see ``transitnet timetable`` and
+            :func:`~transitnet.gtfs.timetable.write_timetable`) for the schedule context
+            features; None uses the static feed's stop_times. The timetable is public
+            and fixed in advance, so using it on test windows is no leakage. Saved in
+            the checkpoint's hyperparameters, so evaluation and prediction rebuild it.
     """
 
     def __init__(
@@ -69,6 +75,7 @@ class TransitDataModule(SplitDataModule[ForecastBatch]):
         num_workers: int = 0,
         max_train_windows: int | None = None,
         seed: int = 0,
+        timetable: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -127,6 +134,7 @@ class TransitDataModule(SplitDataModule[ForecastBatch]):
                     line_key_mode=hp.line_key_mode,
                     include_lines=hp.include_lines,
                     exclude_lines=hp.exclude_lines,
+                    timetable=resolve_timetable(self.store, self.static, hp.timetable),
                 )
             )
         if "train" in self.windows:
@@ -173,7 +181,19 @@ class TransitDataModule(SplitDataModule[ForecastBatch]):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore vocabulary and scalers from a checkpoint."""
+        """Restore vocabulary and scalers from a checkpoint.
+
+        Raises:
+            ValueError: The saved context scaler is for another number of context
+                features (a checkpoint from before :data:`CONTEXT_FEATURES` changed).
+        """
+        scale = state_dict.get("context_scale")
+        if scale is not None and len(scale[0]) != self.n_context:
+            raise ValueError(
+                f"this checkpoint's DataModule scaled {len(scale[0])} context features, but this "
+                f"version builds {self.n_context} (CONTEXT_FEATURES changed, e.g. the schedule "
+                "features were added): retrain the model with this version"
+            )
         self.vocab = LineVocabulary.from_state_dict(state_dict["vocab"])
         if "past_scale" in state_dict:
             self.past_scale = tuple(np.asarray(a) for a in state_dict["past_scale"])  # type: ignore[assignment]

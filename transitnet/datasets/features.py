@@ -3,8 +3,9 @@
 Per-fix features (:data:`PAST_FEATURES`) are computed for every fix and gathered into
 windows by :mod:`transitnet.datasets.windows`; context features
 (:data:`CONTEXT_FEATURES`) describe the anchor fix: time, where the vehicle is on its
-shape, its recent speed and delay, and the live traffic ahead of it
-(:mod:`transitnet.datasets.live`).
+shape, its recent speed and delay, the live traffic ahead of it
+(:mod:`transitnet.datasets.live`) and, with a timetable, where the schedule takes it
+(:mod:`transitnet.datasets.schedule`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from transitnet.datasets.live import LIVE_FEATURES, compute_live_context
+from transitnet.datasets.schedule import SCHEDULE_FEATURES, compute_schedule_context
+from transitnet.gtfs.timetable import Timetable
 
 #: Per-fix input features, in order.
 PAST_FEATURES: tuple[str, ...] = (
@@ -47,6 +50,7 @@ CONTEXT_FEATURES: tuple[str, ...] = (
     "has_delay",
     *(f"dist_{fn}_{p:g}km" for p in DIST_PERIODS_KM for fn in ("sin", "cos")),
     *LIVE_FEATURES,
+    *SCHEDULE_FEATURES,
 )
 
 
@@ -123,19 +127,26 @@ def compute_context(
     past: np.ndarray,
     lengths: np.ndarray,
     local_s: np.ndarray,
+    *,
+    timetable: Timetable | None = None,
+    timezone: str = "UTC",
 ) -> np.ndarray:
     """``(len(rows), len(CONTEXT_FEATURES))`` float32 context of the windows anchored at ``rows``.
 
     Args:
         df: Every usable fix (:func:`~transitnet.datasets.windows.prepare_trajectories`
             output: ``t_s, dist_along_m, progress, shape_id, line_key, speed_along_mps``;
-            optional ``shape_length_m, next_stop_dist_m, is_stale``): shape lengths and
-            live traffic are read from all of them.
+            optional ``shape_length_m, next_stop_dist_m, is_stale``; for the schedule
+            features ``trip_id, service_date``, optional ``static_trip_id``): shape
+            lengths and live traffic are read from all of them.
         rows: Positions in ``df`` of the windows' anchor fixes.
         past: ``(len(rows), K, len(PAST_FEATURES))`` the windows' past fixes (unscaled).
         lengths: ``(len(rows),)`` valid fixes per window.
         local_s: ``(len(rows),)`` local wall-clock seconds of the anchors
             (:func:`compute_local_seconds`).
+        timetable: Scheduled stop times for the schedule features (None: zeros and
+            ``has_schedule`` 0 everywhere).
+        timezone: IANA zone of the service day (the schedule delay needs it).
     """
     tod = np.floor(local_s) % 86400
     dow = (np.floor_divide(local_s, 86400) + 3) % 7
@@ -170,4 +181,6 @@ def compute_context(
         cols[f"dist_sin_{p:g}km"] = np.sin(2 * np.pi * dist / (1000.0 * p))
         cols[f"dist_cos_{p:g}km"] = np.cos(2 * np.pi * dist / (1000.0 * p))
     cols.update(zip(LIVE_FEATURES, compute_live_context(df, rows=rows).T, strict=True))
+    schedule = compute_schedule_context(at, timetable, timezone)
+    cols.update(zip(SCHEDULE_FEATURES, schedule.T, strict=True))
     return np.stack([np.nan_to_num(cols[c]) for c in CONTEXT_FEATURES], axis=1).astype(np.float32)

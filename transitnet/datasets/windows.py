@@ -10,7 +10,8 @@ Input columns (from :func:`transitnet.gtfs.match.match_positions`): ``feed_id,
 vehicle_id, trip_id, start_date, vehicle_timestamp (UTC), line_key, shape_id,
 dist_along_m, offset_m, progress, speed_along_mps, match_status, is_stale, is_dwell``;
 optional ``delay_s``, ``start_time``, ``service_date``, ``next_stop_dist_m``,
-``shape_length_m``.
+``shape_length_m``, ``static_trip_id`` (with a timetable: see
+:mod:`transitnet.datasets.schedule`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from transitnet.datasets.features import (
     compute_local_seconds,
     compute_past_features,
 )
+from transitnet.datasets.schedule import fill_schedule_delay
+from transitnet.gtfs.timetable import Timetable
 
 __all__ = [
     "CONTEXT_FEATURES",
@@ -153,6 +156,7 @@ WINDOW_COLUMNS: tuple[str, ...] = (
     "delay_s",
     "next_stop_dist_m",
     "shape_length_m",
+    "static_trip_id",
 )
 
 
@@ -255,7 +259,11 @@ def _gather_past(
 
 
 def build_windows(
-    matched: pd.DataFrame, config: WindowConfig | None = None, *, latest_only: bool = False
+    matched: pd.DataFrame,
+    config: WindowConfig | None = None,
+    *,
+    latest_only: bool = False,
+    timetable: Timetable | None = None,
 ) -> Windows:
     """Cut every usable fix of ``matched`` into a window with its future targets.
 
@@ -265,6 +273,11 @@ def build_windows(
         latest_only: Serving mode: one window per trajectory, anchored at its latest fix
             (targets all masked: its future is not known yet). Every fix still feeds the
             past windows and the live traffic context.
+        timetable: Scheduled stop times keyed by the fixes' ``trip_id`` (or
+            ``static_trip_id``) for the schedule context features
+            (:mod:`transitnet.datasets.schedule`); it also fills each fix's ``delay_s``
+            where the matcher gave none. None gives the schedule features zeros and
+            ``has_schedule`` 0. Public and fixed in advance, so no leakage.
 
     Returns:
         One window per usable fix (or per trajectory), in trajectory/time order. Windows
@@ -273,6 +286,8 @@ def build_windows(
     """
     config = config or WindowConfig()
     df = prepare_trajectories(matched, config)
+    if timetable is not None:
+        df = fill_schedule_delay(df, timetable, config.timezone)
     traj = df["trajectory"].to_numpy(np.int64)
     t = df["t_s"].to_numpy(np.float64)
     d = df["dist_along_m"].to_numpy(np.float64)
@@ -287,7 +302,9 @@ def build_windows(
         targets, mask = interpolate_future(traj, t, d, config.horizons_s)
     at = df.iloc[rows]
     local_s = compute_local_seconds(at["vehicle_timestamp"], config.timezone)
-    context = compute_context(df, rows, past, lengths, local_s)
+    context = compute_context(
+        df, rows, past, lengths, local_s, timetable=timetable, timezone=config.timezone
+    )
     meta_cols = [
         "feed_id",
         "vehicle_id",

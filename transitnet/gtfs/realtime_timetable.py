@@ -292,6 +292,32 @@ def build_stop_times_from_trip_updates(
     return out
 
 
+def build_timetable_from_trip_updates(
+    events: pd.DataFrame,
+    artefacts: StaticArtefacts,
+    trip_shapes: pd.DataFrame,
+    timezone: str,
+) -> pd.DataFrame:
+    """The recovered stop times with each trip's ``shape_id``: a timetable file's rows.
+
+    Args:
+        events: As :func:`build_stop_times_from_trip_updates`.
+        artefacts: As :func:`build_stop_times_from_trip_updates`.
+        trip_shapes: As :func:`build_stop_times_from_trip_updates`.
+        timezone: As :func:`build_stop_times_from_trip_updates`.
+
+    Returns:
+        :data:`STOP_TIME_COLUMNS` plus ``shape_id`` (the trip's most frequent shape in
+        ``trip_shapes``, which the stop distances are measured on): the rows of
+        :func:`transitnet.gtfs.timetable.write_timetable`.
+    """
+    stop_times = build_stop_times_from_trip_updates(events, artefacts, trip_shapes, timezone)
+    shapes = select_trip_shapes(trip_shapes).set_index("trip_id")["shape_id"]
+    out = stop_times.assign(shape_id=stop_times["trip_id"].map(shapes).astype("string"))
+    out.attrs["dropped"] = stop_times.attrs.get("dropped", {})
+    return out
+
+
 def _check_columns(frame: pd.DataFrame, needed: tuple[str, ...], name: str) -> None:
     missing = sorted(set(needed) - set(frame.columns))
     if missing:

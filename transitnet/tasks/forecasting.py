@@ -49,6 +49,21 @@ def context_positions(names: list[str], n_context: int) -> list[int]:
     return [CONTEXT_FEATURES.index(n) for n in names]
 
 
+def check_context_width(n_context: int) -> None:
+    """Refuse a checkpoint whose network was trained on another context feature set.
+
+    Raises:
+        ValueError: ``n_context`` differs from ``len(CONTEXT_FEATURES)`` (e.g. a
+            checkpoint written before the schedule features were added).
+    """
+    if n_context != len(CONTEXT_FEATURES):
+        raise ValueError(
+            f"this checkpoint's network takes {n_context} context features, but this version "
+            f"of transitnet builds {len(CONTEXT_FEATURES)} (CONTEXT_FEATURES changed, e.g. the "
+            "schedule features were added): retrain the model with this version"
+        )
+
+
 def add_identity_calibration(checkpoint: dict[str, Any], n_horizons: int, n_quantiles: int) -> None:
     """Give a checkpoint written before calibration existed identity scales (in place)."""
     state = checkpoint.get("state_dict")
@@ -207,6 +222,7 @@ class ForecastingTask(BaseTask):
         meta = checkpoint.get(CKPT_KEY)
         if meta is None:
             raise ValueError("this checkpoint was not written by transitnet's ForecastingTask")
+        check_context_width(int(meta["n_context"]))
         saved = tuple(meta["line_keys"])
         add_identity_calibration(checkpoint, len(meta["horizons_s"]), len(self.quantiles))
         if self.net is None:
