@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from transitnet.metrics import compute_coverage
-from transitnet.models.heads import QuantileCalibration
 from transitnet.online_calibration import (
     OnlineCalibrationConfig,
     OnlineCalibrator,
+    apply_scales,
     compute_conformity_scores,
     compute_online_scales,
 )
@@ -30,12 +29,6 @@ def drifting_forecasts(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, ...]:
     return anchor, raw, target, np.ones((n, 2), dtype=bool)
 
 
-def calibrate(raw: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Apply per-forecast scales with the model's own calibration layer."""
-    layer = QuantileCalibration(raw.shape[1], raw.shape[2])
-    return layer(torch.from_numpy(raw), torch.from_numpy(scales)).numpy()
-
-
 def test_a_scale_at_least_the_score_covers_the_target() -> None:
     raw = np.array([[[80.0, 100.0, 130.0]]])
     for y, inside in ((95.0, True), (70.0, False), (125.0, True), (140.0, False)):
@@ -49,7 +42,7 @@ def test_online_scales_recover_coverage_after_drift_that_static_scales_miss() ->
     prior = np.ones((2, 3), dtype=np.float32)
     static = compute_coverage(raw[..., 0], raw[..., 2], target, mask)
     scales = compute_online_scales(anchor, HORIZONS, raw, target, mask, QUANTILES, prior)
-    online = calibrate(raw, scales)
+    online = apply_scales(raw, scales)
     late = anchor > 4 * 3600  # an hour after the change: the window has caught up
     cov = compute_coverage(online[late, :, 0], online[late, :, 2], target[late], mask[late])
     assert (static < 0.75).all()

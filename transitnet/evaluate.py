@@ -34,7 +34,11 @@ from transitnet.metrics import (
     compute_rmse,
     summarise_by_horizon,
 )
-from transitnet.online_calibration import OnlineCalibrationConfig, recalibrate_online
+from transitnet.online_calibration import (
+    OnlineCalibrationConfig,
+    apply_scales,
+    compute_online_scales,
+)
 from transitnet.report import (
     format_eta_table,
     format_mae_table,
@@ -253,10 +257,11 @@ def describe_band_variants(evaluation: Evaluation) -> dict[str, Any]:
     raw = evaluation.raw
     anchor = w.meta["anchor_time"]
     anchor_s = (anchor - anchor.min()).dt.total_seconds().to_numpy(np.float64)
-    online = recalibrate_online(
+    scales = compute_online_scales(
         anchor_s, w.horizons_s, raw, w.targets, w.target_mask, evaluation.quantiles,
         evaluation.prior_scales,
     )  # fmt: skip
+    online = apply_scales(raw, scales)
     raw_cov = compute_coverage(raw[..., 0], raw[..., -1], w.targets, w.target_mask)
     online_cov = compute_coverage(online[..., 0], online[..., -1], w.targets, w.target_mask)
     return {

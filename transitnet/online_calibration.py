@@ -12,7 +12,7 @@ observable. That is adaptive/rolling split-conformal calibration.
   :func:`transitnet.models.heads.fit_quantile_calibration`);
 - :func:`compute_online_scales`: the scales each forecast of an evaluation period would
   have had live, from the outcomes resolved before its anchor time;
-- :func:`recalibrate_online`: those scales applied (what evaluation reports);
+- :func:`apply_scales`: those scales applied (what evaluation reports);
 - :class:`OnlineCalibrator`: the same, fed outcome by outcome when serving.
 
 A forecast made at ``t`` for horizon ``h`` counts as resolved at ``t + h + lag_s`` (the
@@ -147,28 +147,19 @@ def compute_online_scales(
     return out
 
 
-def recalibrate_online(
-    anchor_s: np.ndarray,
-    horizons_s: Sequence[int],
-    raw: np.ndarray,
-    target: np.ndarray,
-    mask: np.ndarray,
-    quantiles: Sequence[float],
-    prior: np.ndarray,
-    config: OnlineCalibrationConfig | None = None,
-) -> np.ndarray:
-    """The forecasts as a live system recalibrating online would have served them.
+def apply_scales(raw: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Forecasts with per-forecast scales applied (e.g. from :func:`compute_online_scales`).
 
-    Arguments as in :func:`compute_online_scales`; the scales are applied exactly as the
-    model's own :class:`~transitnet.models.heads.QuantileCalibration` applies its buffer
-    (the median unchanged, non-negative, monotone in horizon and level).
+    Applied exactly as the model's own :class:`~transitnet.models.heads.QuantileCalibration`
+    applies its buffer: the median unchanged, non-negative, monotone in horizon and level.
+
+    Args:
+        raw: ``(N, H, Q)`` uncalibrated forecasts.
+        scales: ``(N, H, Q)`` or ``(H, Q)`` scales.
 
     Returns:
-        ``(N, H, Q)`` float32 recalibrated forecasts.
+        ``(N, H, Q)`` float32 calibrated forecasts.
     """
-    scales = compute_online_scales(
-        anchor_s, horizons_s, raw, target, mask, quantiles, prior, config
-    )
     layer = QuantileCalibration(raw.shape[1], raw.shape[2])
     with torch.no_grad():
         out: np.ndarray = layer(torch.from_numpy(raw), torch.from_numpy(scales)).numpy()
