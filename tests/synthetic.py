@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,6 +65,29 @@ def write_matched_store(store: Path, matched: pd.DataFrame) -> Path:
     return store
 
 
+def fit_checkpoint(
+    task: Any, dm: Any, root: Path, *, epochs: int = 1, name: str = "m.ckpt"
+) -> Path:
+    """Fit ``task`` on ``dm`` for ``epochs`` and save it as ``root/name`` (returned).
+
+    No logger and no checkpoint callback: the tests' own fits, quiet and fast.
+    """
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(task, dm)
+    ckpt = root / name
+    trainer.save_checkpoint(ckpt)
+    return ckpt
+
+
 def train_base_checkpoint(tmp: Path, exclude: tuple[str, ...] = ("C",)) -> tuple[Path, Path]:
     """Train a tiny forecaster on 2024-05-06 without ``exclude`` lines; returns (ckpt, store).
 
@@ -89,14 +113,4 @@ def train_base_checkpoint(tmp: Path, exclude: tuple[str, ...] = ("C",)) -> tuple
         exclude_lines=list(exclude),
     )
     task = ForecastingTask(hidden_dim=16, line_dim=4)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp,
-    )
-    trainer.fit(task, dm)
-    ckpt = tmp / "base.ckpt"
-    trainer.save_checkpoint(ckpt)
-    return ckpt, store
+    return fit_checkpoint(task, dm, tmp, epochs=2, name="base.ckpt"), store

@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.synthetic import make_matched, write_matched_store
+from tests.synthetic import fit_checkpoint, make_matched, write_matched_store
 from transitnet.datamodules import TransitDataModule
 from transitnet.datasets.schedule import SCHEDULE_FEATURES
 from transitnet.datasets.windows import CONTEXT_FEATURES
@@ -80,18 +80,7 @@ def test_a_missing_timetable_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def _fit(tmp_path: Path, dm: TransitDataModule) -> Path:
     pl.seed_everything(0)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(ForecastingTask(hidden_dim=8, line_dim=4), dm)
-    ckpt = tmp_path / "m.ckpt"
-    trainer.save_checkpoint(ckpt)
-    return ckpt
+    return fit_checkpoint(ForecastingTask(hidden_dim=8, line_dim=4), dm, tmp_path)
 
 
 def test_checkpoint_rebuilds_the_timetable_for_evaluation(tmp_path: Path) -> None:

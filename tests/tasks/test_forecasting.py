@@ -2,7 +2,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.synthetic import make_matched, write_matched_store
+from tests.synthetic import fit_checkpoint, make_matched, write_matched_store
 from transitnet.datamodules import TransitDataModule
 from transitnet.tasks import ForecastingTask
 
@@ -28,17 +28,8 @@ def test_fit_validate_and_checkpoint_round_trip(tmp_path) -> None:
     pl.seed_everything(0)
     dm = _dm(tmp_path)
     task = ForecastingTask(hidden_dim=16, line_dim=4)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(task, dm)
+    ckpt = fit_checkpoint(task, dm, tmp_path, epochs=2)
     assert task.line_keys == ("<unknown>", "A", "B", "C")
-    ckpt = tmp_path / "m.ckpt"
-    trainer.save_checkpoint(ckpt)
     loaded = ForecastingTask.load_from_checkpoint(ckpt)
     loaded.eval()
     task.eval()
@@ -67,17 +58,7 @@ def test_evaluate_writes_metrics_for_model_and_every_baseline(tmp_path) -> None:
 
     pl.seed_everything(0)
     dm = _dm(tmp_path)
-    task = ForecastingTask(hidden_dim=16, line_dim=4)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(task, dm)
-    ckpt = tmp_path / "m.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = fit_checkpoint(ForecastingTask(hidden_dim=16, line_dim=4), dm, tmp_path)
     metrics = summarise(run_evaluation(ckpt))
     path = write_metrics(metrics, tmp_path / "out")
     data = json.loads(path.read_text())
@@ -102,16 +83,7 @@ def test_checkpoint_at_n_lines_loads_into_n_plus_k_by_key(tmp_path) -> None:
     pl.seed_everything(0)
     dm = _dm(tmp_path, exclude_lines=["C"])
     task = ForecastingTask(hidden_dim=16, line_dim=4)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(task, dm)
-    ckpt = tmp_path / "n.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = fit_checkpoint(task, dm, tmp_path, name="n.ckpt")
     # a grown model: same architecture, vocabulary + "C" (and a line the ckpt never saw)
     grown = ForecastingTask(hidden_dim=16, line_dim=4)
     vocab = LineVocabulary(list(task.line_keys[1:]))
@@ -252,13 +224,7 @@ def test_ignored_context_features_are_named_and_checked(tmp_path) -> None:
 def test_plain_trainer_predict_restores_the_network_from_the_checkpoint(tmp_path) -> None:
     pl.seed_everything(0)
     dm = _dm(tmp_path)
-    task = ForecastingTask(hidden_dim=16, line_dim=4)
-    trainer = pl.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
-    trainer.fit(task, dm)
-    ckpt = tmp_path / "m.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = fit_checkpoint(ForecastingTask(hidden_dim=16, line_dim=4), dm, tmp_path)
     # A fresh DataModule with only a predict period: its vocabulary comes from the checkpoint.
     fresh = TransitDataModule(
         str(tmp_path), predict_dates=["2024-05-08"], horizons_s=[60, 120],
