@@ -244,7 +244,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         k: {x: v[x] for x in ("position_error_m", "eta", "eta_join") if x in v}
         for k, v in metrics.items()
     }
-    result["calibration"] = describe_calibration(Path(fitted["ckpt"]))
+    result["calibration"] = describe_calibration(evaluation)
     write_text_atomic(out / "experiment.json", json.dumps(result, indent=2, default=str))
     return result
 
@@ -294,15 +294,14 @@ def add_schedule_delay(evaluation: Evaluation, events: pd.DataFrame, timezone: s
     evaluation.baselines["schedule_delay"] = pred
 
 
-def describe_calibration(ckpt: Path) -> dict[str, Any]:
+def describe_calibration(evaluation: Evaluation) -> dict[str, Any]:
     """The P10/P90 scales fitted on the validation split (stored in the checkpoint)."""
-    task = ForecastingTask.load_from_checkpoint(ckpt, map_location="cpu")
-    if task.net is None:
-        raise RuntimeError(f"{ckpt} holds no network")
-    scales = task.net.calibration.scales
+    scales, horizons = evaluation.prior_scales, evaluation.windows.horizons_s
+    if scales is None:
+        return {}
     return {
-        "lower_scale": summarise_by_horizon(scales[:, 0].numpy(), task.horizons_s),
-        "upper_scale": summarise_by_horizon(scales[:, -1].numpy(), task.horizons_s),
+        "lower_scale": summarise_by_horizon(scales[:, 0], horizons),
+        "upper_scale": summarise_by_horizon(scales[:, -1], horizons),
     }
 
 
