@@ -7,7 +7,6 @@ line, e.g. ``--data.store DIR --data.train_dates '[2017-03-16]'``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -19,21 +18,19 @@ from pytorch_lightning.cli import LightningCLI
 
 from transitnet.tasks.base import BaseTask
 
-logger = logging.getLogger(__name__)
-
 
 def config_path(name: str) -> Path:
     """Path of a config shipped with the package, e.g. ``forecast.yaml``."""
     return Path(str(resources.files("transitnet") / "configs" / name))
 
 
-def restore_datamodule_state(datamodule: Any, ckpt_path: str | Path | None) -> None:
-    """Give a ``TransitDataModule`` its checkpoint's vocabulary and scalers before a run.
+def check_checkpoint_windows(datamodule: Any, ckpt_path: str | Path | None) -> None:
+    """Refuse a checkpoint whose horizons or past fixes differ from the DataModule's.
 
-    Lightning restores the DataModule's state only after the model is configured, so a
-    forecaster sized from the DataModule would otherwise be built for an empty
-    vocabulary. Also refuses a checkpoint whose horizons or past fixes per window
-    differ from the DataModule's.
+    Run before validate/test/predict, so the mismatch is one clear message rather than
+    a shape error deep in the network. The vocabulary and scalers themselves are
+    restored by Lightning (the task builds its network from the checkpoint when the
+    DataModule has none fitted yet: ``ForecastingTask.configure_model``).
 
     Raises:
         ValueError: When the checkpoint was trained with other horizons or past fixes.
@@ -57,11 +54,6 @@ def restore_datamodule_state(datamodule: Any, ckpt_path: str | Path | None) -> N
                 f"the checkpoint was trained with {name}={value} but the DataModule has "
                 f"{have[name]}: pass --data.{name} '{value}'"
             )
-    state = ckpt.get(type(datamodule).__qualname__)
-    if state is not None:
-        datamodule.load_state_dict(state)
-        logger.info("DataModule state (%d lines) restored from %s", len(datamodule.vocab),
-                    ckpt_path)  # fmt: skip
 
 
 #: Checkpoint key each task writes → the task's class path.
@@ -106,22 +98,22 @@ class TransitCLI(LightningCLI):
             return
         self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
-    def _restore_datamodule(self) -> None:
+    def _check_checkpoint(self) -> None:
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        restore_datamodule_state(self.datamodule, ckpt_path)
+        check_checkpoint_windows(self.datamodule, ckpt_path)
 
     def before_validate(self) -> None:
-        """Restore the DataModule state from ``--ckpt_path`` (:func:`restore_datamodule_state`)."""
-        self._restore_datamodule()
+        """Check ``--ckpt_path`` against the DataModule (:func:`check_checkpoint_windows`)."""
+        self._check_checkpoint()
 
     def before_test(self) -> None:
-        """Restore the DataModule state from ``--ckpt_path`` (:func:`restore_datamodule_state`)."""
-        self._restore_datamodule()
+        """Check ``--ckpt_path`` against the DataModule (:func:`check_checkpoint_windows`)."""
+        self._check_checkpoint()
 
     def before_predict(self) -> None:
-        """Restore the DataModule state from ``--ckpt_path`` (:func:`restore_datamodule_state`)."""
-        self._restore_datamodule()
+        """Check ``--ckpt_path`` against the DataModule (:func:`check_checkpoint_windows`)."""
+        self._check_checkpoint()
 
 
 def run_lightning_cli(args: Sequence[str]) -> TransitCLI:
