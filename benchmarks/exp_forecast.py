@@ -12,14 +12,15 @@ same test windows.
 The model is :data:`TASK` (the settings shipped in ``transitnet/configs/forecast.yaml``),
 chosen on the validation splits only. Its P10/P90 band is calibrated (split-conformal,
 per horizon) on the validation split during fit, and the calibration travels in the
-checkpoint. The test coverage of that band (as served) is reported beside the raw band's
-and the online-recalibrated band's (:mod:`transitnet.online_calibration`: the scales
-recomputed every minute from the outcomes resolved in the trailing hour, as a live
-system would). Auckland's evaluation also scores ETAs against the observed arrivals in
-its TripUpdates, and every forecaster's position error on the shape. Its
-``schedule_delay`` baseline (OneBusAway style) runs on the day's timetable recovered
-from the same TripUpdates (scheduled = time - delay; :func:`add_schedule_delay`), since
-the static subset holds June trips, not the day's.
+checkpoint. The band as served is recalibrated online
+(:mod:`transitnet.online_calibration`: the scales recomputed every minute from the
+outcomes resolved in the trailing hour, as a live system would; the validation band
+until an hour of outcomes is in); its test coverage is reported beside the
+validation-only band's and the raw band's. Auckland's evaluation also scores ETAs
+against the observed arrivals in its TripUpdates, and every forecaster's position error
+on the shape. Its ``schedule_delay`` baseline (OneBusAway style) runs on the day's
+timetable recovered from the same TripUpdates (scheduled = time - delay;
+:func:`add_schedule_delay`), since the static subset holds June trips, not the day's.
 
 Writes ``OUT/<dataset>/report.md`` (+ metrics.json, plots) and ``OUT/summary.md``.
 """
@@ -200,7 +201,7 @@ def score(metrics: dict[str, Any], held_out: str | None) -> dict[str, Any]:
         "by_horizon": rows,
         "coverage": coverage["by_horizon"],
         "coverage_raw": coverage.get("raw_by_horizon", {}),
-        "coverage_online": coverage.get("online_by_horizon", {}),
+        "coverage_validation": coverage.get("validation_by_horizon", {}),
         "partial": {
             k: {
                 "available_share": metrics[k]["available_share"],
@@ -349,7 +350,7 @@ def format_summary(results: dict[str, Any], command: str) -> str:
             f"## {name}",
             "",
             "| horizon | model MAE (m, on its windows) | toughest baseline | its MAE (m) | "
-            "model better by | P10–P90 coverage: as served | recalibrated online | raw |",
+            "model better by | P10–P90 coverage: as served (online) | validation band only | raw |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         nan = float("nan")
@@ -359,7 +360,7 @@ def format_summary(results: dict[str, Any], command: str) -> str:
             lines.append(
                 f"| {int(h) // 60} min | {row['model']:,.0f} | {row['best_baseline']}{where} | "
                 f"{row['baseline']:,.0f} | {row['improvement']:.1%} | "
-                f"{res['coverage'][h]:.1%} | {res['coverage_online'].get(h, nan):.1%} | "
+                f"{res['coverage'][h]:.1%} | {res['coverage_validation'].get(h, nan):.1%} | "
                 f"{res['coverage_raw'].get(h, nan):.1%} |"
             )
         for name, part in res.get("partial", {}).items():

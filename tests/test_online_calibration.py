@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from transitnet.metrics import compute_coverage
@@ -10,6 +11,7 @@ from transitnet.online_calibration import (
     OnlineCalibrationConfig,
     OnlineCalibrator,
     apply_scales,
+    calibrate_online,
     compute_conformity_scores,
     compute_online_scales,
 )
@@ -92,3 +94,17 @@ def test_mismatched_shapes_and_bad_settings_are_refused() -> None:
         )
     with pytest.raises(ValueError, match="invalid"):
         OnlineCalibrationConfig(window_s=0)
+
+
+def test_calibrate_online_from_anchor_times_matches_the_scales_path() -> None:
+    anchor, raw, target, mask = drifting_forecasts(1500)
+    prior = np.ones((2, 3), dtype=np.float32)
+    start = pd.Timestamp("2019-08-13 03:00", tz="UTC")
+    times = pd.Series(start + pd.to_timedelta(anchor, unit="s")).astype("datetime64[ms, UTC]")
+    served = calibrate_online(times, HORIZONS, raw, target, mask, QUANTILES, prior)
+    epoch = anchor + start.timestamp()
+    scales = compute_online_scales(epoch, HORIZONS, raw, target, mask, QUANTILES, prior)
+    np.testing.assert_allclose(served, apply_scales(raw.astype(np.float32), scales))
+    naive = calibrate_online(times.dt.tz_localize(None), HORIZONS, raw, target, mask,
+                             QUANTILES, prior)  # fmt: skip
+    np.testing.assert_array_equal(naive, served)  # naive times are read as UTC

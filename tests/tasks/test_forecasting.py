@@ -66,14 +66,19 @@ def test_evaluate_writes_metrics_for_model_and_every_baseline(tmp_path) -> None:
     assert set(data["model"]["mae_m"]) == {"60", "120"}
     assert data["model"]["per_line"]["A"]["n"] > 0
     coverage = data["model"]["coverage"]
-    for key in ("by_horizon", "raw_by_horizon", "online_by_horizon"):
+    for key in ("by_horizon", "validation_by_horizon", "raw_by_horizon", "online_by_horizon"):
         assert set(coverage[key]) == {"60", "120"}
         assert all(0.0 <= v <= 1.0 for v in coverage[key].values()), key
     assert coverage["online_settings"]["window_s"] == 3600.0
+    # the band as served is the online one (what `transitnet predict` writes)
+    assert (
+        coverage["served"] == "online" and coverage["by_horizon"] == coverage["online_by_horizon"]
+    )
     from transitnet.evaluate import write_evaluation_report
 
     report = write_evaluation_report(data, tmp_path / "out", "synthetic").read_text()
-    assert "recalibrated online (trailing hour)" in report
+    assert "recalibrated online, trailing hour (as served)" in report
+    assert "calibrated on validation only" in report
 
 
 def test_checkpoint_at_n_lines_loads_into_n_plus_k_by_key(tmp_path) -> None:

@@ -23,6 +23,7 @@ from transitnet.evaluate import load_datamodule, predict_windows
 from transitnet.forecast_outputs import compute_forecast_lonlat
 from transitnet.gtfs.artefacts import StaticArtefacts, read_artefacts, write_artefacts
 from transitnet.gtfs.shapes import make_shape_table, unproject_xy
+from transitnet.online_calibration import calibrate_online
 from transitnet.realtime.decode import decode_vehicle_positions
 from transitnet.store.parquet import write_positions
 from transitnet.tasks.forecasting import ForecastingTask
@@ -91,8 +92,13 @@ def run_predict(ckpt: Path, store: Path, *extra: str, config: str = "predict.yam
     return main(args)
 
 
-def expected_forecasts(ckpt: Path, store: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """The predict windows' meta and ``(N, H, Q)`` forecasts, computed without the writer."""
+def expected_forecasts(
+    ckpt: Path, store: Path, band: str = "validation"
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The predict windows' meta and ``(N, H, Q)`` forecasts, computed without the writer.
+
+    ``band="online"``: the band recalibrated online from the run's resolved outcomes.
+    """
     task = ForecastingTask.load_from_checkpoint(ckpt, map_location="cpu")
     dm = load_datamodule(
         torch.load(ckpt, map_location="cpu", weights_only=False),
@@ -100,7 +106,16 @@ def expected_forecasts(ckpt: Path, store: Path) -> tuple[pd.DataFrame, np.ndarra
         predict_dates=[PREDICT_DAY],
     )
     dm.setup("predict")
-    return dm.windows["predict"].meta, predict_windows(task, dm, "predict")
+    w = dm.windows["predict"]
+    if band == "validation":
+        return w.meta, predict_windows(task, dm, "predict")
+    assert task.net is not None
+    raw = predict_windows(task, dm, "predict", calibrated=False)
+    prior = task.net.calibration.scales.numpy()
+    pred = calibrate_online(
+        w.meta["anchor_time"], w.horizons_s, raw, w.targets, w.target_mask, task.quantiles, prior
+    )
+    return w.meta, pred
 
 
 def test_predict_writes_one_aligned_row_per_window_and_horizon(
@@ -114,7 +129,12 @@ def test_predict_writes_one_aligned_row_per_window_and_horizon(
     )
     path = out / "predictions.parquet"
     df = pd.read_parquet(path)
-    meta, pred = expected_forecasts(ckpt, store)
+    meta, pred = expected_forecasts(ckpt, store, band="online")
+    _, static_band = expected_forecasts(ckpt, store)
+    # the served band is recalibrated online from outcomes resolved during the day: it
+    # differs from the validation band once an hour of outcomes is in, the median never
+    np.testing.assert_allclose(pred[..., 1], static_band[..., 1], rtol=1e-6)
+    assert not np.allclose(pred[..., 2], static_band[..., 2], rtol=1e-3)
     n = len(meta)
     assert n > 100 and len(df) == 3 * n
     assert (df["window"].to_numpy() == np.repeat(np.arange(n), 3)).all()
@@ -129,6 +149,7 @@ def test_predict_writes_one_aligned_row_per_window_and_horizon(
         np.testing.assert_allclose(df[f"travelled_{label}_m"], pred[:, :, j].ravel(), rtol=1e-5)
     info = json.loads(pq.read_schema(path).metadata[PREDICTIONS_KEY])
     assert info["horizons_s"] == [60, 120, 300] and info["static_version"] == "syn-static"
+    assert info["band"]["calibration"] == "online" and info["band"]["window_s"] == 3600.0
     assert not list(out.glob(".tmp-*"))
     check_positions_and_etas(df)
 
@@ -168,13 +189,16 @@ def test_writer_appended_to_the_training_config_in_batch_mode(
         "--data.predict_dates", f"[{PREDICT_DAY}]", "--data.batch_size", "32",
         f"--trainer.callbacks+={WRITER}", "--trainer.callbacks.output_dir", str(out),
         "--trainer.callbacks.write_interval", "batch", "--trainer.callbacks.n_stops", "1",
-        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.callbacks.band", "validation", "--trainer.default_root_dir", str(tmp_path),
     ]  # fmt: skip
     assert run_predict(ckpt, store, *extra, config="forecast.yaml") == 0
     df = pd.read_parquet(out / "predictions.parquet")
     _, pred = expected_forecasts(ckpt, store)
     assert len(df) == pred.shape[0] * 3 and "stop2_id" not in df.columns
-    np.testing.assert_allclose(df["travelled_p50_m"], pred[:, :, 1].ravel(), rtol=1e-5)
+    for j, label in enumerate(("p10", "p50", "p90")):  # the checkpoint's band, as asked
+        np.testing.assert_allclose(df[f"travelled_{label}_m"], pred[:, :, j].ravel(), rtol=1e-5)
+    info = json.loads(pq.read_schema(out / "predictions.parquet").metadata[PREDICTIONS_KEY])
+    assert info["band"] == {"calibration": "validation"}
 
 
 @pytest.mark.parametrize(
@@ -370,6 +394,8 @@ def test_writer_helpers_refuse_what_does_not_align() -> None:
         ForecastParquetWriter("out", write_interval="batch_and_epoch")
     with pytest.raises(ValueError, match="n_stops"):
         ForecastParquetWriter("out", n_stops=0)
+    with pytest.raises(ValueError, match="band"):
+        ForecastParquetWriter("out", band="conformal")
     with pytest.raises(ValueError, match="no forecasts"):
         collect_outputs([])
     with pytest.raises(ValueError, match="ForecastingTask"):

@@ -336,8 +336,14 @@ class ForecastingTask(BaseTask):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: ForecastBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Quantile forecasts with the window positions they belong to."""
-        return {"index": batch.index, "pred": self(batch)}
+        """Quantile forecasts (calibrated ``pred`` and ``raw``) with their window positions.
+
+        ``raw`` lets the prediction writer recalibrate the band online.
+        """
+        if self.net is None:
+            raise RuntimeError("the network is not built")
+        raw = self(batch, calibrated=False)
+        return {"index": batch.index, "pred": self.net.calibration(raw), "raw": raw}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: network weights, and new embedding rows at ``new_row_lr``.

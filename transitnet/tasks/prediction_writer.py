@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from transitnet.gtfs.artefacts import (
     load_or_build_artefacts,
     read_artefacts,
 )
+from transitnet.online_calibration import OnlineCalibrationConfig, calibrate_online
 from transitnet.store.parquet import write_parquet_atomic
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ class ForecastParquetWriter(BasePredictionWriter):
     of the DataModule's predict windows, so ``df[df.horizon_s == 300]`` gives one row
     per window. Positions and stops are null where the static feed or the shape is
     unknown, stops also where the shape has no stop pattern. The schema metadata key
-    :data:`PREDICTIONS_KEY` holds the horizons, quantiles and static version (JSON).
+    :data:`PREDICTIONS_KEY` holds the horizons, quantiles, static version and how the
+    band was calibrated (``band``; JSON).
 
     Args:
         output_dir: Folder of the Parquet file (created if needed).
@@ -73,6 +76,12 @@ class ForecastParquetWriter(BasePredictionWriter):
         write_interval: ``epoch`` (Lightning keeps the batch outputs) or ``batch`` (this
             callback keeps them); either way one file is written at the end of the run.
         filename: Name of the Parquet file.
+        band: ``online`` (default): the P10/P90 band of each forecast is recalibrated
+            from the outcomes of earlier forecasts of the same run resolved before its
+            anchor time (trailing hour, :func:`~transitnet.online_calibration.calibrate_online`;
+            on live data with no outcomes yet, or in the first hour, the checkpoint's
+            validation-fitted band is used); ``validation``: always the checkpoint's band.
+            The median is the same either way.
     """
 
     def __init__(
@@ -82,7 +91,10 @@ class ForecastParquetWriter(BasePredictionWriter):
         n_stops: int = 3,
         write_interval: str = "epoch",
         filename: str = "predictions.parquet",
+        band: str = "online",
     ) -> None:
+        if band not in ("online", "validation"):
+            raise ValueError(f"band must be 'online' or 'validation', got {band!r}")
         if write_interval not in ("epoch", "batch"):
             raise ValueError(f"write_interval must be 'epoch' or 'batch', got {write_interval!r}")
         if n_stops < 1:
@@ -92,6 +104,7 @@ class ForecastParquetWriter(BasePredictionWriter):
         self.static = static
         self.n_stops = n_stops
         self.filename = filename
+        self.band = band
         self._outputs: list[dict[str, Any]] = []
         self.path: Path | None = None
 
@@ -145,6 +158,7 @@ class ForecastParquetWriter(BasePredictionWriter):
         horizons = tuple(int(h) for h in getattr(pl_module, "horizons_s", ()))
         quantiles = tuple(float(q) for q in getattr(pl_module, "quantiles", ()))
         check_alignment(windows, index, pred, horizons, quantiles)
+        pred, band = self._serve_band(pl_module, windows, index, pred, collect_raw(outputs))
         artefacts = find_artefacts(self.static, getattr(trainer, "datamodule", None))
         meta = windows.meta.iloc[index].reset_index(drop=True)
         table = build_forecast_table(meta, pred, horizons, quantiles, artefacts, self.n_stops)
@@ -155,12 +169,33 @@ class ForecastParquetWriter(BasePredictionWriter):
             "static_version": artefacts.version if artefacts is not None else None,
             "n_windows": len(index),
             "n_stops": self.n_stops,
+            "band": band,
         }
         self.path = self.output_dir / self.filename
         arrow = pa.Table.from_pandas(table, preserve_index=False)
         write_parquet_atomic(self.path, arrow, {PREDICTIONS_KEY: json.dumps(info).encode()})
         logger.info("predictions: %d rows (%d windows) written to %s", len(table), len(index),
                     self.path)  # fmt: skip
+
+    def _serve_band(
+        self,
+        pl_module: pl.LightningModule,
+        windows: Windows,
+        index: np.ndarray,
+        pred: np.ndarray,
+        raw: np.ndarray | None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The forecasts with the band to serve, and how it was calibrated (metadata)."""
+        net = getattr(pl_module, "net", None)
+        if self.band == "validation" or raw is None or net is None:
+            return pred, {"calibration": "validation"}
+        cfg = OnlineCalibrationConfig()
+        online = calibrate_online(
+            windows.meta["anchor_time"].iloc[index], windows.horizons_s, raw,
+            windows.targets[index], windows.target_mask[index],
+            getattr(pl_module, "quantiles", ()), net.calibration.scales.cpu().numpy(), cfg,
+        )  # fmt: skip
+        return online.astype(np.float64), {"calibration": "online", **asdict(cfg)}
 
 
 def predict_windows(trainer: pl.Trainer) -> Windows:
@@ -200,6 +235,16 @@ def collect_outputs(outputs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     pred = np.concatenate([np.asarray(o["pred"].float().cpu(), dtype=np.float64) for o in flat])
     order = np.argsort(index, kind="stable")
     return index[order], pred[order]
+
+
+def collect_raw(outputs: Sequence[Any]) -> np.ndarray | None:
+    """Uncalibrated ``raw`` forecasts ``(N, H, Q)`` by window position, if every output has them."""
+    flat = [o for part in outputs for o in (part if isinstance(part, list) else [part])]
+    if not flat or not all(isinstance(o, dict) and "raw" in o for o in flat):
+        return None
+    index = np.concatenate([np.asarray(o["index"].cpu(), dtype=np.int64) for o in flat])
+    raw = np.concatenate([np.asarray(o["raw"].float().cpu(), dtype=np.float32) for o in flat])
+    return raw[np.argsort(index, kind="stable")]
 
 
 def check_alignment(
