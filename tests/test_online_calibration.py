@@ -11,7 +11,7 @@ from transitnet.online_calibration import (
     OnlineCalibrationConfig,
     OnlineCalibrator,
     apply_scales,
-    calibrate_online,
+    compute_anchor_seconds,
     compute_conformity_scores,
     compute_online_scales,
 )
@@ -96,15 +96,16 @@ def test_mismatched_shapes_and_bad_settings_are_refused() -> None:
         OnlineCalibrationConfig(window_s=0)
 
 
-def test_calibrate_online_from_anchor_times_matches_the_scales_path() -> None:
-    anchor, raw, target, mask = drifting_forecasts(1500)
-    prior = np.ones((2, 3), dtype=np.float32)
+def test_anchor_seconds_are_epoch_seconds_whatever_the_unit_or_zone() -> None:
     start = pd.Timestamp("2019-08-13 03:00", tz="UTC")
-    times = pd.Series(start + pd.to_timedelta(anchor, unit="s")).astype("datetime64[ms, UTC]")
-    served = calibrate_online(times, HORIZONS, raw, target, mask, QUANTILES, prior)
-    epoch = anchor + start.timestamp()
-    scales = compute_online_scales(epoch, HORIZONS, raw, target, mask, QUANTILES, prior)
-    np.testing.assert_allclose(served, apply_scales(raw.astype(np.float32), scales))
-    naive = calibrate_online(times.dt.tz_localize(None), HORIZONS, raw, target, mask,
-                             QUANTILES, prior)  # fmt: skip
-    np.testing.assert_array_equal(naive, served)  # naive times are read as UTC
+    offsets = np.array([0.0, 1.5, 3600.0, 86_399.0])
+    times = pd.Series(start + pd.to_timedelta(offsets, unit="s"))
+    expected = start.timestamp() + offsets
+    for unit in ("s", "ms", "us", "ns"):
+        aware = times.astype(f"datetime64[{unit}, UTC]")
+        want = np.floor(expected) if unit == "s" else expected
+        np.testing.assert_allclose(compute_anchor_seconds(aware), want, rtol=0, atol=1e-6)
+        naive = aware.dt.tz_localize(None)  # read as UTC
+        np.testing.assert_array_equal(compute_anchor_seconds(naive), compute_anchor_seconds(aware))
+    auckland = times.dt.tz_convert("Pacific/Auckland")
+    np.testing.assert_array_equal(compute_anchor_seconds(auckland), expected)

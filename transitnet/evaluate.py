@@ -34,7 +34,12 @@ from transitnet.metrics import (
     compute_rmse,
     summarise_by_horizon,
 )
-from transitnet.online_calibration import OnlineCalibrationConfig, calibrate_online
+from transitnet.online_calibration import (
+    OnlineCalibrationConfig,
+    apply_scales,
+    compute_anchor_seconds,
+    compute_online_scales,
+)
 from transitnet.report import (
     format_eta_table,
     format_mae_table,
@@ -238,7 +243,7 @@ def describe_coverage(evaluation: Evaluation) -> dict[str, Any]:
 
     - ``by_horizon``: the band as served (``served`` says which): recalibrated online
       when the raw forecasts are known (what ``transitnet predict`` writes:
-      :func:`~transitnet.online_calibration.calibrate_online`, every minute from the
+      :mod:`transitnet.online_calibration`, every minute from the
       outcomes resolved in the trailing hour, never one from after the forecast), else
       the validation-calibrated band;
     - ``validation_by_horizon``: the band calibrated once on the validation split;
@@ -258,10 +263,12 @@ def describe_coverage(evaluation: Evaluation) -> dict[str, Any]:
     if evaluation.raw is None or evaluation.prior_scales is None or len(w) == 0:
         return out
     raw = evaluation.raw
-    online = calibrate_online(
-        w.meta["anchor_time"], h, raw, w.targets, w.target_mask, evaluation.quantiles,
+    anchor_s = compute_anchor_seconds(w.meta["anchor_time"])
+    scales = compute_online_scales(
+        anchor_s, h, raw, w.targets, w.target_mask, evaluation.quantiles,
         evaluation.prior_scales,
     )  # fmt: skip
+    online = apply_scales(raw, scales)
     raw_cov = compute_coverage(raw[..., 0], raw[..., -1], w.targets, w.target_mask)
     online_cov = summarise_by_horizon(
         compute_coverage(online[..., 0], online[..., -1], w.targets, w.target_mask), h

@@ -13,8 +13,10 @@ observable. That is adaptive/rolling split-conformal calibration.
 - :func:`compute_online_scales`: the scales each forecast of an evaluation period would
   have had live, from the outcomes resolved before its anchor time;
 - :func:`apply_scales`: those scales applied;
-- :func:`calibrate_online`: both at once from the windows' anchor times: the band as
-  served by ``transitnet predict`` and scored by ``transitnet evaluate``;
+- :func:`compute_anchor_seconds`: the windows' anchor times as the seconds those take.
+
+The band as served by ``transitnet predict`` and scored by ``transitnet evaluate`` is
+``apply_scales(raw, compute_online_scales(compute_anchor_seconds(anchor_time), ...))``.
 - :class:`OnlineCalibrator`: the same, fed outcome by outcome when serving.
 
 A forecast made at ``t`` for horizon ``h`` counts as resolved at ``t + h + lag_s`` (the
@@ -169,43 +171,16 @@ def apply_scales(raw: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return out
 
 
-def calibrate_online(
-    anchor_time: pd.Series,
-    horizons_s: Sequence[int],
-    raw: np.ndarray,
-    target: np.ndarray,
-    mask: np.ndarray,
-    quantiles: Sequence[float],
-    prior: np.ndarray,
-    config: OnlineCalibrationConfig | None = None,
-) -> np.ndarray:
-    """The band as served: each forecast recalibrated from outcomes resolved before it.
+def compute_anchor_seconds(anchor_time: pd.Series) -> np.ndarray:
+    """Anchor times as epoch seconds (``float64``), whatever the column's time unit.
 
-    Forecasts whose trailing window holds too few resolved outcomes (the first hour of a
-    period, or a live snapshot with no outcomes yet) keep the validation-fitted ``prior``.
-
-    Args:
-        anchor_time: ``(N,)`` anchor times (the windows' ``anchor_time``; UTC or naive).
-        horizons_s: The ``H`` horizons.
-        raw: ``(N, H, Q)`` uncalibrated forecasts (metres travelled).
-        target: ``(N, H)`` observed metres travelled (NaN where unknown).
-        mask: ``(N, H)`` True where observed.
-        quantiles: The ``Q`` levels.
-        prior: ``(H, Q)`` the checkpoint's validation-fitted scales.
-        config: Window settings.
-
-    Returns:
-        ``(N, H, Q)`` float32 calibrated forecasts (the median is ``raw``'s).
+    Naive times are read as UTC (the windows' ``anchor_time`` is UTC).
     """
     times = pd.to_datetime(pd.Series(anchor_time).reset_index(drop=True))
     if times.dt.tz is None:
         times = times.dt.tz_localize("UTC")
-    # seconds since the epoch, whatever the column's time unit (pandas 3 keeps the unit)
-    anchor_s = (times - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
-    scales = compute_online_scales(
-        anchor_s, horizons_s, raw, target, mask, quantiles, prior, config
-    )
-    return apply_scales(raw.astype(np.float32), scales)
+    epoch = pd.Timestamp(0, tz="UTC")
+    return (times - epoch).dt.total_seconds().to_numpy(np.float64)  # type: ignore[no-any-return]
 
 
 def _window_scales(window_scores: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:

@@ -23,7 +23,11 @@ from transitnet.evaluate import load_datamodule, predict_windows
 from transitnet.forecast_outputs import compute_forecast_lonlat
 from transitnet.gtfs.artefacts import StaticArtefacts, read_artefacts, write_artefacts
 from transitnet.gtfs.shapes import make_shape_table, unproject_xy
-from transitnet.online_calibration import calibrate_online
+from transitnet.online_calibration import (
+    apply_scales,
+    compute_anchor_seconds,
+    compute_online_scales,
+)
 from transitnet.realtime.decode import decode_vehicle_positions
 from transitnet.store.parquet import write_positions
 from transitnet.tasks.forecasting import ForecastingTask
@@ -112,10 +116,11 @@ def expected_forecasts(
     assert task.net is not None
     raw = predict_windows(task, dm, "predict", calibrated=False)
     prior = task.net.calibration.scales.numpy()
-    pred = calibrate_online(
-        w.meta["anchor_time"], w.horizons_s, raw, w.targets, w.target_mask, task.quantiles, prior
+    anchor_s = compute_anchor_seconds(w.meta["anchor_time"])
+    scales = compute_online_scales(
+        anchor_s, w.horizons_s, raw, w.targets, w.target_mask, task.quantiles, prior
     )
-    return w.meta, pred
+    return w.meta, apply_scales(raw, scales)
 
 
 def test_predict_writes_one_aligned_row_per_window_and_horizon(

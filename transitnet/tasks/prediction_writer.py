@@ -38,7 +38,12 @@ from transitnet.gtfs.artefacts import (
     load_or_build_artefacts,
     read_artefacts,
 )
-from transitnet.online_calibration import OnlineCalibrationConfig, calibrate_online
+from transitnet.online_calibration import (
+    OnlineCalibrationConfig,
+    apply_scales,
+    compute_anchor_seconds,
+    compute_online_scales,
+)
 from transitnet.store.parquet import write_parquet_atomic
 
 logger = logging.getLogger(__name__)
@@ -78,7 +83,7 @@ class ForecastParquetWriter(BasePredictionWriter):
         filename: Name of the Parquet file.
         band: ``online`` (default): the P10/P90 band of each forecast is recalibrated
             from the outcomes of earlier forecasts of the same run resolved before its
-            anchor time (trailing hour, :func:`~transitnet.online_calibration.calibrate_online`;
+            anchor time (trailing hour, :mod:`transitnet.online_calibration`;
             on live data with no outcomes yet, or in the first hour, the checkpoint's
             validation-fitted band is used); ``validation``: always the checkpoint's band.
             The median is the same either way.
@@ -190,12 +195,13 @@ class ForecastParquetWriter(BasePredictionWriter):
         if self.band == "validation" or raw is None or net is None:
             return pred, {"calibration": "validation"}
         cfg = OnlineCalibrationConfig()
-        online = calibrate_online(
-            windows.meta["anchor_time"].iloc[index], windows.horizons_s, raw,
-            windows.targets[index], windows.target_mask[index],
+        scales = compute_online_scales(
+            compute_anchor_seconds(windows.meta["anchor_time"].iloc[index]),
+            windows.horizons_s, raw, windows.targets[index], windows.target_mask[index],
             getattr(pl_module, "quantiles", ()), net.calibration.scales.cpu().numpy(), cfg,
         )  # fmt: skip
-        return online.astype(np.float64), {"calibration": "online", **asdict(cfg)}
+        online = apply_scales(raw, scales).astype(np.float64)
+        return online, {"calibration": "online", **asdict(cfg)}
 
 
 def predict_windows(trainer: pl.Trainer) -> Windows:
