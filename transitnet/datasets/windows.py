@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from transitnet.datasets.features import (
     CONTEXT_FEATURES,
@@ -168,35 +170,91 @@ def prepare_trajectories(matched: pd.DataFrame, config: WindowConfig) -> pd.Data
     id of feed + vehicle + trip + service date, split at gaps longer than ``max_gap_s``);
     rows with an unusable match status or without a time or distance are left out.
     """
-    usable = (
-        matched["match_status"].isin(config.statuses)
-        & matched["dist_along_m"].notna()
-        & matched["vehicle_timestamp"].notna()
-    ).to_numpy(dtype=bool)
-    df = matched.loc[usable, [c for c in WINDOW_COLUMNS if c in matched.columns]].copy()
-    epoch = pd.Timestamp("1970-01-01", tz="UTC")
-    df["t_s"] = (df["vehicle_timestamp"] - epoch) / pd.Timedelta("1s")
+    usable = np.flatnonzero(
+        (
+            matched["match_status"].isin(config.statuses)
+            & matched["dist_along_m"].notna()
+            & matched["vehicle_timestamp"].notna()
+        ).to_numpy(dtype=bool)
+    )
+    df = matched[[c for c in WINDOW_COLUMNS if c in matched.columns]]
+    if len(usable) < len(df):
+        df = df.take(usable)
     if "service_date" not in df.columns:
         start = df["start_date"] if "start_date" in df.columns else None
         df["service_date"] = compute_service_date(df["vehicle_timestamp"], config.timezone, start)
-    keys = pd.DataFrame(
-        {c: df[c].astype("string").fillna("?") for c in ("feed_id", "vehicle_id", "trip_id")}
-    ).assign(service_date=df["service_date"].astype("string").fillna("?"))
-    code = keys.groupby(list(keys.columns), sort=True).ngroup().to_numpy(np.int64)
-    t = df["t_s"].to_numpy(np.float64)
-    order = np.lexsort((t, code))  # stable: equal times keep their input order
+    code = compute_group_codes(df, ("feed_id", "vehicle_id", "trip_id", "service_date"))
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    t = ((df["vehicle_timestamp"] - epoch) / pd.Timedelta("1s")).to_numpy(np.float64)
+    order = sort_by_group_and_time(code, t)
     code, t = code[order], t[order]
     # One fix per (trajectory, timestamp): re-published fixes carry no new information.
     first = np.ones(len(code), dtype=bool)
     first[1:] = (code[1:] != code[:-1]) | (t[1:] != t[:-1])
     code, t = code[first], t[first]
-    df = df.iloc[order[first]].reset_index(drop=True)
+    df = df.take(order[first]).reset_index(drop=True)
+    df["t_s"] = t
     new_key = np.ones(len(code), dtype=bool)
     new_key[1:] = code[1:] != code[:-1]
     gap = np.zeros(len(code), dtype=bool)
     gap[1:] = np.diff(t) > config.max_gap_s
     df["trajectory"] = np.cumsum(new_key | gap).astype(np.int64) - 1
     return df
+
+
+def sort_by_group_and_time(code: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Positions sorting rows by ``code`` then ``t``, stably (ties keep their input order).
+
+    Equal to ``np.lexsort((t, code))``; whole-second times within a range that fits
+    (every GTFS-rt feed) take one integer sort instead.
+    """
+    n = len(t)
+    if n == 0 or not np.isfinite(t).all() or not (t == np.floor(t)).all():
+        return np.lexsort((t, code))
+    t0, span = float(t.min()), float(t.max() - t.min()) + 1.0
+    if (float(code.max()) + 1.0) * span * n >= 2.0**62:
+        code = np.unique(code, return_inverse=True)[1].reshape(-1)  # dense ranks
+    if (float(code.max()) + 1.0) * span * n >= 2.0**62 or code.min() < 0:
+        return np.lexsort((t, code))
+    key = (code * int(span) + (t - t0).astype(np.int64)) * n + np.arange(n)
+    order: np.ndarray = np.sort(key) % n
+    return order
+
+
+def compute_group_codes(df: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """(N,) int64 code of each row's key (``columns`` compared as text, missing as ``?``).
+
+    Codes are equal for equal keys and ordered as the keys (sorted by column, then as
+    text), as ``groupby(columns, sort=True).ngroup()`` but not necessarily consecutive;
+    from one dictionary encoding per column instead of a multi-column string groupby.
+
+    Input columns: ``columns`` (any dtype; compared as strings).
+    """
+    code, size = np.zeros(len(df), dtype=np.int64), 1
+    for column in columns:
+        codes, n_values = _rank_text(df[column])
+        if size * n_values >= 2**62:  # keep the mixed-radix code inside int64
+            _, code = np.unique(code, return_inverse=True)
+            size = int(code.max()) + 1 if len(code) else 1
+        code = code * n_values + codes
+        size *= n_values
+    return code
+
+
+def _rank_text(values: pd.Series) -> tuple[np.ndarray, int]:
+    """(N,) int64 rank of each value among the sorted distinct values as text, and their count.
+
+    Missing values read ``?``. Sorted by UTF-8 bytes (Arrow), which is code-point order,
+    i.e. Python's string order.
+    """
+    if not len(values):
+        return np.zeros(0, dtype=np.int64), 1
+    text = pa.chunked_array([pa.array(values.astype("string").fillna("?"), type=pa.large_string())])
+    encoded = pc.dictionary_encode(text).combine_chunks()
+    rank = np.empty(len(encoded.dictionary), dtype=np.int64)
+    rank[pc.array_sort_indices(encoded.dictionary).to_numpy()] = np.arange(len(rank))
+    indices = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return rank[indices], len(rank)
 
 
 def interpolate_future(
