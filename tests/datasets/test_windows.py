@@ -156,32 +156,3 @@ def test_time_of_day_and_day_of_week_are_local_across_dst() -> None:
     local = compute_local_seconds(times, "America/Chicago")
     assert (local % 86400 / 3600).tolist() == [0.0, 4.0]  # 00:00 CST, 04:00 CDT
     assert ((local // 86400 + 3) % 7).tolist() == [6.0, 6.0]  # a Sunday
-
-
-def test_group_codes_order_keys_as_the_string_groupby_did() -> None:
-    from transitnet.datasets.windows import compute_group_codes
-
-    df = pd.DataFrame(
-        {
-            "feed": pd.Series(["f", "f", "g", None, "f", "f"], dtype="str"),
-            "vehicle": pd.Series([10, 9, "?", "a", None, 10], dtype=object),  # mixed types
-            "trip": pd.Series(["é", "e", "z", "a", "?", "é"], dtype="string"),
-        }
-    )
-    code = compute_group_codes(df, ("feed", "vehicle", "trip"))
-    text = df.astype("string").fillna("?")
-    ngroup = text.groupby(list(text.columns), sort=True).ngroup().to_numpy()
-    np.testing.assert_array_equal(np.unique(code, return_inverse=True)[1].ravel(), ngroup)
-    assert code[0] == code[5] and len(set(code.tolist())) == 5  # "?" and missing read alike
-    assert compute_group_codes(df.iloc[:0], ("feed",)).shape == (0,)
-
-
-@pytest.mark.parametrize("step", [1.0, 0.25])  # whole seconds (integer sort) or lexsort
-def test_sort_by_group_and_time_is_a_stable_lexsort(step: float) -> None:
-    from transitnet.datasets.windows import sort_by_group_and_time
-
-    rng = np.random.default_rng(0)
-    code = rng.integers(0, 30, 2000) * 1_000_003  # sparse codes, as mixed-radix ones are
-    t = 1.49e9 + rng.integers(0, 400, 2000) * step  # many ties
-    np.testing.assert_array_equal(sort_by_group_and_time(code, t), np.lexsort((t, code)))
-    assert len(sort_by_group_and_time(code[:0], t[:0])) == 0

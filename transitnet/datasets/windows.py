@@ -21,8 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from transitnet.datasets.features import (
     CONTEXT_FEATURES,
@@ -31,6 +29,7 @@ from transitnet.datasets.features import (
     compute_local_seconds,
     compute_past_features,
 )
+from transitnet.datasets.grouping import compute_group_codes, sort_by_group_and_time
 from transitnet.datasets.schedule import fill_schedule_delay
 from transitnet.gtfs.timetable import Timetable
 
@@ -200,61 +199,6 @@ def prepare_trajectories(matched: pd.DataFrame, config: WindowConfig) -> pd.Data
     gap[1:] = np.diff(t) > config.max_gap_s
     df["trajectory"] = np.cumsum(new_key | gap).astype(np.int64) - 1
     return df
-
-
-def sort_by_group_and_time(code: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Positions sorting rows by ``code`` then ``t``, stably (ties keep their input order).
-
-    Equal to ``np.lexsort((t, code))``; whole-second times within a range that fits
-    (every GTFS-rt feed) take one integer sort instead.
-    """
-    n = len(t)
-    if n == 0 or not np.isfinite(t).all() or not (t == np.floor(t)).all():
-        return np.lexsort((t, code))
-    t0, span = float(t.min()), float(t.max() - t.min()) + 1.0
-    if (float(code.max()) + 1.0) * span * n >= 2.0**62:
-        code = np.unique(code, return_inverse=True)[1].reshape(-1)  # dense ranks
-    if (float(code.max()) + 1.0) * span * n >= 2.0**62 or code.min() < 0:
-        return np.lexsort((t, code))
-    key = (code * int(span) + (t - t0).astype(np.int64)) * n + np.arange(n)
-    order: np.ndarray = np.sort(key) % n
-    return order
-
-
-def compute_group_codes(df: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
-    """(N,) int64 code of each row's key (``columns`` compared as text, missing as ``?``).
-
-    Codes are equal for equal keys and ordered as the keys (sorted by column, then as
-    text), as ``groupby(columns, sort=True).ngroup()`` but not necessarily consecutive;
-    from one dictionary encoding per column instead of a multi-column string groupby.
-
-    Input columns: ``columns`` (any dtype; compared as strings).
-    """
-    code, size = np.zeros(len(df), dtype=np.int64), 1
-    for column in columns:
-        codes, n_values = _rank_text(df[column])
-        if size * n_values >= 2**62:  # keep the mixed-radix code inside int64
-            _, code = np.unique(code, return_inverse=True)
-            size = int(code.max()) + 1 if len(code) else 1
-        code = code * n_values + codes
-        size *= n_values
-    return code
-
-
-def _rank_text(values: pd.Series) -> tuple[np.ndarray, int]:
-    """(N,) int64 rank of each value among the sorted distinct values as text, and their count.
-
-    Missing values read ``?``. Sorted by UTF-8 bytes (Arrow), which is code-point order,
-    i.e. Python's string order.
-    """
-    if not len(values):
-        return np.zeros(0, dtype=np.int64), 1
-    text = pa.chunked_array([pa.array(values.astype("string").fillna("?"), type=pa.large_string())])
-    encoded = pc.dictionary_encode(text).combine_chunks()
-    rank = np.empty(len(encoded.dictionary), dtype=np.int64)
-    rank[pc.array_sort_indices(encoded.dictionary).to_numpy()] = np.arange(len(rank))
-    indices = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    return rank[indices], len(rank)
 
 
 def interpolate_future(
