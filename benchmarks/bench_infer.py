@@ -75,10 +75,14 @@ def read_latest_fixes(work: Path, vehicles: int, k: int, seed: int) -> pd.DataFr
 def build_features(
     rows: pd.DataFrame, config: WindowConfig, vocab: LineVocabulary, scales: Any
 ) -> ForecastBatch:
-    """Serving-side features: the latest window of every vehicle, scaled, as one batch."""
+    """Serving-side features: the latest window of every vehicle, scaled, as one batch.
+
+    The dataset's tensors are the batch (no per-index gather: every window is served).
+    """
     latest = build_windows(rows, config, latest_only=True)
     data = WindowDataset(latest, vocab.encode(latest.meta["line_key"].tolist()), *scales)
-    return data.__getitems__(range(len(data)))
+    return ForecastBatch(data.past, data.lengths, data.context, data.line_ids, data.targets,
+                         data.target_mask, torch.arange(len(data)))  # fmt: skip
 
 
 def load_task(

@@ -67,12 +67,14 @@ def compute_past_features(df: pd.DataFrame) -> np.ndarray:
         if "delay_s" in df
         else np.full(n, np.nan)
     )
-    dt = df["t_s"].diff().to_numpy(np.float64, copy=True)
-    dt[df["trajectory"].ne(df["trajectory"].shift()).to_numpy()] = 0.0
+    t = df["t_s"].to_numpy(np.float64)
+    traj = df["trajectory"].to_numpy()
+    dt = np.zeros(n)
+    dt[1:] = np.where(traj[1:] == traj[:-1], t[1:] - t[:-1], 0.0)  # 0 at a trajectory's start
     cols = {
         "age_s": np.zeros(n),
         "dist_rel_m": np.zeros(n),
-        "dt_s": np.nan_to_num(dt),
+        "dt_s": dt,
         "speed_along_mps": df["speed_along_mps"].to_numpy(np.float64, na_value=0.0),
         "offset_m": df["offset_m"].to_numpy(np.float64, na_value=0.0),
         "is_dwell": df["is_dwell"].to_numpy(np.float64, na_value=0.0),
