@@ -121,7 +121,7 @@ def compute_live_context(
     # Queries in key order: every band and segment keeps that order, and binary searches
     # of sorted queries run several times faster (results are put back in row order).
     q_shape, q_d, q_t = shape[rows], np.maximum(d[rows], 0.0), t[rows]
-    order = np.lexsort((q_t, np.floor(q_d / config.segment_m), q_shape))
+    order = np.argsort((q_shape * n_seg + seg[rows]) * by_seg.span + q_t)  # any order is right
     q_shape, q_d, q_t = q_shape[order], q_d[order], q_t[order]
     out = np.empty((len(rows), 2 * len(config.bands_m) + 2))
     for j, (start, end) in enumerate(config.bands_m):
@@ -134,7 +134,7 @@ def compute_live_context(
         out[order, 2 * j : 2 * j + 2] = np.stack(_mean_and_count(total, count), axis=1)
     src = fresh & (line >= 0)
     by_line = _WindowSums(line[src], t[src], v[src], config.window_s)
-    order = np.lexsort((t[rows], line[rows]))
+    order = np.argsort(line[rows] * by_line.span + t[rows])
     q_line = line[rows][order]
     out[order, -2:] = np.stack(_mean_and_count(*by_line.query(q_line, t[rows][order])), axis=1)
     return out
