@@ -21,10 +21,16 @@ def test_group_codes_order_keys_as_the_string_groupby_did() -> None:
     assert compute_group_codes(df.iloc[:0], ("feed",)).shape == (0,)
 
 
-@pytest.mark.parametrize("step", [1.0, 0.25])  # whole seconds (integer sort) or lexsort
-def test_sort_by_group_and_time_is_a_stable_lexsort(step: float) -> None:
+@pytest.mark.parametrize(
+    ("step", "code_scale", "t_range"),
+    [(1.0, 1_000_003, 400), (1.0, 2**40 + 7, 200_000), (0.25, 1, 400)],  # radix or lexsort
+)
+def test_sort_by_group_and_time_is_a_stable_lexsort(
+    step: float, code_scale: int, t_range: int
+) -> None:
     rng = np.random.default_rng(0)
-    code = rng.integers(0, 30, 2000) * 1_000_003  # sparse codes, as mixed-radix ones are
-    t = 1.49e9 + rng.integers(0, 400, 2000) * step  # many ties
+    code = rng.integers(0, 30, 2000) * code_scale  # sparse codes, as mixed-radix ones are
+    t = 1.49e9 + rng.integers(0, t_range, 2000) * step  # many ties
+    t[:500] = t[0]
     np.testing.assert_array_equal(sort_by_group_and_time(code, t), np.lexsort((t, code)))
     assert len(sort_by_group_and_time(code[:0], t[:0])) == 0
