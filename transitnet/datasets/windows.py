@@ -302,11 +302,6 @@ def build_windows(
         mask = np.zeros(targets.shape, dtype=bool)
     else:
         targets, mask = interpolate_future(traj, t, d, config.horizons_s)
-    at = df.iloc[rows]
-    local_s = compute_local_seconds(at["vehicle_timestamp"], config.timezone)
-    context = compute_context(
-        df, rows, past, lengths, local_s, timetable=timetable, timezone=config.timezone
-    )
     meta_cols = [
         "feed_id",
         "vehicle_id",
@@ -318,7 +313,13 @@ def build_windows(
         "dist_along_m",
         "speed_along_mps",
     ]
-    meta = at[meta_cols].copy()
+    at = df[[*meta_cols, "vehicle_timestamp", *(["delay_s"] if "delay_s" in df else [])]]
+    at = at.iloc[rows]  # the anchors' columns only
+    local_s = compute_local_seconds(at["vehicle_timestamp"], config.timezone)
+    context = compute_context(
+        df, rows, past, lengths, local_s, timetable=timetable, timezone=config.timezone
+    )
+    meta = at[meta_cols]
     meta["anchor_time"] = at["vehicle_timestamp"]
     meta["local_hour"] = (np.floor(local_s) % 86400 // 3600).astype(np.int64)
     meta["delay_s"] = at["delay_s"] if "delay_s" in at else np.nan
