@@ -23,3 +23,8 @@ def test_group_median_of_even_and_odd_groups_and_no_values() -> None:
         compute_group_median(group, values), [2.5, 2.5, 5.0, 5.0, 5.0, np.nan]
     )
     assert compute_group_median(np.zeros(0, dtype=np.int64), np.zeros(0)).shape == (0,)
+
+
+def test_group_median_leaves_rows_without_a_group_nan() -> None:
+    got = compute_group_median(np.array([-1, 0, 0, -1]), np.array([50.0, 1.0, 3.0, 7.0]))
+    np.testing.assert_array_equal(got, [np.nan, 2.0, 2.0, np.nan])

@@ -23,7 +23,7 @@ def test_group_codes_order_keys_as_the_string_groupby_did() -> None:
 
 @pytest.mark.parametrize(
     ("step", "code_scale", "t_range"),
-    [(1.0, 1_000_003, 400), (1.0, 2**40 + 7, 200_000), (0.25, 1, 400)],  # radix or lexsort
+    [(1.0, 1_000_003, 400), (1.0, 2**40 + 7, 200_000), (0.25, 1, 400), (2.0**53, 1, 4)],
 )
 def test_sort_by_group_and_time_is_a_stable_lexsort(
     step: float, code_scale: int, t_range: int

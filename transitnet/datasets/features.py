@@ -115,10 +115,11 @@ def compute_group_median(group: np.ndarray, values: np.ndarray) -> np.ndarray:
     """(N,) median of the finite ``values`` of each row's ``group`` (NaN: none finite).
 
     As pandas' ``groupby(group).transform("median")``: the middle value, or the mean of
-    the two middle ones; ``group`` holds integer codes in ``[0, N)``.
+    the two middle ones; ``group`` holds integer codes in ``[0, N)`` (a negative code is
+    no group: NaN).
     """
     out = np.full(len(values), np.nan)
-    finite = np.flatnonzero(np.isfinite(values))
+    finite = np.flatnonzero(np.isfinite(values) & (group >= 0))
     if not len(finite):
         return out
     by_value = finite[np.argsort(values[finite], kind="stable")]  # fast on repeated values

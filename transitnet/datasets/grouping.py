@@ -25,6 +25,8 @@ def sort_by_group_and_time(code: np.ndarray, t: np.ndarray) -> np.ndarray:
     """
     if not len(t) or code.min() < 0 or not np.isfinite(t).all() or (t != np.floor(t)).any():
         return np.lexsort((t, code))
+    if float(np.abs(t).max()) >= 2.0**52:  # differences of such times may not be exact
+        return np.lexsort((t, code))
     order = np.arange(len(t))
     for key in ((t - t.min()).astype(np.int64), code.astype(np.int64, copy=False)):
         for shift in range(0, max(int(key.max()).bit_length(), 1), 16):
