@@ -156,3 +156,52 @@ def test_time_of_day_and_day_of_week_are_local_across_dst() -> None:
     local = compute_local_seconds(times, "America/Chicago")
     assert (local % 86400 / 3600).tolist() == [0.0, 4.0]  # 00:00 CST, 04:00 CDT
     assert ((local // 86400 + 3) % 7).tolist() == [6.0, 6.0]  # a Sunday
+
+
+@pytest.mark.real_data
+def test_serving_fast_paths_equal_the_reference_on_real_austin_rows(shared_data, tmp_path) -> None:
+    from transitnet.datasets.features import compute_shape_length
+    from transitnet.datasets.windows import compute_service_date, prepare_trajectories
+    from transitnet.gtfs.artefacts import load_or_build_artefacts
+    from transitnet.gtfs.match import match_positions
+
+    csv = shared_data / "austin-capmetro" / "vehicle_positions" / "2017-03-16.csv"
+    ids = {c: str for c in ("vehicle_id", "route_id", "trip_id", "trip_headsign")}
+    rows = pd.read_csv(csv, dtype=ids).iloc[20000:32000]
+    rows = rows.drop(columns=["timestamp", "speed"]).assign(
+        vehicle_timestamp=pd.to_datetime(rows["timestamp"], utc=True), feed_id="austin"
+    )
+    art = load_or_build_artefacts(shared_data / "austin-capmetro" / "gtfs_2017-01", tmp_path)
+    matched = match_positions(rows, art).sample(frac=1.0, random_state=0)  # any input order
+    cfg = WindowConfig(timezone="America/Chicago")
+    # Reference order: the 4-column string groupby + lexsort the integer sorts replace.
+    ok = matched["match_status"].isin(cfg.statuses) & matched["dist_along_m"].notna()
+    usable = matched[ok.to_numpy(dtype=bool)]
+    keys = usable[["feed_id", "vehicle_id", "trip_id"]].astype("string").fillna("?")
+    start = usable["start_date"] if "start_date" in usable else None
+    keys["service_date"] = compute_service_date(usable["vehicle_timestamp"], cfg.timezone, start)
+    code = keys.groupby(list(keys.columns), sort=True).ngroup().to_numpy()
+    t = usable["vehicle_timestamp"].astype("int64").to_numpy() / 1e6
+    order = np.lexsort((t, code))
+    keep = np.r_[True, (np.diff(code[order]) != 0) | (np.diff(t[order]) != 0)]
+    df = prepare_trajectories(matched, cfg)
+    assert len(df) > 8000 and len(df) == keep.sum()
+    for column in ("vehicle_id", "trip_id", "vehicle_timestamp", "dist_along_m"):
+        expected = usable[column].to_numpy()[order[keep]]
+        np.testing.assert_array_equal(df[column].to_numpy(), expected)
+    # Reference shape length: pandas' groupby median.
+    est = df["dist_along_m"] / df["progress"].where(df["progress"].between(1e-6, 1 - 1e-9))
+    est = est.where(df["dist_along_m"] > 0)
+    median = est.groupby(df["shape_id"].astype("string").fillna("").to_numpy()).transform("median")
+    assert "shape_length_m" not in df and np.isfinite(median).mean() > 0.9
+    np.testing.assert_array_equal(compute_shape_length(df), median.to_numpy())
+    # Serving (latest_only) equals the last window of each trajectory of the full cut.
+    full = build_windows(matched, cfg)
+    latest = build_windows(matched, cfg, latest_only=True)
+    traj = full.meta["trajectory"].to_numpy()
+    last = np.r_[traj[1:] != traj[:-1], True]
+    assert len(latest) == last.sum() > 150
+    np.testing.assert_array_equal(latest.past, full.past[last])
+    np.testing.assert_array_equal(latest.lengths, full.lengths[last])
+    np.testing.assert_array_equal(latest.context, full.context[last])
+    pd.testing.assert_frame_equal(latest.meta, full.meta[last].reset_index(drop=True))

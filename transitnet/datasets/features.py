@@ -67,12 +67,14 @@ def compute_past_features(df: pd.DataFrame) -> np.ndarray:
         if "delay_s" in df
         else np.full(n, np.nan)
     )
-    dt = df["t_s"].diff().to_numpy(np.float64, copy=True)
-    dt[df["trajectory"].ne(df["trajectory"].shift()).to_numpy()] = 0.0
+    t = df["t_s"].to_numpy(np.float64)
+    traj = df["trajectory"].to_numpy()
+    dt = np.zeros(n)
+    dt[1:] = np.where(traj[1:] == traj[:-1], t[1:] - t[:-1], 0.0)  # 0 at a trajectory's start
     cols = {
         "age_s": np.zeros(n),
         "dist_rel_m": np.zeros(n),
-        "dt_s": np.nan_to_num(dt),
+        "dt_s": dt,
         "speed_along_mps": df["speed_along_mps"].to_numpy(np.float64, na_value=0.0),
         "offset_m": df["offset_m"].to_numpy(np.float64, na_value=0.0),
         "is_dwell": df["is_dwell"].to_numpy(np.float64, na_value=0.0),
@@ -80,7 +82,8 @@ def compute_past_features(df: pd.DataFrame) -> np.ndarray:
         "delay_s": np.nan_to_num(delay),
         "has_delay": np.isfinite(delay).astype(np.float64),
     }
-    return np.stack([np.nan_to_num(cols[c]) for c in PAST_FEATURES], axis=1)
+    feats: np.ndarray = np.nan_to_num(np.stack([cols[c] for c in PAST_FEATURES], axis=1))
+    return feats
 
 
 def compute_shape_length(df: pd.DataFrame) -> np.ndarray:
@@ -103,10 +106,35 @@ def compute_shape_length(df: pd.DataFrame) -> np.ndarray:
     dist = df["dist_along_m"].to_numpy(np.float64, na_value=np.nan)
     prog = df["progress"].to_numpy(np.float64, na_value=np.nan)
     inner = (prog > 1e-6) & (prog < 1.0 - 1e-9) & (dist > 0)
-    est = pd.Series(np.where(inner, dist / np.where(inner, prog, 1.0), np.nan), index=df.index)
-    shape = df["shape_id"].astype("string").fillna("")
-    per_shape = est.groupby(shape.to_numpy()).transform("median").to_numpy(np.float64)
-    return np.where(np.isfinite(given), given, per_shape)
+    est = np.where(inner, dist / np.where(inner, prog, 1.0), np.nan)
+    shape, _ = pd.factorize(df["shape_id"].astype("string").fillna(""))
+    return np.where(np.isfinite(given), given, compute_group_median(shape, est))
+
+
+def compute_group_median(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(N,) median of the finite ``values`` of each row's ``group`` (NaN: none finite).
+
+    As pandas' ``groupby(group).transform("median")``: the middle value, or the mean of
+    the two middle ones; ``group`` holds integer codes in ``[0, N)`` (a negative code is
+    no group: NaN).
+    """
+    out = np.full(len(values), np.nan)
+    finite = np.flatnonzero(np.isfinite(values) & (group >= 0))
+    if not len(finite):
+        return out
+    by_value = finite[np.argsort(values[finite], kind="stable")]  # fast on repeated values
+    small = group.astype(np.uint16) if group.max() < 2**16 else group  # 16 bits: radix sort
+    rows = by_value[np.argsort(small[by_value], kind="stable")]  # by group, then value
+    sizes = np.bincount(group[rows], minlength=int(group.max()) + 1)
+    starts = np.cumsum(sizes) - sizes
+    lo = starts + np.maximum(sizes - 1, 0) // 2
+    hi = starts + sizes // 2
+    v = values[rows]
+    ok = sizes > 0
+    median = np.full(len(sizes), np.nan)
+    median[ok] = (v[lo[ok]] + v[hi[ok]]) / 2
+    out[group >= 0] = median[group[group >= 0]]
+    return out
 
 
 def compute_local_seconds(times: pd.Series, timezone: str) -> np.ndarray:
@@ -150,12 +178,11 @@ def compute_context(
     """
     tod = np.floor(local_s) % 86400
     dow = (np.floor_divide(local_s, 86400) + 3) % 7
-    at = df.iloc[rows]
     length = compute_shape_length(df)[rows]
-    dist = at["dist_along_m"].to_numpy(np.float64)
+    dist = df["dist_along_m"].to_numpy(np.float64)[rows]
     nxt = (
-        at["next_stop_dist_m"].to_numpy(np.float64, na_value=np.nan)
-        if ("next_stop_dist_m" in at)
+        df["next_stop_dist_m"].to_numpy(np.float64, na_value=np.nan)[rows]
+        if ("next_stop_dist_m" in df)
         else np.full(len(rows), np.nan)
     )
     # The oldest fix in the window gives the recent along-route speed.
@@ -168,7 +195,7 @@ def compute_context(
         "tod_cos": np.cos(2 * np.pi * tod / 86400),
         "dow_sin": np.sin(2 * np.pi * dow / 7),
         "dow_cos": np.cos(2 * np.pi * dow / 7),
-        "progress": at["progress"].to_numpy(np.float64, na_value=0.0),
+        "progress": df["progress"].to_numpy(np.float64, na_value=0.0)[rows],
         "dist_km": dist / 1000.0,
         "shape_km": np.nan_to_num(length) / 1000.0,
         "remaining_m": np.nan_to_num(np.maximum(length - dist, 0.0)),
@@ -181,6 +208,8 @@ def compute_context(
         cols[f"dist_sin_{p:g}km"] = np.sin(2 * np.pi * dist / (1000.0 * p))
         cols[f"dist_cos_{p:g}km"] = np.cos(2 * np.pi * dist / (1000.0 * p))
     cols.update(zip(LIVE_FEATURES, compute_live_context(df, rows=rows).T, strict=True))
+    at = df.iloc[rows] if timetable is not None else df[[]].iloc[rows]  # no columns: zeros
     schedule = compute_schedule_context(at, timetable, timezone)
     cols.update(zip(SCHEDULE_FEATURES, schedule.T, strict=True))
-    return np.stack([np.nan_to_num(cols[c]) for c in CONTEXT_FEATURES], axis=1).astype(np.float32)
+    context: np.ndarray = np.nan_to_num(np.stack([cols[c] for c in CONTEXT_FEATURES], axis=1))
+    return context.astype(np.float32)

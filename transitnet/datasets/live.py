@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from transitnet.datasets.grouping import sort_by_group_and_time
+
 
 @dataclass(frozen=True)
 class LiveConfig:
@@ -58,7 +60,11 @@ class _WindowSums:
         self.t0 = (float(t.min()) if len(t) else 0.0) - window_s
         self.span = (float(t.max()) if len(t) else 0.0) - self.t0 + 2 * window_s + 1.0
         key = group.astype(np.float64) * self.span + (t - self.t0)
-        order = np.argsort(key, kind="stable")
+        whole = window_s == np.floor(window_s) and bool((t == np.floor(t)).all())
+        if whole and len(t) and float(key.max()) < 2.0**53 and group.min() >= 0:
+            order = sort_by_group_and_time(group, t)  # the same order, one integer sort
+        else:
+            order = np.argsort(key, kind="stable")
         self.key = key[order]
         self.cum = np.r_[0.0, np.cumsum(v[order])]
 
@@ -73,8 +79,10 @@ class _WindowSums:
 
 
 def _codes(values: pd.Series) -> np.ndarray:
-    """Integer code per value, -1 for missing."""
-    codes, _ = pd.factorize(values.astype("string"), use_na_sentinel=True)
+    """Integer code per value, -1 for missing (values compared as strings)."""
+    if not isinstance(values.dtype, pd.StringDtype):  # e.g. object or numeric ids
+        values = values.astype("string")
+    codes, _ = pd.factorize(values, use_na_sentinel=True)
     return np.asarray(codes, dtype=np.int64)
 
 
@@ -110,17 +118,23 @@ def compute_live_context(
     n_seg = int(seg.max()) + 2 + int(max(b for _, b in config.bands_m) // config.segment_m)
     src = fresh & (shape >= 0)
     by_seg = _WindowSums(shape[src] * n_seg + seg[src], t[src], v[src], config.window_s)
-    cols: list[np.ndarray] = []
+    # Queries in key order: every band and segment keeps that order, and binary searches
+    # of sorted queries run several times faster (results are put back in row order).
     q_shape, q_d, q_t = shape[rows], np.maximum(d[rows], 0.0), t[rows]
-    for start, end in config.bands_m:
+    order = np.argsort((q_shape * n_seg + seg[rows]) * by_seg.span + q_t)  # any order is right
+    q_shape, q_d, q_t = q_shape[order], q_d[order], q_t[order]
+    out = np.empty((len(rows), 2 * len(config.bands_m) + 2))
+    for j, (start, end) in enumerate(config.bands_m):
         first = np.floor((q_d + start) / config.segment_m).astype(np.int64)
         total, count = np.zeros(len(rows)), np.zeros(len(rows))
         for k in range(max(round((end - start) / config.segment_m), 1)):
             group = np.where(q_shape >= 0, q_shape * n_seg + first + k, -1)
             s, c = by_seg.query(group, q_t)
             total, count = total + s, count + c
-        cols += _mean_and_count(total, count)
+        out[order, 2 * j : 2 * j + 2] = np.stack(_mean_and_count(total, count), axis=1)
     src = fresh & (line >= 0)
     by_line = _WindowSums(line[src], t[src], v[src], config.window_s)
-    cols += _mean_and_count(*by_line.query(line[rows], q_t))
-    return np.stack(cols, axis=1)
+    order = np.argsort(line[rows] * by_line.span + t[rows])
+    q_line = line[rows][order]
+    out[order, -2:] = np.stack(_mean_and_count(*by_line.query(q_line, t[rows][order])), axis=1)
+    return out

@@ -29,6 +29,7 @@ from transitnet.datasets.features import (
     compute_local_seconds,
     compute_past_features,
 )
+from transitnet.datasets.grouping import compute_group_codes, sort_by_group_and_time
 from transitnet.datasets.schedule import fill_schedule_delay
 from transitnet.gtfs.timetable import Timetable
 
@@ -168,29 +169,30 @@ def prepare_trajectories(matched: pd.DataFrame, config: WindowConfig) -> pd.Data
     id of feed + vehicle + trip + service date, split at gaps longer than ``max_gap_s``);
     rows with an unusable match status or without a time or distance are left out.
     """
-    usable = (
-        matched["match_status"].isin(config.statuses)
-        & matched["dist_along_m"].notna()
-        & matched["vehicle_timestamp"].notna()
-    ).to_numpy(dtype=bool)
-    df = matched.loc[usable, [c for c in WINDOW_COLUMNS if c in matched.columns]].copy()
-    epoch = pd.Timestamp("1970-01-01", tz="UTC")
-    df["t_s"] = (df["vehicle_timestamp"] - epoch) / pd.Timedelta("1s")
+    usable = np.flatnonzero(
+        (
+            matched["match_status"].isin(config.statuses)
+            & matched["dist_along_m"].notna()
+            & matched["vehicle_timestamp"].notna()
+        ).to_numpy(dtype=bool)
+    )
+    df = matched[[c for c in WINDOW_COLUMNS if c in matched.columns]]
+    if len(usable) < len(df):
+        df = df.take(usable)
     if "service_date" not in df.columns:
         start = df["start_date"] if "start_date" in df.columns else None
         df["service_date"] = compute_service_date(df["vehicle_timestamp"], config.timezone, start)
-    keys = pd.DataFrame(
-        {c: df[c].astype("string").fillna("?") for c in ("feed_id", "vehicle_id", "trip_id")}
-    ).assign(service_date=df["service_date"].astype("string").fillna("?"))
-    code = keys.groupby(list(keys.columns), sort=True).ngroup().to_numpy(np.int64)
-    t = df["t_s"].to_numpy(np.float64)
-    order = np.lexsort((t, code))  # stable: equal times keep their input order
+    code = compute_group_codes(df, ("feed_id", "vehicle_id", "trip_id", "service_date"))
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    t = ((df["vehicle_timestamp"] - epoch) / pd.Timedelta("1s")).to_numpy(np.float64)
+    order = sort_by_group_and_time(code, t)
     code, t = code[order], t[order]
     # One fix per (trajectory, timestamp): re-published fixes carry no new information.
     first = np.ones(len(code), dtype=bool)
     first[1:] = (code[1:] != code[:-1]) | (t[1:] != t[:-1])
     code, t = code[first], t[first]
-    df = df.iloc[order[first]].reset_index(drop=True)
+    df = df.take(order[first]).reset_index(drop=True)
+    df["t_s"] = t
     new_key = np.ones(len(code), dtype=bool)
     new_key[1:] = code[1:] != code[:-1]
     gap = np.zeros(len(code), dtype=bool)
@@ -300,11 +302,6 @@ def build_windows(
         mask = np.zeros(targets.shape, dtype=bool)
     else:
         targets, mask = interpolate_future(traj, t, d, config.horizons_s)
-    at = df.iloc[rows]
-    local_s = compute_local_seconds(at["vehicle_timestamp"], config.timezone)
-    context = compute_context(
-        df, rows, past, lengths, local_s, timetable=timetable, timezone=config.timezone
-    )
     meta_cols = [
         "feed_id",
         "vehicle_id",
@@ -316,7 +313,13 @@ def build_windows(
         "dist_along_m",
         "speed_along_mps",
     ]
-    meta = at[meta_cols].copy()
+    at = df[[*meta_cols, "vehicle_timestamp", *(["delay_s"] if "delay_s" in df else [])]]
+    at = at.iloc[rows]  # the anchors' columns only
+    local_s = compute_local_seconds(at["vehicle_timestamp"], config.timezone)
+    context = compute_context(
+        df, rows, past, lengths, local_s, timetable=timetable, timezone=config.timezone
+    )
+    meta = at[meta_cols]
     meta["anchor_time"] = at["vehicle_timestamp"]
     meta["local_hour"] = (np.floor(local_s) % 86400 // 3600).astype(np.int64)
     meta["delay_s"] = at["delay_s"] if "delay_s" in at else np.nan

@@ -76,7 +76,8 @@ class TrajectoryEncoder(nn.Module):
             ValueError: Wrong shapes, lengths outside ``[1, K]`` or non-finite valid steps.
         """
         mask = self.compute_mask(features, lengths)
-        x = features.masked_fill(~mask.unsqueeze(-1), 0.0)
+        full = bool(mask.all())  # serving: every window full, nothing to zero
+        x = features if full else features.masked_fill(~mask.unsqueeze(-1), 0.0)
         out: torch.Tensor = self.core(x, mask, lengths)
         return out
 
@@ -97,7 +98,7 @@ class TrajectoryEncoder(nn.Module):
             )
         steps = torch.arange(features.shape[1], device=features.device)
         mask = steps.unsqueeze(0) < lengths.unsqueeze(1)
-        if not torch.isfinite(features[mask]).all():
+        if not (torch.isfinite(features).all(dim=-1) | ~mask).all():
             raise ValueError("features hold NaN or inf at valid (unpadded) steps")
         return mask
 
