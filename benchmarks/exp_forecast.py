@@ -119,11 +119,13 @@ def fit(
     seed: int,
     epochs: int,
     timetable: Path | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train with early stopping on validation MAE; returns the best checkpoint path.
 
     ``timetable`` (a timetable file) feeds the schedule context features; without it
-    they come from the static feed's stop_times (none usable on Austin).
+    they come from the static feed's stop_times (none usable on Austin). ``overrides``
+    replace settings of :data:`TASK` (to compare variants on the validation split).
     """
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = TransitDataModule(
@@ -138,7 +140,7 @@ def fit(
         batch_size=256,
         timetable=str(timetable) if timetable is not None else None,
     )
-    task = ForecastingTask(**TASK, max_epochs_hint=epochs)
+    task = ForecastingTask(**{**TASK, **(overrides or {})}, max_epochs_hint=epochs)
     best = pl.callbacks.ModelCheckpoint(
         dirpath=out, filename="best", monitor="val_mae", mode="min", save_top_k=1
     )
@@ -229,8 +231,10 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if spec.get("trip_updates"):  # the day's timetable, for the model's schedule features
         events = read_trip_updates(spec["trip_updates"]).events
         timetable = write_day_timetable(spec, events, store, out / "timetable.parquet")
-    fitted = fit(spec, store, out, args.seed, args.epochs, timetable)
-    evaluation = run_evaluation(Path(fitted["ckpt"]))
+    fitted = fit(spec, store, out, args.seed, args.epochs, timetable, args.set)
+    # --eval-split val scores the validation period instead (choosing settings)
+    dates = spec["val"] if args.eval_split == "val" else None
+    evaluation = run_evaluation(Path(fitted["ckpt"]), dates=dates)
     fitted["schedule_share"]["test"] = round(schedule_share(evaluation.windows), 3)
     observed = None
     if events is not None:  # observed arrivals: ETA accuracy (Transit-app bands)
@@ -238,13 +242,14 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         add_schedule_delay(evaluation, events, spec["timezone"])
     metrics = summarise(evaluation, observed)
     write_metrics(metrics, out)
-    write_evaluation_report(metrics, out, f"{name} (seed {args.seed})")
+    write_evaluation_report(metrics, out, f"{name} (seed {args.seed}, {args.eval_split})")
     result = {"fit": fitted, "prepare": prep, **score(metrics, spec["held_out"])}
     result["extra"] = {  # position error and ETA accuracy of every forecaster
         k: {x: v[x] for x in ("position_error_m", "eta", "eta_join") if x in v}
         for k, v in metrics.items()
     }
     result["calibration"] = describe_calibration(evaluation)
+    result["settings"] = {"task": {**TASK, **args.set}, "scored_split": args.eval_split}
     write_text_atomic(out / "experiment.json", json.dumps(result, indent=2, default=str))
     return result
 
@@ -377,6 +382,17 @@ def format_summary(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY=JSON`` → ``(KEY, value)``; a value that is not JSON stays a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main() -> int:
     """Run the experiment."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -391,12 +407,27 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument(
+        "--set",
+        type=parse_setting,
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="Override a setting of TASK (e.g. schedule_residual=false); repeatable.",
+    )
+    p.add_argument(
+        "--eval-split",
+        choices=["test", "val"],
+        default="test",
+        help="Score the test period (default) or the validation period (to choose settings).",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
         help="Torch CPU threads (1 is fastest on a 2-core machine shared with other jobs).",
     )
     args = p.parse_args()
+    args.set = dict(args.set)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     quiet_lightning()
     torch.set_num_threads(args.threads)

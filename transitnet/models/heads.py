@@ -58,16 +58,27 @@ class QuantileForecastHead(nn.Module):
             raise ValueError("step_weights must be n_horizons positive numbers")
         self.register_buffer("step_weights", weights.float().view(1, n_horizons, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def step_units(self) -> torch.Tensor:
+        """``(n_horizons,)`` output units per softplus unit of each horizon's increment."""
+        return self.step_weights.view(-1) * self.output_scale
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         """Forecast.
 
         Args:
             x: ``(B, in_dim)``.
+            offset: ``(B, n_horizons)`` added to the lowest quantile's pre-activations
+                (a skip connection: see :mod:`transitnet.models.schedule_skip`); the
+                guarantees below hold for any offset.
 
         Returns:
             ``(B, n_horizons, n_quantiles)``, non-negative, non-decreasing along dims 1 and 2.
         """
         raw = self.linear(x).view(-1, self.n_horizons, self.n_quantiles)
+        if offset is not None:
+            pad = nn.functional.pad(offset.unsqueeze(-1), (0, self.n_quantiles - 1))
+            raw = raw + pad
         steps = nn.functional.softplus(raw) * self.step_weights
         return steps.cumsum(dim=1).cumsum(dim=2) * self.output_scale
 
