@@ -49,26 +49,32 @@ def test_skip_reads_the_schedule_back_from_the_scaled_context() -> None:
         ScheduleSkip((60.0,), OFFSETS, [1, 2], 4)
 
 
-def test_with_a_zero_correction_the_base_quantile_is_the_schedule() -> None:
+def test_with_a_zero_correction_the_median_is_the_schedule() -> None:
     head = QuantileForecastHead(4, 3, 3, output_scale=1.0, step_weights=[240.0, 240.0, 720.0])
     torch.nn.init.zeros_(head.linear.weight)
     torch.nn.init.zeros_(head.linear.bias)
     skip = torch.tensor([[300.0, 500.0, 1400.0], [0.0, 0.0, 2.0], [50.0, 80.0, 90.0]])
     has = torch.tensor([True, True, False])
     out = head(torch.zeros(3, 4), compute_skip_offsets(skip, has, head.step_units))
-    torch.testing.assert_close(out[0, :, 0], skip[0], rtol=1e-4, atol=0.5)
+    torch.testing.assert_close(out[0, :, 1], skip[0], rtol=1e-4, atol=0.5)
     # a schedule that (nearly) does not move: steps floored at MIN_STEP units (0.24 m)
-    torch.testing.assert_close(out[1, :, 0], skip[1], rtol=0.0, atol=1.0)
-    # no schedule: exactly the head without any skip
-    torch.testing.assert_close(out[2], head(torch.zeros(1, 4))[0])
+    torch.testing.assert_close(out[1, :, 1], skip[1], rtol=0.0, atol=1.0)
+    # no schedule: the head's prior (softplus(0) · w per step) for the median
+    prior = torch.log(torch.tensor(2.0)) * torch.tensor([240.0, 480.0, 1200.0])
+    torch.testing.assert_close(out[2, :, 1], prior)
+    assert (out[:, :, 0] <= out[:, :, 1]).all() and (out[:, :, 1] <= out[:, :, 2]).all()
 
 
 def test_the_head_stays_monotone_whatever_the_offsets() -> None:
     torch.manual_seed(0)
-    head = QuantileForecastHead(5, 4, 3)
-    out = head(torch.randn(64, 5), torch.randn(64, 4) * 20)
-    assert (out >= 0).all()
-    assert (out.diff(dim=1) >= 0).all() and (out.diff(dim=2) >= 0).all()
+    for n_q in (1, 3, 5):
+        head = QuantileForecastHead(5, 4, n_q)
+        torch.nn.init.normal_(head.linear.weight, std=5.0)
+        out = head(torch.randn(64, 5), torch.randn(64, 4) * 20)
+        assert (out >= 0).all()
+        assert (out.diff(dim=1) >= 0).all() and (out.diff(dim=2) >= 0).all()
+        band = out[..., -1] - out[..., 0]
+        assert (band.diff(dim=1) >= -1e-3).all()  # the band never narrows
 
 
 def test_net_with_skip_tracks_the_schedule_and_without_drops_its_inputs() -> None:

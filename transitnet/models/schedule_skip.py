@@ -5,8 +5,8 @@ moves the vehicle over fixed offsets while it keeps its current delay (the
 ``schedule_delay`` baseline, OneBusAway style). :class:`ScheduleSkip` reads those
 columns back from the *scaled* context (it stores their scaler), interpolates them to the
 network's horizons, and turns them into per-horizon offsets of the quantile head's
-pre-activations (:func:`compute_skip_offsets`): with a zero correction the head's lowest
-quantile is exactly the schedule's forecast, so the network learns a residual on the
+pre-activations (:func:`compute_skip_offsets`): with a zero correction the head's median
+is exactly the schedule's forecast, so the network learns a residual on the
 schedule instead of the whole distance. Where there is no schedule, the offset is 0 and
 the head is unchanged (its prior: about ``speed_scale`` at every horizon).
 """
@@ -106,7 +106,7 @@ class ScheduleSkip(nn.Module):
 
 
 def compute_skip_offsets(skip: torch.Tensor, has: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    """``(B, H)`` pre-activation offsets that make the head's base quantile equal ``skip``.
+    """``(B, H)`` pre-activation offsets that make the head's median equal ``skip``.
 
     The head's increments are ``unit[h] · softplus(raw[h])``; with ``raw = a[h]`` where
     ``a = softplus⁻¹(Δskip[h] / unit[h])`` its cumulative sum is ``skip`` (up to steps
