@@ -22,6 +22,13 @@ on the shape. Its ``schedule_delay`` baseline (OneBusAway style) runs on the day
 timetable recovered from the same TripUpdates (scheduled = time - delay;
 :func:`add_schedule_delay`), since the static subset holds June trips, not the day's.
 
+Choosing settings never reads the test period: ``--eval-split val`` scores the validation
+period instead, ``--set KEY=JSON`` overrides a setting of :data:`TASK`, and the
+``auckland_val`` / ``auckland_shift`` datasets are validation-only protocols (the
+validation period split in two; an early-morning fit scored on the validation period).
+``--refit`` trains again on train+val for the epoch count chosen on validation
+(:mod:`exp_refit`).
+
 Writes ``OUT/<dataset>/report.md`` (+ metrics.json, plots) and ``OUT/summary.md``.
 """
 
@@ -43,6 +50,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from exp_common import DATA, machine_facts, prepare_store, quiet_lightning
+from exp_forecast_report import format_summary
+from exp_refit import refit
 
 from transitnet.baselines import ScheduleDelay, build_timetable
 from transitnet.datamodules.loading import read_trip_shapes, schedule_share
@@ -63,7 +72,6 @@ from transitnet.gtfs.realtime_timetable import (
 from transitnet.gtfs.timetable import write_timetable
 from transitnet.metrics import summarise_by_horizon
 from transitnet.realtime.trip_updates import derive_observed_arrivals, read_trip_updates
-from transitnet.report import format_eta_table, format_mae_table
 from transitnet.store.atomic import write_text_atomic
 from transitnet.tasks.forecasting import ForecastingTask
 
@@ -81,6 +89,7 @@ DATASETS: dict[str, dict[str, Any]] = {
         "train": ["2017-03-16"],
         "val": ["2017-03-21T00:00..2017-03-21T06:30"],
         "test": ["2017-03-21T06:30..2017-03-21T11:00"],
+        "train_val": ["2017-03-16", "2017-03-21T00:00..2017-03-21T06:30"],
         "held_out": "20",
     },
     "auckland": {
@@ -92,8 +101,29 @@ DATASETS: dict[str, dict[str, Any]] = {
         "train": ["2019-08-13T05:00..2019-08-13T13:00"],
         "val": ["2019-08-13T13:00..2019-08-13T15:30"],
         "test": ["2019-08-13T15:30..2019-08-14T00:00"],
+        "train_val": ["2019-08-13T05:00..2019-08-13T15:30"],
         "held_out": None,
     },
+}
+#: Validation-only protocol for choices the validation split cannot score by itself
+#: (e.g. refitting on train+val): Auckland's validation period split in two, the later
+#: part as the "test"; the real test period is never read.
+DATASETS["auckland_val"] = {
+    **DATASETS["auckland"],
+    "val": ["2019-08-13T13:00..2019-08-13T14:15"],
+    "test": ["2019-08-13T14:15..2019-08-13T15:30"],
+    "train_val": ["2019-08-13T05:00..2019-08-13T14:15"],
+    "store_name": "auckland",
+}
+#: Validation-only protocol for robustness to a later time of day: train on the early
+#: morning, stop early on 10:00-11:00, score on the validation period (13:00-15:30).
+DATASETS["auckland_shift"] = {
+    **DATASETS["auckland"],
+    "train": ["2019-08-13T05:00..2019-08-13T10:00"],
+    "val": ["2019-08-13T10:00..2019-08-13T11:00"],
+    "test": ["2019-08-13T13:00..2019-08-13T15:30"],
+    "train_val": ["2019-08-13T05:00..2019-08-13T11:00"],
+    "store_name": "auckland",
 }
 
 
@@ -105,6 +135,8 @@ TASK: dict[str, Any] = {
     "line_dim": 32,
     "balance_horizons": True,
     "calibrate": True,
+    # the head predicts a correction to the schedule's forecast where a window has one
+    "schedule_residual": True,
     # time of day and day of week do not carry over to hours/days absent from training
     # (Auckland trains on the morning and predicts the evening; Austin trains on one day)
     "ignore_context": ["tod_sin", "tod_cos", "dow_sin", "dow_cos"],
@@ -120,26 +152,17 @@ def fit(
     seed: int,
     epochs: int,
     timetable: Path | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train with early stopping on validation MAE; returns the best checkpoint path.
 
     ``timetable`` (a timetable file) feeds the schedule context features; without it
-    they come from the static feed's stop_times (none usable on Austin).
+    they come from the static feed's stop_times (none usable on Austin). ``overrides``
+    replace settings of :data:`TASK` (to compare variants on the validation split).
     """
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = TransitDataModule(
-        str(store),
-        str(spec["static"]),
-        feed_ids=[spec["feed"]],
-        train_dates=spec["train"],
-        val_dates=spec["val"],
-        test_dates=spec["test"],
-        timezone=spec["timezone"],
-        exclude_lines=[spec["held_out"]] if spec["held_out"] else None,
-        batch_size=256,
-        timetable=str(timetable) if timetable is not None else None,
-    )
-    task = ForecastingTask(**TASK, max_epochs_hint=epochs)
+    dm = make_datamodule(spec, store, timetable, spec["train"], spec["val"])
+    task = ForecastingTask(**{**TASK, **(overrides or {})}, max_epochs_hint=epochs)
     best = pl.callbacks.ModelCheckpoint(
         dirpath=out, filename="best", monitor="val_mae", mode="min", save_top_k=1
     )
@@ -169,6 +192,28 @@ def fit(
             split: round(schedule_share(dm.windows[split]), 3) for split in ("train", "val")
         },
     }
+
+
+def make_datamodule(
+    spec: dict[str, Any],
+    store: Path,
+    timetable: Path | None,
+    train: list[str],
+    val: list[str],
+) -> TransitDataModule:
+    """The experiment's DataModule on ``store`` for the given training/validation periods."""
+    return TransitDataModule(
+        str(store),
+        str(spec["static"]),
+        feed_ids=[spec["feed"]],
+        train_dates=train,
+        val_dates=val or None,
+        test_dates=spec["test"],
+        timezone=spec["timezone"],
+        exclude_lines=[spec["held_out"]] if spec["held_out"] else None,
+        batch_size=256,
+        timetable=str(timetable) if timetable is not None else None,
+    )
 
 
 def score(metrics: dict[str, Any], held_out: str | None) -> dict[str, Any]:
@@ -223,15 +268,23 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Prepare, fit, evaluate one dataset."""
     spec = DATASETS[name]
     out = args.out / name
-    store = args.work / name / "store"
+    store = args.work / spec.get("store_name", name) / "store"
     prep = prepare_store(store, spec["feed"], spec["inputs"], str(spec["static"]))
     logger.info("%s: store ready (%s)", name, prep)
     timetable, events = None, None
     if spec.get("trip_updates"):  # the day's timetable, for the model's schedule features
         events = read_trip_updates(spec["trip_updates"]).events
         timetable = write_day_timetable(spec, events, store, out / "timetable.parquet")
-    fitted = fit(spec, store, out, args.seed, args.epochs, timetable)
-    evaluation = run_evaluation(Path(fitted["ckpt"]))
+    fitted = fit(spec, store, out, args.seed, args.epochs, timetable, args.set)
+    ckpt = Path(fitted["ckpt"])
+    if args.refit:  # train again on train+val for the epochs chosen on val
+        settings = {**TASK, **args.set, "max_epochs_hint": args.epochs}
+        dm = make_datamodule(spec, store, timetable, spec["train_val"], [])
+        fitted["refit"] = refit(dm, settings, ckpt, out, args.seed)
+        ckpt = Path(fitted["refit"]["ckpt"])
+    # --eval-split val scores the validation period instead (choosing settings)
+    dates = spec["val"] if args.eval_split == "val" else None
+    evaluation = run_evaluation(ckpt, dates=dates)
     fitted["schedule_share"]["test"] = round(schedule_share(evaluation.windows), 3)
     observed = None
     if events is not None:  # observed arrivals: ETA accuracy (Transit-app bands)
@@ -239,13 +292,18 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         add_schedule_delay(evaluation, events, spec["timezone"])
     metrics = summarise(evaluation, observed)
     write_metrics(metrics, out)
-    write_evaluation_report(metrics, out, f"{name} (seed {args.seed})")
+    write_evaluation_report(metrics, out, f"{name} (seed {args.seed}, {args.eval_split})")
     result = {"fit": fitted, "prepare": prep, **score(metrics, spec["held_out"])}
     result["extra"] = {  # position error and ETA accuracy of every forecaster
         k: {x: v[x] for x in ("position_error_m", "eta", "eta_join") if x in v}
         for k, v in metrics.items()
     }
     result["calibration"] = describe_calibration(evaluation)
+    result["settings"] = {
+        "task": {**TASK, **args.set},
+        "scored_split": args.eval_split,
+        "refit": args.refit,
+    }
     write_text_atomic(out / "experiment.json", json.dumps(result, indent=2, default=str))
     return result
 
@@ -306,76 +364,15 @@ def describe_calibration(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
-def format_held_out(per_name: dict[str, Any]) -> list[str]:
-    """Markdown table of the held-out line's MAE (model on the unknown row, baselines)."""
-    names = [k for k, v in per_name.items() if v]
-    if not names:
-        return ["Held-out line: no test windows."]
-    horizons = list(per_name[names[0]]["mae_m"])
-    n = per_name[names[0]]["n"]
-    lines = [
-        f"Held-out line (never trained; the model uses the unknown row), {n} test windows:",
-        "",
-        "| MAE (m) | " + " | ".join(f"{int(h) // 60} min" for h in horizons) + " |",
-        "|" + " --- |" * (len(horizons) + 1),
-    ]
-    for name in names:
-        values = per_name[name]["mae_m"]
-        lines.append(f"| {name} | " + " | ".join(f"{values[h]:,.0f}" for h in horizons) + " |")
-    return lines
-
-
-def format_partial(name: str, part: dict[str, Any]) -> list[str]:
-    """Markdown lines comparing the model with a baseline on the windows it applies to."""
-    horizons = list(part["mae_m"])
-    lines = [
-        f"`{name}` applies to {part['available_share']:.1%} of the test windows; "
-        "MAE (m) on exactly those windows:",
-        "",
-        "| | " + " | ".join(f"{int(h) // 60} min" for h in horizons) + " |",
-        "|" + " --- |" * (len(horizons) + 1),
-    ]
-    for label, values in ((name, part["mae_m"]), ("model", part["model_mae_m"])):
-        lines.append(f"| {label} | " + " | ".join(f"{values[h]:,.0f}" for h in horizons) + " |")
-    gains = [1 - part["model_mae_m"][h] / part["mae_m"][h] for h in horizons]
-    lines.append("| model better by | " + " | ".join(f"{g:.1%}" for g in gains) + " |")
-    return lines
-
-
-def format_summary(results: dict[str, Any], command: str) -> str:
-    """Markdown summary of every dataset."""
-    lines = ["# Forecasting experiment", "", f"Command: `{command}`", ""]
-    for name, res in results.items():
-        lines += [
-            f"## {name}",
-            "",
-            "| horizon | model MAE (m, on its windows) | toughest baseline | its MAE (m) | "
-            "model better by | P10–P90 coverage: as served (online) | validation band only | raw |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        nan = float("nan")
-        for h, row in res["by_horizon"].items():
-            share = row.get("share", 1.0)
-            where = "" if share >= 1.0 else f" ({share:.1%} of windows)"
-            lines.append(
-                f"| {int(h) // 60} min | {row['model']:,.0f} | {row['best_baseline']}{where} | "
-                f"{row['baseline']:,.0f} | {row['improvement']:.1%} | "
-                f"{res['coverage'][h]:.1%} | {res['coverage_validation'].get(h, nan):.1%} | "
-                f"{res['coverage_raw'].get(h, nan):.1%} |"
-            )
-        for name, part in res.get("partial", {}).items():
-            lines += ["", *format_partial(name, part)]
-        if res.get("held_out_line"):
-            lines += ["", *format_held_out(res["held_out_line"])]
-        extra = res.get("extra", {})
-        if "position_error_m" in extra.get("model", {}):
-            table = format_mae_table(extra, "position_error_m")
-            lines += ["", "Position error (m, on the shape):", "", table]
-        if "eta" in extra.get("model", {}):
-            lines += ["", "ETA accuracy vs TripUpdates observed arrivals:", ""]
-            lines += [format_eta_table(extra)]
-        lines += ["", f"Fit: {json.dumps(res['fit'])}", ""]
-    return "\n".join(lines)
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY=JSON`` → ``(KEY, value)``; a value that is not JSON stays a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main() -> int:
@@ -392,16 +389,36 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument(
+        "--set",
+        type=parse_setting,
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="Override a setting of TASK (e.g. schedule_residual=false); repeatable.",
+    )
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="Refit on train+val for the epoch count chosen on val (exp_refit.py).",
+    )
+    p.add_argument(
+        "--eval-split",
+        choices=["test", "val"],
+        default="test",
+        help="Score the test period (default) or the validation period (to choose settings).",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
         help="Torch CPU threads (1 is fastest on a 2-core machine shared with other jobs).",
     )
     args = p.parse_args()
+    args.set = dict(args.set)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     quiet_lightning()
     torch.set_num_threads(args.threads)
-    names = list(DATASETS) if args.dataset == "all" else [args.dataset]
+    names = ["austin", "auckland"] if args.dataset == "all" else [args.dataset]
     results = {name: run_dataset(name, args) for name in names}
     command = "python benchmarks/exp_forecast.py " + " ".join(sys.argv[1:])
     summary = format_summary(results, command)

@@ -119,9 +119,7 @@ def build_extension_task(
         **hp,
     )
     meta = base_ckpt[CKPT_KEY]
-    task.build_net(
-        tuple(meta["line_keys"]), meta["n_features"], meta["n_context"], tuple(meta["horizons_s"])
-    )
+    task.build_net_from_meta(meta, tuple(meta["line_keys"]))
     assert task.net is not None and base.net is not None
     task.net.load_state_dict(base.net.state_dict())
     return task

@@ -14,6 +14,7 @@ from transitnet.realtime.trip_updates import STOP_EVENT_COLUMNS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import exp_forecast as exp
+import exp_forecast_report
 
 
 def _events(trip: str, arrivals_s: list[float], delay_s: int) -> pd.DataFrame:
@@ -65,7 +66,7 @@ def test_partial_block_states_the_model_improvement() -> None:
         "mae_m": {"300": 500.0, "600": 800.0},
         "model_mae_m": {"300": 400.0, "600": 680.0},
     }
-    lines = exp.format_partial("schedule_delay", part)
+    lines = exp_forecast_report.format_partial("schedule_delay", part)
     assert lines[0].startswith("`schedule_delay` applies to 99.9% of the test windows")
     assert lines[-3:] == [
         "| schedule_delay | 500 | 800 |",

@@ -245,3 +245,63 @@ def test_plain_trainer_predict_restores_the_network_from_the_checkpoint(tmp_path
     untrained = TransitDataModule(str(tmp_path), predict_dates=["2024-05-08"], horizons_s=[60, 120])
     with pytest.raises(RuntimeError, match=r"never built|not fitted"):
         predictor.predict(ForecastingTask(hidden_dim=16, line_dim=4), untrained)
+
+
+def _schedule_dm(tmp_path):
+    from tests.datamodules.test_transit import _dm as timetable_dm
+    from tests.datamodules.test_transit import _timetable_file
+
+    return timetable_dm(tmp_path, timetable=str(_timetable_file(tmp_path)))
+
+
+def test_schedule_skip_is_built_scaled_and_carried_by_the_checkpoint(tmp_path) -> None:
+    from transitnet.datasets.windows import CONTEXT_FEATURES
+    from transitnet.tasks.forecasting import CKPT_KEY
+
+    pl.seed_everything(0)
+    dm = _schedule_dm(tmp_path)
+    task = ForecastingTask(hidden_dim=16, line_dim=4)
+    ckpt = fit_checkpoint(task, dm, tmp_path)
+    assert task.net.schedule_skip is not None and not task.net.drops_context
+    has = CONTEXT_FEATURES.index("has_schedule")
+    assert float(task.net.schedule_skip.mean[-1]) == pytest.approx(dm.context_scale[0][has])
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved[CKPT_KEY]["schedule_residual"] and saved[CKPT_KEY]["schedule_inputs"]
+    loaded = ForecastingTask.load_from_checkpoint(ckpt).eval()
+    task.eval()
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        assert torch.equal(task(batch), loaded(batch))
+
+
+def test_without_any_training_schedule_the_schedule_inputs_are_dropped(tmp_path) -> None:
+    from transitnet.datasets.schedule import SCHEDULE_FEATURES
+    from transitnet.datasets.windows import CONTEXT_FEATURES
+
+    dm = _dm(tmp_path)  # no timetable: no window has a schedule
+    dm.setup("fit")
+    task = ForecastingTask(hidden_dim=16, line_dim=4, encoder_dim=8)
+    trainer = pl.Trainer(fast_dev_run=1, logger=False, enable_progress_bar=False)
+    trainer.fit(task, dm)
+    assert task.net.schedule_skip is None and not task.schedule_inputs
+    width = 8 + 4 + len(CONTEXT_FEATURES) - len(SCHEDULE_FEATURES)
+    assert task.net.trunk[0].in_features == width
+
+
+def test_a_checkpoint_from_before_the_skip_loads_without_it(tmp_path) -> None:
+    from transitnet.tasks.forecasting import CKPT_KEY
+
+    pl.seed_everything(0)
+    dm = _schedule_dm(tmp_path)
+    task = ForecastingTask(hidden_dim=16, line_dim=4, schedule_residual=False)
+    ckpt = fit_checkpoint(task, dm, tmp_path)
+    assert task.net.schedule_skip is None
+    old = torch.load(ckpt, weights_only=False)
+    del old[CKPT_KEY]["schedule_inputs"], old[CKPT_KEY]["schedule_residual"]
+    del old["hyper_parameters"]["schedule_residual"]  # written before the setting existed
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = ForecastingTask.load_from_checkpoint(tmp_path / "old.ckpt").eval()
+    assert loaded.net.schedule_skip is None and not loaded.net.drops_context
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        assert torch.equal(task.eval()(batch), loaded(batch))

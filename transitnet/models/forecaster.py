@@ -18,6 +18,7 @@ from transitnet.models.embedding import LineEmbedding
 from transitnet.models.encoder import EncoderKind, TrajectoryEncoder
 from transitnet.models.heads import QuantileCalibration, QuantileForecastHead
 from transitnet.models.migrate import InitSpec
+from transitnet.models.schedule_skip import ScheduleSkip, compute_skip_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,15 @@ class ForecastNet(nn.Module):
         ignore_context: Positions of context features the network never sees (they are
             zeroed, i.e. set to their training mean once scaled): for ablations and for
             features that do not carry over to the prediction period.
+        drop_context: Positions of context features left out of the trunk's input
+            altogether (its first layer is narrower, e.g. the schedule features when no
+            training window has a schedule).
+        schedule_skip: The schedule's forecast as a skip connection (the head then
+            predicts a correction to it where a window has a schedule); None for none.
     """
 
     context_keep: torch.Tensor
+    context_used: torch.Tensor
 
     def __init__(
         self,
@@ -75,6 +82,8 @@ class ForecastNet(nn.Module):
         trunk_layers: int = 1,
         encoder_dim: int | None = None,
         ignore_context: Sequence[int] = (),
+        drop_context: Sequence[int] = (),
+        schedule_skip: ScheduleSkip | None = None,
     ) -> None:
         super().__init__()
         encoder_dim = encoder_dim or hidden_dim
@@ -90,6 +99,11 @@ class ForecastNet(nn.Module):
             raise ValueError(f"ignore_context positions must lie in [0, {n_context})")
         keep[list(ignore_context)] = 0.0
         self.register_buffer("context_keep", keep, persistent=False)
+        if any(not 0 <= i < n_context for i in drop_context):
+            raise ValueError(f"drop_context positions must lie in [0, {n_context})")
+        used = [i for i in range(n_context) if i not in set(drop_context)]
+        self.register_buffer("context_used", torch.tensor(used, dtype=torch.long), persistent=False)
+        self.drops_context = len(used) < n_context
         self.line_embedding = LineEmbedding(
             num_lines,
             line_dim,
@@ -104,7 +118,7 @@ class ForecastNet(nn.Module):
             dropout=dropout,
             max_len=max_len,
         )
-        widths = [encoder_dim + line_dim + n_context] + [hidden_dim] * trunk_layers
+        widths = [encoder_dim + line_dim + len(used)] + [hidden_dim] * trunk_layers
         self.trunk = nn.Sequential(
             *(
                 layer
@@ -124,6 +138,7 @@ class ForecastNet(nn.Module):
             step_weights=weights,
         )
         self.calibration = QuantileCalibration(len(self.horizons), len(self.quantiles))
+        self.schedule_skip = schedule_skip
 
     def forward(
         self,
@@ -151,10 +166,16 @@ class ForecastNet(nn.Module):
             ValueError: Mismatched shapes or non-finite inputs. IndexError: bad line ids.
         """
         parts = [self.encoder(features, lengths), self.line_embedding(line_ids.view(-1))]
-        parts.append(self._check_context(context, features.shape[0]))
+        ctx = self._check_context(context, features.shape[0])
+        kept = ctx * self.context_keep
+        parts.append(kept[:, self.context_used] if self.drops_context else kept)
         if parts[1].shape[0] != features.shape[0]:
             raise ValueError(f"line_ids has {parts[1].shape[0]} rows for {features.shape[0]}")
-        out: torch.Tensor = self.head(self.trunk(torch.cat(parts, dim=1)))
+        offset = None
+        if self.schedule_skip is not None:
+            skip, has = self.schedule_skip(ctx)
+            offset = compute_skip_offsets(skip, has, self.head.step_units)
+        out: torch.Tensor = self.head(self.trunk(torch.cat(parts, dim=1)), offset)
         return self.calibration(out) if calibrated else out
 
     def resize_lines(
@@ -196,7 +217,7 @@ class ForecastNet(nn.Module):
             )
         if not torch.isfinite(context).all():
             raise ValueError("context holds NaN or inf")
-        return context * self.context_keep
+        return context
 
 
 def add_lines(

@@ -58,18 +58,47 @@ class QuantileForecastHead(nn.Module):
             raise ValueError("step_weights must be n_horizons positive numbers")
         self.register_buffer("step_weights", weights.float().view(1, n_horizons, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def step_units(self) -> torch.Tensor:
+        """``(n_horizons,)`` output units per softplus unit of each horizon's increment."""
+        return self.step_weights.view(-1) * self.output_scale
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         """Forecast.
 
         Args:
             x: ``(B, in_dim)``.
+            offset: ``(B, n_horizons)`` added to the median's pre-activations (a skip
+                connection: see :mod:`transitnet.models.schedule_skip`); the other
+                quantiles are then built around the median (:meth:`_around_median`).
+                The guarantees below hold for any offset.
 
         Returns:
             ``(B, n_horizons, n_quantiles)``, non-negative, non-decreasing along dims 1 and 2.
         """
         raw = self.linear(x).view(-1, self.n_horizons, self.n_quantiles)
+        if offset is not None:
+            return self._around_median(raw, offset).cumsum(dim=1) * self.output_scale
         steps = nn.functional.softplus(raw) * self.step_weights
         return steps.cumsum(dim=1).cumsum(dim=2) * self.output_scale
+
+    def _around_median(self, raw: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """``(B, H, Q)`` increments built around the median's (which takes the offset).
+
+        Median: ``w · softplus(raw + offset)``; each lower quantile's increment is the one
+        above it times a sigmoid (≤ 1), each upper one the one below it plus
+        ``w · softplus(raw)``: every increment is ≥ 0 and ordered across quantiles, so
+        the cumulative sums over horizons keep both guarantees.
+        """
+        mid = self.n_quantiles // 2
+        weights = self.step_weights[..., 0]
+        median = nn.functional.softplus(raw[..., mid] + offset) * weights
+        steps = [median]
+        for q in range(mid - 1, -1, -1):
+            steps.insert(0, steps[0] * torch.sigmoid(raw[..., q]))
+        for q in range(mid + 1, self.n_quantiles):
+            steps.append(steps[-1] + nn.functional.softplus(raw[..., q]) * weights)
+        return torch.stack(steps, dim=-1)
 
 
 class QuantileCalibration(nn.Module):

@@ -11,21 +11,26 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from transitnet.datasets.batches import ForecastBatch
+from transitnet.datasets.schedule import SCHEDULE_FEATURES, SCHEDULE_OFFSETS_S
 from transitnet.datasets.windows import CONTEXT_FEATURES
 from transitnet.models.embedding import dropout_ids
 from transitnet.models.forecaster import ForecastNet
 from transitnet.models.heads import fit_quantile_calibration
 from transitnet.models.losses import pinball_loss
+from transitnet.models.schedule_skip import ScheduleSkip
 from transitnet.tasks.base import BaseTask
 
 logger = logging.getLogger(__name__)
 
 CKPT_KEY = "transitnet_forecaster"
+#: Context features left out of the input when no training window has a schedule.
+SCHEDULE_NAMES: list[str] = list(SCHEDULE_FEATURES)
 #: State-dict key of the quantile calibration scales.
 CALIBRATION_KEY = "net.calibration.scales"
 
@@ -64,6 +69,13 @@ def check_context_width(n_context: int) -> None:
         )
 
 
+def has_any_schedule(context: np.ndarray) -> bool:
+    """Whether any row of an unscaled ``(N, len(CONTEXT_FEATURES))`` context has a schedule."""
+    if context.shape[1] != len(CONTEXT_FEATURES) or not len(context):
+        return False
+    return bool((context[:, CONTEXT_FEATURES.index("has_schedule")] > 0.5).any())
+
+
 def add_identity_calibration(checkpoint: dict[str, Any], n_horizons: int, n_quantiles: int) -> None:
     """Give a checkpoint written before calibration existed identity scales (in place)."""
     state = checkpoint.get("state_dict")
@@ -100,6 +112,12 @@ class ForecastingTask(BaseTask):
             level) on the validation split at the end of every validation epoch during
             ``fit``; it is stored in the network's buffers, so each checkpoint carries the
             calibration of its own weights. The median is never changed.
+        schedule_residual: Where a window has a schedule, feed the schedule's forecast
+            (``schedule_delay``) at the configured horizons to the head as a skip
+            connection, so the network predicts a correction to it
+            (:mod:`transitnet.models.schedule_skip`). Only when some training window
+            has a schedule; when none has, the schedule features are also left out of
+            the network's input (it is then the network without them).
     """
 
     def __init__(
@@ -122,6 +140,7 @@ class ForecastingTask(BaseTask):
         encoder_dim: int | None = None,
         ignore_context: list[str] | None = None,
         calibrate: bool = True,
+        schedule_residual: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -130,6 +149,7 @@ class ForecastingTask(BaseTask):
         self.line_keys: tuple[str, ...] = ()
         self.horizons_s: tuple[int, ...] = ()
         self.trainable: list[nn.Parameter] | None = None
+        self.schedule_inputs, self.schedule_residual = True, False
         self._held_out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     # -- building ------------------------------------------------------------------
@@ -139,10 +159,31 @@ class ForecastingTask(BaseTask):
         n_features: int,
         n_context: int,
         horizons_s: tuple[int, ...],
+        *,
+        schedule_inputs: bool = True,
+        schedule_residual: bool | None = None,
+        context_scale: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Create the network for a vocabulary of ``line_keys`` (row order)."""
+        """Create the network for a vocabulary of ``line_keys`` (row order).
+
+        Args:
+            line_keys: Line key of each embedding row.
+            n_features: Features per past fix.
+            n_context: Context features (``len(CONTEXT_FEATURES)``).
+            horizons_s: Forecast horizons (s).
+            schedule_inputs: False leaves the schedule features out of the input.
+            schedule_residual: Add the schedule skip connection (default: the
+                ``schedule_residual`` setting, if ``schedule_inputs``).
+            context_scale: The DataModule's context scaler, for the skip (else it comes
+                with the checkpoint's weights).
+        """
         hp: Any = self.hparams
         self.line_keys, self.horizons_s = tuple(line_keys), tuple(int(h) for h in horizons_s)
+        if schedule_residual is None:
+            full = n_context == len(CONTEXT_FEATURES)  # else a test net without the schedule
+            wanted = bool(hp.get("schedule_residual", False))
+            schedule_residual = wanted and schedule_inputs and full
+        self.schedule_inputs, self.schedule_residual = schedule_inputs, schedule_residual
         self.net = ForecastNet(
             num_lines=len(line_keys),
             line_dim=hp.line_dim,
@@ -159,6 +200,37 @@ class ForecastingTask(BaseTask):
             trunk_layers=hp.get("trunk_layers", 1),
             encoder_dim=hp.get("encoder_dim"),
             ignore_context=context_positions(hp.get("ignore_context") or [], n_context),
+            drop_context=[] if schedule_inputs else context_positions(SCHEDULE_NAMES, n_context),
+            schedule_skip=self._build_skip(n_context, context_scale) if schedule_residual else None,
+        )
+
+    def _build_skip(
+        self, n_context: int, scale: tuple[np.ndarray, np.ndarray] | None
+    ) -> ScheduleSkip:
+        ahead = [f"sched_ahead_{h}s_m" for h in SCHEDULE_OFFSETS_S]
+        skip = ScheduleSkip(
+            [float(h) for h in self.horizons_s],
+            [float(h) for h in SCHEDULE_OFFSETS_S],
+            context_positions(ahead, n_context),
+            context_positions(["has_schedule"], n_context)[0],
+        )
+        if scale is not None:
+            skip.set_scale(*scale)
+        return skip
+
+    def build_net_from_meta(self, meta: dict[str, Any], line_keys: tuple[str, ...]) -> None:
+        """Create the network a checkpoint's ``meta`` (:data:`CKPT_KEY`) describes.
+
+        Checkpoints written before the schedule skip existed had the schedule inputs
+        and no skip.
+        """
+        self.build_net(
+            line_keys,
+            int(meta["n_features"]),
+            int(meta["n_context"]),
+            tuple(meta["horizons_s"]),
+            schedule_inputs=bool(meta.get("schedule_inputs", True)),
+            schedule_residual=bool(meta.get("schedule_residual", False)),
         )
 
     def configure_model(self) -> None:
@@ -177,7 +249,15 @@ class ForecastingTask(BaseTask):
             raise RuntimeError("ForecastingTask needs a TransitDataModule to size its network")
         if len(dm.vocab) <= 1 and "train" not in dm.windows:
             return  # no fitted vocabulary yet: on_load_checkpoint builds the network
-        self.build_net(tuple(dm.vocab.keys), dm.n_features, dm.n_context, dm.horizons_s)
+        train = dm.windows.get("train")
+        self.build_net(
+            tuple(dm.vocab.keys),
+            dm.n_features,
+            dm.n_context,
+            dm.horizons_s,
+            schedule_inputs=train is None or has_any_schedule(train.context),
+            context_scale=dm.context_scale,
+        )
 
     def _require_net(self) -> None:
         if self.net is None:
@@ -207,6 +287,8 @@ class ForecastingTask(BaseTask):
             "n_features": self.net.encoder.n_features,
             "n_context": self.net.n_context,
             "horizons_s": list(self.horizons_s),
+            "schedule_inputs": self.schedule_inputs,
+            "schedule_residual": self.schedule_residual,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -225,8 +307,10 @@ class ForecastingTask(BaseTask):
         check_context_width(int(meta["n_context"]))
         saved = tuple(meta["line_keys"])
         add_identity_calibration(checkpoint, len(meta["horizons_s"]), len(self.quantiles))
-        if self.net is None:
-            self.build_net(saved, meta["n_features"], meta["n_context"], tuple(meta["horizons_s"]))
+        flags = (meta.get("schedule_inputs", True), meta.get("schedule_residual", False))
+        if self.net is None or flags != (self.schedule_inputs, self.schedule_residual):
+            self.build_net_from_meta(meta, saved if self.net is None else self.line_keys)
+        if self.net is None or saved == self.line_keys:
             return
         if saved == self.line_keys:
             return
