@@ -108,6 +108,12 @@ class Settings:
     max_train_windows: int = 20_000
     max_test_windows: int = 8_000
     max_steps: int = 150
+    #: Backbone: auxiliary place × heading cells (0: none), their weight, cosine margin.
+    aux_cells: int = 0
+    aux_weight: float = 0.5
+    margin: float = 0.0
+    #: Target claim rate of statistical WA (cosine head).
+    wa_claim_rate: float = 0.01
     inits: tuple[str, ...] = ("imprint", "mean", "low_bias", "random")
     #: (mode, align, pseudo_ratio): frozen with pseudo_ratio 0 is the plain no-old-data mode.
     modes: tuple[tuple[str, str, float], ...] = (
@@ -185,7 +191,13 @@ def train(dm: RouteClassDataModule, s: Settings) -> tuple[ClassificationTask, fl
     """Train a classifier from scratch on ``dm`` (fixed epochs, seeded); return it and secs."""
     pl.seed_everything(s.seed, workers=True)
     task = ClassificationTask(
-        hidden_dim=s.hidden_dim, head=s.head, neck=s.neck, max_epochs_hint=s.epochs
+        hidden_dim=s.hidden_dim,
+        head=s.head,
+        neck=s.neck,
+        max_epochs_hint=s.epochs,
+        aux_cells=s.aux_cells,
+        aux_weight=s.aux_weight,
+        margin=s.margin,
     )
     trainer = pl.Trainer(
         max_epochs=s.epochs,
@@ -279,7 +291,9 @@ def method_grid(s: Settings, linear: bool = False) -> list[ClassExtensionConfig]
 
     ``linear``: the imprint-initialised frozen variants only (for the linear-head base).
     """
-    base = ClassExtensionConfig(max_steps=s.max_steps, seed=s.seed, batch_size=64)
+    base = ClassExtensionConfig(
+        max_steps=s.max_steps, seed=s.seed, batch_size=64, wa_claim_rate=s.wa_claim_rate
+    )
     if linear:
         return [
             replace(base, init="imprint", mode=m, align=a, pseudo_ratio=p)

@@ -25,6 +25,7 @@ Modes and what each needs and guarantees (new classes are added first with
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from transitnet.datasets.class_batches import ClassBatch
 from transitnet.tasks.classification import ClassificationTask
 
 MODES = ("none", "frozen", "replay", "naive")
+logger = logging.getLogger(__name__)
 
 
 class ClassExtensionTask(ClassificationTask):
@@ -99,25 +101,71 @@ class ClassExtensionTask(ClassificationTask):
         self.trainable = [p for p in self.parameters() if p.requires_grad]
 
     def _pseudo_source(
-        self, old_names: tuple[str, ...]
+        self, old_names: tuple[str, ...], *, always: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Rows, means and stds of the old classes that have feature statistics."""
+        """Rows, means and stds of the old classes that have feature statistics.
+
+        None without statistics, or when ``pseudo_ratio`` is 0 unless ``always``.
+        """
         have = [(i, n) for i, n in enumerate(old_names) if n in self.class_stats]
-        if not have or float(self.hparams["pseudo_ratio"]) <= 0:
+        if not have or (float(self.hparams["pseudo_ratio"]) <= 0 and not always):
             return None
         rows = torch.tensor([i for i, _ in have], dtype=torch.long)
         means = torch.stack([self.class_stats[n][0] for _, n in have])
         stds = torch.stack([self.class_stats[n][1] for _, n in have])
         return rows, means, stds
 
-    def pseudo_features(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def pseudo_features(
+        self,
+        n: int,
+        source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` pseudo-features of old classes (uniform over classes) and their rows."""
-        if self.pseudo is None:
+        source = source if source is not None else self.pseudo
+        if source is None:
             raise RuntimeError("no old-class statistics to sample from")
-        rows, means, stds = (t.to(self.device) for t in self.pseudo)
-        pick = torch.randint(len(rows), (n,), device=self.device)
-        noise = torch.randn(n, means.shape[1], device=self.device)
-        return means[pick] + stds[pick] * noise, rows[pick]
+        rows, means, stds = source
+        pick = torch.randint(len(rows), (n,), generator=generator)
+        noise = torch.randn(n, means.shape[1], generator=generator)
+        return (means[pick] + stds[pick] * noise).to(self.device), rows[pick].to(self.device)
+
+    @torch.no_grad()
+    def align_by_claim_rate(
+        self, claim_rate: float, n_samples: int = 20_000, seed: int = 0
+    ) -> float | None:
+        """Statistical weight aligning for a cosine head: no old data, only old statistics.
+
+        Draws ``n_samples`` pseudo-features of the old classes from the per-class feature
+        statistics stored at base training (``N(mean, std²)``, uniform over classes) and
+        lowers every new class's bias by the same offset ``δ ≥ 0``, the smallest for which
+        at most a fraction ``claim_rate`` of them have a new class as their argmax. Like
+        WA it is one scalar applied to the new classes only, and old rows, biases and
+        old-vs-old decisions are untouched.
+
+        Returns:
+            The offset ``δ`` (subtracted from the new biases), or None (with a warning)
+            when the checkpoint holds no old-class statistics.
+
+        Raises:
+            ValueError: ``claim_rate`` outside ``[0, 1]``, or no new classes.
+        """
+        head = self.net()[1]
+        if not 0.0 <= claim_rate <= 1.0 or head.weight.new.shape[0] == 0:
+            raise ValueError(f"need new classes and 0 ≤ claim_rate ≤ 1, got {claim_rate}")
+        source = self._pseudo_source(head.class_names[: self.n_old], always=True)
+        if source is None:
+            logger.warning("no old-class statistics: statistical weight aligning skipped")
+            return None
+        gen = torch.Generator().manual_seed(seed)
+        fake, _ = self.pseudo_features(n_samples, source, gen)
+        logits = head(fake)
+        gap = logits[:, self.n_old :].max(1).values - logits[:, : self.n_old].max(1).values
+        delta = max(float(torch.quantile(gap.double(), 1.0 - claim_rate)), 0.0)
+        head.bias.new.sub_(delta)
+        logger.info("statistical WA: new biases lowered by %.4f (claim rate %.4f)", delta,
+                    claim_rate)  # fmt: skip
+        return delta
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """New rows at ``new_row_lr`` (no weight decay); the rest at ``layer_lr``."""

@@ -1,0 +1,35 @@
+import copy
+
+import pytest
+import torch
+
+from tests.tasks.test_classification import _grow, trained  # noqa: F401 (fixture)
+
+
+def test_statistical_wa_caps_the_claim_rate_of_old_pseudo_features(trained):  # noqa: F811
+    task, _, _ = trained
+    ext = _grow(task, "frozen")
+    with torch.no_grad():
+        ext.head.bias.new.add_(100.0)  # the new class claims everything before aligning
+    old_rows = ext.head.weight.full()[:4].clone(), ext.head.bias.full()[:4].clone()
+    delta = ext.align_by_claim_rate(0.02, n_samples=4000, seed=0)
+    assert delta is not None and delta > 100.0
+    assert torch.equal(ext.head.weight.full()[:4], old_rows[0])  # old rows untouched
+    assert torch.equal(ext.head.bias.full()[:4], old_rows[1])
+    source = ext._pseudo_source(ext.class_names[:4], always=True)
+    fresh, _ = ext.pseudo_features(4000, source, torch.Generator().manual_seed(1))
+    claimed = (ext.head(fresh).argmax(1) == 4).float().mean()
+    assert claimed <= 0.04  # target 2 % on the calibration draw; a fresh draw is close
+    assert ext.align_by_claim_rate(1.0) == 0.0  # a full claim rate needs no offset
+
+
+def test_statistical_wa_without_statistics_or_with_a_bad_rate(trained):  # noqa: F811
+    task, _, _ = trained
+    ext = _grow(task, "frozen")
+    with pytest.raises(ValueError, match="claim_rate"):
+        ext.align_by_claim_rate(1.5)
+    bare = copy.deepcopy(ext)
+    bare.class_stats = {}
+    before = bare.head.bias.full().clone()
+    assert bare.align_by_claim_rate(0.01) is None
+    assert torch.equal(bare.head.bias.full(), before)
