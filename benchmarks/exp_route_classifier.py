@@ -111,9 +111,11 @@ class Settings:
     #: Backbone: auxiliary place × heading cells (0: none), their weight, cosine margin.
     aux_cells: int = 0
     aux_weight: float = 0.5
+    aux_path: bool = False
     margin: float = 0.0
-    #: Target claim rate of statistical WA (cosine head).
+    #: Target claim rate of statistical WA (cosine head); one offset per new class or shared.
     wa_claim_rate: float = 0.01
+    wa_per_class: bool = False
     inits: tuple[str, ...] = ("imprint", "mean", "low_bias", "random")
     #: (mode, align, pseudo_ratio): frozen with pseudo_ratio 0 is the plain no-old-data mode.
     modes: tuple[tuple[str, str, float], ...] = (
@@ -197,6 +199,7 @@ def train(dm: RouteClassDataModule, s: Settings) -> tuple[ClassificationTask, fl
         max_epochs_hint=s.epochs,
         aux_cells=s.aux_cells,
         aux_weight=s.aux_weight,
+        aux_path=s.aux_path,
         margin=s.margin,
     )
     trainer = pl.Trainer(
@@ -292,7 +295,11 @@ def method_grid(s: Settings, linear: bool = False) -> list[ClassExtensionConfig]
     ``linear``: the imprint-initialised frozen variants only (for the linear-head base).
     """
     base = ClassExtensionConfig(
-        max_steps=s.max_steps, seed=s.seed, batch_size=64, wa_claim_rate=s.wa_claim_rate
+        max_steps=s.max_steps,
+        seed=s.seed,
+        batch_size=64,
+        wa_claim_rate=s.wa_claim_rate,
+        wa_per_class=s.wa_per_class,
     )
     if linear:
         return [

@@ -47,6 +47,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "aux1": {"aux_cells": 256, "aux_weight": 1.0},
     "margin": {"margin": 0.2},
     "aux+margin": {"aux_cells": 256, "aux_weight": 0.5, "margin": 0.2},
+    "path": {"aux_cells": 512, "aux_weight": 0.5, "aux_path": True},
+    "margin0.1": {"margin": 0.1},
+    "path+margin0.1": {"aux_cells": 512, "aux_weight": 0.5, "aux_path": True, "margin": 0.1},
 }
 
 
@@ -56,8 +59,12 @@ def extension_grid(s: erc.Settings, rates: list[float], n: int) -> list[ClassExt
         init="imprint", mode="frozen", max_steps=s.max_steps, seed=s.seed, batch_size=64
     )
     grid = [replace(base, align="none", pseudo_ratio=0.0)]
-    grid += [replace(base, align="wa", pseudo_ratio=0.0, wa_claim_rate=r) for r in rates]
-    grid += [replace(base, align="wa", pseudo_ratio=1.0, wa_claim_rate=r) for r in rates]
+    for pseudo in (0.0, 1.0):
+        grid += [
+            replace(base, align="wa", pseudo_ratio=pseudo, wa_claim_rate=r, wa_per_class=c)
+            for r in rates
+            for c in (False, True)
+        ]
     grid.append(replace(base, mode="prototype", align="none"))
     if n == max(s.shots):
         grid.append(
@@ -72,7 +79,8 @@ def label(cfg: ClassExtensionConfig) -> str:
         return "prototype"
     name = "frozen" + ("+pseudo" if cfg.pseudo_ratio > 0 else "")
     name += "+old-data" if cfg.old_negatives else ""
-    return name + (f"+wa@{cfg.wa_claim_rate:g}" if cfg.align == "wa" else "")
+    wa = f"+wa{'/class' if cfg.wa_per_class else ''}@{cfg.wa_claim_rate:g}"
+    return name + (wa if cfg.align == "wa" else "")
 
 
 def run_variant(

@@ -85,6 +85,8 @@ class ClassExtensionConfig:
             data needed; the encoder and old rows still stay frozen).
         bic_per_class: Held-out windows per class for BiC.
         wa_claim_rate: Target claim rate of statistical WA (cosine head).
+        wa_per_class: Statistical WA gives each new class its own offset (a share
+            ``wa_claim_rate / k`` each) instead of one shared offset.
         min_windows: ``auto`` only adds lines with at least this many windows.
         seed: Seed for sampling, init and training.
         progress: Show a progress bar while training.
@@ -108,6 +110,7 @@ class ClassExtensionConfig:
     old_negatives: bool = False
     bic_per_class: int = 10
     wa_claim_rate: float = 0.01
+    wa_per_class: bool = False
     min_windows: int = 10
     seed: int = 0
     progress: bool = False
@@ -352,7 +355,9 @@ def _align(
     """
     head = task.net()[1]
     if cfg.align == "wa" and head.cosine:
-        offset = task.align_by_claim_rate(cfg.wa_claim_rate, seed=cfg.seed)
+        offset = task.align_by_claim_rate(
+            cfg.wa_claim_rate, seed=cfg.seed, per_class=cfg.wa_per_class
+        )
         return None, None if offset is None else round(offset, 6), None
     if cfg.align == "wa":
         return round(head.weight_align(), 6), None, None

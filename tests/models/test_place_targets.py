@@ -28,6 +28,19 @@ def test_cells_separate_places_and_headings():
     assert torch.equal(loaded(feats, lengths), cells)
 
 
+def test_path_cells_tell_where_the_window_started():
+    feats, lengths = _windows(torch.zeros(40, 4))
+    feats[20:, 0, :2] = 7.0  # same end, other start
+    places = PlaceTargets(2, (0, 1, 4, 5), path=True)
+    places.fit(feats, lengths)
+    assert places.centres.shape == (2, 6)
+    cells = places(feats, lengths)
+    assert len(set(cells[:20].tolist())) == 1 and set(cells[:20].tolist()) != set(
+        cells[20:].tolist()
+    )
+    assert PlaceTargets(2, (0, 1, 4, 5)).points(feats, lengths).shape == (40, 4)
+
+
 def test_bad_fits_raise():
     feats, lengths = _windows(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="needs as many"):

@@ -23,6 +23,22 @@ def test_statistical_wa_caps_the_claim_rate_of_old_pseudo_features(trained):  # 
     assert ext.align_by_claim_rate(1.0) == 0.0  # a full claim rate needs no offset
 
 
+def test_per_class_statistical_wa_gives_each_new_class_its_share(trained):  # noqa: F811
+    task, _, _ = trained
+    ext = _grow(task, "frozen")
+    ext.head.add_classes(["F"], init="mean")
+    ext.prepare_mode(4)
+    with torch.no_grad():
+        ext.head.bias.new.add_(torch.tensor([100.0, 50.0]))  # both claim everything
+    ext.align_by_claim_rate(0.02, n_samples=4000, seed=0, per_class=True)
+    source = ext._pseudo_source(ext.class_names[:4], always=True)
+    fresh, _ = ext.pseudo_features(4000, source, torch.Generator().manual_seed(1))
+    logits = ext.head(fresh)
+    beats_old = logits[:, 4:] > logits[:, :4].max(1, keepdim=True).values
+    assert (beats_old.float().mean(0) <= 0.02).all()  # each at most ~1 % (its share)
+    assert beats_old.any(1).float().mean() <= 0.04
+
+
 def test_statistical_wa_without_statistics_or_with_a_bad_rate(trained):  # noqa: F811
     task, _, _ = trained
     ext = _grow(task, "frozen")

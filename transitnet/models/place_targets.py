@@ -24,12 +24,18 @@ class PlaceTargets(nn.Module):
         n_cells: Number of cells ``C`` (k-means centres).
         columns: Feature indices of ``x, y, heading_sin, heading_cos``.
         heading_weight: Weight of the heading against the position (scaled features).
+        path: Also use the window's first position (``x, y``): cells then tell the
+            stretch of street the window covered, not only where it ends.
     """
 
     centres: torch.Tensor
 
     def __init__(
-        self, n_cells: int, columns: tuple[int, int, int, int], heading_weight: float = 1.0
+        self,
+        n_cells: int,
+        columns: tuple[int, int, int, int],
+        heading_weight: float = 1.0,
+        path: bool = False,
     ) -> None:
         super().__init__()
         if n_cells < 2:
@@ -37,13 +43,20 @@ class PlaceTargets(nn.Module):
         self.n_cells = n_cells
         self.columns = columns
         self.heading_weight = heading_weight
-        self.register_buffer("centres", torch.zeros(n_cells, 4))
+        self.path = path
+        self.register_buffer("centres", torch.zeros(n_cells, 6 if path else 4))
 
     def points(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``(B, 4)``: position and weighted heading at each window's last valid fix."""
+        """``(B, 4)``: position and weighted heading at each window's last valid fix.
+
+        With ``path``, ``(B, 6)``: the first fix's position appended.
+        """
         last = features[torch.arange(len(lengths), device=features.device), lengths - 1]
         pts = last[:, list(self.columns)]
-        return pts * pts.new_tensor([1.0, 1.0, self.heading_weight, self.heading_weight])
+        pts = pts * pts.new_tensor([1.0, 1.0, self.heading_weight, self.heading_weight])
+        if self.path:
+            pts = torch.cat([pts, features[:, 0, list(self.columns[:2])]], dim=1)
+        return pts
 
     @torch.no_grad()
     def fit(

@@ -132,7 +132,7 @@ class ClassExtensionTask(ClassificationTask):
 
     @torch.no_grad()
     def align_by_claim_rate(
-        self, claim_rate: float, n_samples: int = 20_000, seed: int = 0
+        self, claim_rate: float, n_samples: int = 20_000, seed: int = 0, per_class: bool = False
     ) -> float | None:
         """Statistical weight aligning for a cosine head: no old data, only old statistics.
 
@@ -141,11 +141,14 @@ class ClassExtensionTask(ClassificationTask):
         lowers every new class's bias by the same offset ``δ ≥ 0``, the smallest for which
         at most a fraction ``claim_rate`` of them have a new class as their argmax. Like
         WA it is one scalar applied to the new classes only, and old rows, biases and
-        old-vs-old decisions are untouched.
+        old-vs-old decisions are untouched. ``per_class``: each of the ``k`` new classes
+        gets its own offset, the smallest for which it beats every old class on at most
+        ``claim_rate / k`` of them (together still at most ``claim_rate``), so a new
+        class that overlaps the old ones does not hold back the others.
 
         Returns:
-            The offset ``δ`` (subtracted from the new biases), or None (with a warning)
-            when the checkpoint holds no old-class statistics.
+            The (largest) offset ``δ`` subtracted from the new biases, or None (with a
+            warning) when the checkpoint holds no old-class statistics.
 
         Raises:
             ValueError: ``claim_rate`` outside ``[0, 1]``, or no new classes.
@@ -160,12 +163,17 @@ class ClassExtensionTask(ClassificationTask):
         gen = torch.Generator().manual_seed(seed)
         fake, _ = self.pseudo_features(n_samples, source, gen)
         logits = head(fake)
-        gap = logits[:, self.n_old :].max(1).values - logits[:, : self.n_old].max(1).values
-        delta = max(float(torch.quantile(gap.double(), 1.0 - claim_rate)), 0.0)
-        head.bias.new.sub_(delta)
-        logger.info("statistical WA: new biases lowered by %.4f (claim rate %.4f)", delta,
-                    claim_rate)  # fmt: skip
-        return delta
+        old_best = logits[:, : self.n_old].max(1, keepdim=True).values
+        gaps = (logits[:, self.n_old :] - old_best).double()  # (n_samples, k)
+        if per_class:
+            rate = claim_rate / gaps.shape[1]
+            deltas = torch.quantile(gaps, 1.0 - rate, dim=0).clamp(min=0.0)
+        else:
+            deltas = torch.quantile(gaps.max(1).values, 1.0 - claim_rate).clamp(min=0.0)
+        head.bias.new.sub_(deltas.to(head.bias.new))
+        logger.info("statistical WA: new biases lowered by up to %.4f (claim rate %.4f)",
+                    float(deltas.max()), claim_rate)  # fmt: skip
+        return float(deltas.max())
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """New rows at ``new_row_lr`` (no weight decay); the rest at ``layer_lr``."""

@@ -65,6 +65,7 @@ class ClassificationTask(BaseTask):
             this many k-means cells of the training windows) jointly with the line: a
             line-free objective that keeps unseen lines apart from the old ones.
         aux_weight: Weight of the auxiliary cross-entropy.
+        aux_path: The cells also tell where the window started (the stretch covered).
         margin: Additive cosine margin (CosFace) subtracted from the true class's cosine
             in training (cosine head only): tighter classes.
     """
@@ -89,6 +90,7 @@ class ClassificationTask(BaseTask):
         max_len: int = 64,
         aux_cells: int = 0,
         aux_weight: float = 0.5,
+        aux_path: bool = False,
         margin: float = 0.0,
     ) -> None:
         super().__init__()
@@ -141,7 +143,9 @@ class ClassificationTask(BaseTask):
         self.register_buffer("feature_mean", torch.zeros(hp.hidden_dim))
         if hp.aux_cells > 0:
             cols = [CLASS_FEATURES.index(c) for c in ("x_km", "y_km", "heading_sin", "heading_cos")]
-            self.places = PlaceTargets(hp.aux_cells, (cols[0], cols[1], cols[2], cols[3]))
+            self.places = PlaceTargets(
+                hp.aux_cells, (cols[0], cols[1], cols[2], cols[3]), path=hp.aux_path
+            )
             self.aux_head = nn.Linear(hp.hidden_dim, hp.aux_cells)
 
     def configure_model(self) -> None:
