@@ -116,6 +116,8 @@ class Settings:
     #: Target claim rate of statistical WA (cosine head); one offset per new class or shared.
     wa_claim_rate: float = 0.01
     wa_per_class: bool = False
+    #: More claim rates for imprint · frozen(+pseudo)+wa (cosine): the trade-off curve.
+    wa_sweep: tuple[float, ...] = (0.1, 0.03, 0.003, 0.001)
     inits: tuple[str, ...] = ("imprint", "mean", "low_bias", "random")
     #: (mode, align, pseudo_ratio): frozen with pseudo_ratio 0 is the plain no-old-data mode.
     modes: tuple[tuple[str, str, float], ...] = (
@@ -280,7 +282,8 @@ def run_dataset(spec: DatasetSpec, s: Settings, work: Path) -> dict[str, Any]:
         data = ExtensionData(concat_class_windows([old_train, examples]), test, base_dm.scale)
         for cfg in method_grid(s):
             _, report = run_class_extension(base, data, new, cfg)
-            out["runs"].append({"n": n, **method_row(cfg, report, "")})
+            sweep = cfg.align == "wa" and cfg.wa_claim_rate != s.wa_claim_rate
+            out["runs"].append({"n": n, **method_row(cfg, report, "", sweep)})
         for cfg in method_grid(s, linear=True):
             _, report = run_class_extension(linear, data, new, cfg)
             out["runs"].append({"n": n, **method_row(cfg, report, "linear head: ")})
@@ -326,14 +329,25 @@ def method_grid(s: Settings, linear: bool = False) -> list[ClassExtensionConfig]
         replace(base, init="imprint", mode="none", align="none"),
         replace(base, init="imprint", mode="prototype", align="none"),
     ]
+    grid += [
+        replace(base, init="imprint", mode="frozen", align="wa", pseudo_ratio=p, wa_claim_rate=r)
+        for p in (0.0, 1.0)
+        for r in s.wa_sweep
+    ]
     return grid
 
 
-def method_row(cfg: ClassExtensionConfig, report: Any, prefix: str) -> dict[str, Any]:
-    """One result row: method label, settings and headline figures."""
+def method_row(
+    cfg: ClassExtensionConfig, report: Any, prefix: str, sweep: bool = False
+) -> dict[str, Any]:
+    """One result row: method label, settings and headline figures.
+
+    ``sweep``: a statistical-WA row off the default claim rate (labelled ``+wa@rate``).
+    """
     pseudo = "+pseudo" if cfg.mode == "frozen" and cfg.pseudo_ratio > 0 else ""
     pseudo += "+old-data" if cfg.mode == "frozen" and cfg.old_negatives else ""
     label = f"{prefix}{cfg.mode}{pseudo}{'+' + cfg.align if cfg.align != 'none' else ''}"
+    label += f"@{cfg.wa_claim_rate:g}" if sweep else ""
     label += " (masked)" if cfg.mask else ""
     ev = report.evaluation
     return {
@@ -350,6 +364,8 @@ def method_row(cfg: ClassExtensionConfig, report: Any, prefix: str) -> dict[str,
         "steps": report.steps,
         "wall_s": report.wall_seconds,
         "wa_factor": report.wa_factor,
+        "wa_offset": report.wa_offset,
+        "wa_claim_rate": cfg.wa_claim_rate if cfg.align == "wa" and not prefix else None,
         "bic": report.bic,
     }
 
@@ -494,8 +510,13 @@ HOW_TO_READ = (
     "pseudo-features of old lines drawn from their stored feature statistics; *+old-data* "
     "trains the new rows against 200 real old windows per line with the encoder still "
     "frozen: the best a frozen backbone with one row per line can do, so a drop it cannot "
-    "avoid is missing from the frozen features, not from the head or its calibration. WA is "
-    "a no-op on the cosine head (the default), hence the linear-head rows. Joint retraining "
+    "avoid is missing from the frozen features, not from the head or its calibration. WA on "
+    "the linear head rescales the new rows to the old rows' mean norm; on the cosine head "
+    "(the default), where row norms do not count, *+wa* is statistical WA: no old data, only "
+    "the old lines' feature statistics stored at base training (per-dimension mean and std): "
+    "the new biases are lowered by the smallest offset for which at most a target share "
+    "(the claim rate; *+wa@r* rows sweep it) of pseudo-features drawn from those statistics "
+    "are claimed by a new line. Joint retraining "
     "starts from scratch on the old lines' data plus the same n example trajectories. Old-"
     "class drop = base accuracy on old lines minus the grown model's (pp); accuracies are "
     "class-incremental (every window is classified among all lines)."
@@ -522,6 +543,15 @@ def plot_tradeoff(result: dict[str, Any], n: int) -> Any:
         sel = [r for r in rows if r["mode"] == family]
         ax.scatter([r["old_acc_drop_pp"] for r in sel], [100 * r["new_acc"] for r in sel],
                    marker=marker, label=family, alpha=0.75)  # fmt: skip
+    for pseudo in (False, True):
+        curve = sorted(
+            (r for r in rows if r.get("wa_claim_rate") is not None and r["init"] == "imprint"
+             and ("+pseudo" in r["method"]) == pseudo),
+            key=lambda r: r["wa_claim_rate"],
+        )  # fmt: skip
+        name = f"imprint · frozen{'+pseudo' if pseudo else ''}+wa, claim rate swept"
+        ax.plot([r["old_acc_drop_pp"] for r in curve], [100 * r["new_acc"] for r in curve], "-",
+                label=name)  # fmt: skip
     drop, new = joint_point(result, n)
     ax.scatter([drop], [100 * new], marker="*", s=250, c="k", label=f"joint retraining (n={n})")
     ax.axvline(1.0, color="r", ls=":", label="bar: 1 pp")
