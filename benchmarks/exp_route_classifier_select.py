@@ -54,16 +54,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def extension_grid(s: erc.Settings, rates: list[float], n: int) -> list[ClassExtensionConfig]:
-    """Frozen imprint (plain, statistical WA per rate, +pseudo+WA), prototype; old-data at max n."""
+    """Frozen imprint, statistical WA per rate (+pseudo), the prototype head, old-data at max n.
+
+    Pseudo-features come from per-dimension stds or (``/full``) full covariances.
+    """
     base = ClassExtensionConfig(
         init="imprint", mode="frozen", max_steps=s.max_steps, seed=s.seed, batch_size=64
     )
     grid = [replace(base, align="none", pseudo_ratio=0.0)]
     for pseudo in (0.0, 1.0):
         grid += [
-            replace(base, align="wa", pseudo_ratio=pseudo, wa_claim_rate=r, wa_per_class=c)
+            replace(base, align="wa", pseudo_ratio=pseudo, wa_claim_rate=r, full_covariance=f)
             for r in rates
-            for c in (False, True)
+            for f in (False, True)
         ]
     grid.append(replace(base, mode="prototype", align="none"))
     if n == max(s.shots):
@@ -80,7 +83,8 @@ def label(cfg: ClassExtensionConfig) -> str:
     name = "frozen" + ("+pseudo" if cfg.pseudo_ratio > 0 else "")
     name += "+old-data" if cfg.old_negatives else ""
     wa = f"+wa{'/class' if cfg.wa_per_class else ''}@{cfg.wa_claim_rate:g}"
-    return name + (wa if cfg.align == "wa" else "")
+    full = "/full" if cfg.full_covariance and (cfg.align == "wa" or cfg.pseudo_ratio > 0) else ""
+    return name + (wa if cfg.align == "wa" else "") + full
 
 
 def run_variant(

@@ -80,6 +80,8 @@ class ClassExtensionConfig:
         temperature: Distillation temperature.
         train_new_bias: Train the new biases in ``frozen`` mode (with pseudo-features).
         pseudo_ratio: Pseudo-features of old classes per new window (``frozen``; 0: none).
+        full_covariance: Pseudo-features (and statistical WA) draw from each old class's
+            full covariance when stored, not only its per-dimension stds.
         replay_per_class: Old windows per old class in the replay buffer.
         old_negatives: ``frozen`` mode trains the new rows on the replay buffer too (old
             data needed; the encoder and old rows still stay frozen).
@@ -106,6 +108,7 @@ class ClassExtensionConfig:
     temperature: float = 2.0
     train_new_bias: bool = True
     pseudo_ratio: float = 1.0
+    full_covariance: bool = True
     replay_per_class: int = 20
     old_negatives: bool = False
     bic_per_class: int = 10
@@ -164,6 +167,7 @@ def build_extension_task(base: ClassificationTask, cfg: ClassExtensionConfig) ->
         temperature=cfg.temperature,
         train_new_bias=cfg.train_new_bias,
         pseudo_ratio=cfg.pseudo_ratio,
+        full_covariance=cfg.full_covariance,
         **hp,
     )
     encoder, head, _ = base.net()
@@ -171,6 +175,7 @@ def build_extension_task(base: ClassificationTask, cfg: ClassExtensionConfig) ->
     task.load_state_dict(base.state_dict())
     task.correction = base.correction
     task.class_stats = dict(base.class_stats)
+    task.class_chol = dict(base.class_chol)
     return task
 
 

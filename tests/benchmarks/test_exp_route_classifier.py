@@ -55,6 +55,6 @@ def test_grids_add_the_claim_rate_sweep_with_labels():
     assert {c.pseudo_ratio for c in swept} == {0.0, 1.0} and all(c.init == "imprint" for c in swept)
     grid = sel.extension_grid(s, [0.01], 20)
     labels = [sel.label(c) for c in grid]
-    assert "frozen+wa/class@0.01" in labels and "frozen+pseudo+wa@0.01" in labels
+    assert "frozen+wa@0.01/full" in labels and "frozen+pseudo+wa@0.01" in labels
     assert labels[-2:] == ["prototype", "frozen+old-data"]
     assert "frozen+old-data" not in [sel.label(c) for c in sel.extension_grid(s, [0.01], 1)]

@@ -49,3 +49,21 @@ def test_statistical_wa_without_statistics_or_with_a_bad_rate(trained):  # noqa:
     before = bare.head.bias.full().clone()
     assert bare.align_by_claim_rate(0.01) is None
     assert torch.equal(bare.head.bias.full(), before)
+
+
+def test_pseudo_features_follow_the_stored_covariance(trained):  # noqa: F811
+    task, _, ckpt = trained
+    saved = torch.load(ckpt, weights_only=False)["transitnet_classifier"]
+    assert set(saved["class_chol"]) == {"A", "B", "C", "D"}
+    ext = _grow(task, "frozen")
+    ext.class_chol = dict(task.class_chol)
+    full = ext._pseudo_source(ext.class_names[:4], always=True)
+    assert full is not None and full[2].shape == (4, 16, 16)
+    fake, rows = ext.pseudo_features(20_000, full, torch.Generator().manual_seed(0))
+    for c in range(4):
+        mine = fake[rows == c]
+        want = full[2][c] @ full[2][c].T
+        assert torch.allclose(mine.mean(0), full[1][c], atol=0.1 * float(want.diag().max()) ** 0.5)
+        assert torch.allclose(torch.cov(mine.T), want, atol=0.15 * float(want.diag().max()))
+    ext.hparams["full_covariance"] = False
+    assert ext._pseudo_source(ext.class_names[:4], always=True)[2].shape == (4, 16)

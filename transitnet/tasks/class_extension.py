@@ -51,6 +51,8 @@ class ClassExtensionTask(ClassificationTask):
             pseudo-features of old classes are available).
         pseudo_ratio: Pseudo-features per old class over real windows per new class in
             ``frozen`` mode (1: class-balanced batches; 0 turns them off).
+        full_covariance: Draw pseudo-features from each old class's full (shrunk)
+            covariance when the checkpoint stores it; else from the per-dimension stds.
         **kwargs: Passed to :class:`ClassificationTask`.
     """
 
@@ -63,6 +65,7 @@ class ClassExtensionTask(ClassificationTask):
         temperature: float = 2.0,
         train_new_bias: bool = True,
         pseudo_ratio: float = 1.0,
+        full_covariance: bool = True,
         **kwargs: Any,
     ) -> None:
         if mode not in MODES:
@@ -112,8 +115,9 @@ class ClassExtensionTask(ClassificationTask):
             return None
         rows = torch.tensor([i for i, _ in have], dtype=torch.long)
         means = torch.stack([self.class_stats[n][0] for _, n in have])
-        stds = torch.stack([self.class_stats[n][1] for _, n in have])
-        return rows, means, stds
+        if bool(self.hparams["full_covariance"]) and all(n in self.class_chol for _, n in have):
+            return rows, means, torch.stack([self.class_chol[n] for _, n in have])
+        return rows, means, torch.stack([self.class_stats[n][1] for _, n in have])
 
     def pseudo_features(
         self,
@@ -121,14 +125,25 @@ class ClassExtensionTask(ClassificationTask):
         source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` pseudo-features of old classes (uniform over classes) and their rows."""
+        """``n`` pseudo-features of old classes (uniform over classes) and their rows.
+
+        ``source`` (default: the one :meth:`prepare_mode` chose) holds rows, means and
+        either stds ``(C, H)`` or Cholesky factors ``(C, H, H)``.
+        """
         source = source if source is not None else self.pseudo
         if source is None:
             raise RuntimeError("no old-class statistics to sample from")
-        rows, means, stds = source
-        pick = torch.randint(len(rows), (n,), generator=generator)
+        rows, means, scales = source
+        pick = torch.randint(len(rows), (n,), generator=generator).sort().values
         noise = torch.randn(n, means.shape[1], generator=generator)
-        return (means[pick] + stds[pick] * noise).to(self.device), rows[pick].to(self.device)
+        if scales.ndim == 2:
+            fake = means[pick] + scales[pick] * noise
+        else:
+            fake = torch.empty_like(noise)
+            for c in sorted(set(pick.tolist())):
+                at = pick == c
+                fake[at] = means[c] + noise[at] @ scales[c].T
+        return fake.to(self.device), rows[pick].to(self.device)
 
     @torch.no_grad()
     def align_by_claim_rate(

@@ -26,7 +26,7 @@ from transitnet.datasets.class_windows import CLASS_FEATURES
 from transitnet.models.classifier import MASKED_LOGIT, ExtensibleClassifier
 from transitnet.models.encoder import TrajectoryEncoder
 from transitnet.models.place_targets import PlaceTargets
-from transitnet.models.prototype import PrototypeHead
+from transitnet.models.prototype import PrototypeHead, compute_covariance_factor
 from transitnet.tasks.base import BaseTask
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ class ClassificationTask(BaseTask):
         self.aux_head: nn.Module | None = None
         self.correction: dict[str, Any] | None = None
         self.class_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.class_chol: dict[str, torch.Tensor] = {}
         self.trainable: list[nn.Parameter] | None = None
         self._counts: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -168,6 +169,7 @@ class ClassificationTask(BaseTask):
             "n_features": encoder.n_features,
             "correction": self.correction,
             "class_stats": {k: [m.tolist(), s.tolist()] for k, (m, s) in self.class_stats.items()},
+            "class_chol": {k: v.tolist() for k, v in self.class_chol.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -186,6 +188,7 @@ class ClassificationTask(BaseTask):
             k: (torch.tensor(m), torch.tensor(s))
             for k, (m, s) in meta.get("class_stats", {}).items()
         }
+        self.class_chol = {k: torch.tensor(v) for k, v in meta.get("class_chol", {}).items()}
         saved = tuple(meta["class_names"])
         if self.head is None:
             self.build_net(saved, int(meta["n_features"]))
@@ -282,15 +285,17 @@ class ClassificationTask(BaseTask):
     ) -> None:
         """Record a class's prototype and feature statistics from its features ``(n, H)``.
 
-        The statistics (per-dimension mean and std, ``2·H`` numbers per class) travel in
-        the checkpoint; frozen-encoder extension samples pseudo-features of old classes
-        from them instead of needing old data.
+        The statistics (per-dimension mean and std, ``2·H`` numbers per class, and the
+        Cholesky factor of the shrunk covariance, ``H²``) travel in the checkpoint;
+        frozen-encoder extension samples pseudo-features of old classes from them
+        instead of needing old data.
         """
         (protos or self.net()[2]).add_class(name, self.center(features))
         std = (
             features.std(0, unbiased=False) if len(features) > 1 else torch.zeros_like(features[0])
         )
         self.class_stats[name] = (features.mean(0).detach(), std.detach())
+        self.class_chol[name] = compute_covariance_factor(features)
 
     # -- steps ---------------------------------------------------------------------
     def training_step(self, batch: ClassBatch, batch_idx: int) -> torch.Tensor:
