@@ -124,6 +124,7 @@ class Settings:
         ("frozen", "none", 0.0),
         ("frozen", "wa", 0.0),
         ("frozen", "none", 1.0),
+        ("frozen", "wa", 1.0),
         ("replay", "wa", 0.0),
         ("replay", "bic", 0.0),
         ("naive", "none", 0.0),

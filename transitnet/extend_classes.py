@@ -69,7 +69,9 @@ class ClassExtensionConfig:
             the statistical WA of
             :meth:`~transitnet.tasks.class_extension.ClassExtensionTask.align_by_claim_rate`:
             one offset on the new biases, so that at most ``wa_claim_rate`` of the old
-            classes' pseudo-features (drawn from their stored statistics) go to new ones.
+            classes' pseudo-features (drawn from their stored statistics) go to new ones;
+            only with the base encoder (``frozen``, ``none``), whose features the
+            statistics describe: after ``replay`` or ``naive`` it is skipped (warning).
         shots: Example trajectories per new class (None: every one in the new data).
         mask: Add the new classes masked; training modes unmask them after training.
         max_steps: Optimizer steps.
@@ -359,6 +361,9 @@ def _align(
     alpha and beta are also recorded on the task.
     """
     head = task.net()[1]
+    if cfg.align == "wa" and head.cosine and cfg.mode not in ("none", "frozen"):
+        logger.warning("statistical WA needs the base encoder (the statistics' own): skipped")
+        return None, None, None
     if cfg.align == "wa" and head.cosine:
         offset = task.align_by_claim_rate(
             cfg.wa_claim_rate, seed=cfg.seed, per_class=cfg.wa_per_class
