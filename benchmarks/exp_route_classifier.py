@@ -368,7 +368,9 @@ def method_row(
         "wall_s": report.wall_seconds,
         "wa_factor": report.wa_factor,
         "wa_offset": report.wa_offset,
-        "wa_claim_rate": cfg.wa_claim_rate if cfg.align == "wa" and not prefix else None,
+        "wa_claim_rate": cfg.wa_claim_rate
+        if cfg.align == "wa" and cfg.mode == "frozen" and not prefix
+        else None,
         "bic": report.bic,
     }
 
@@ -549,7 +551,7 @@ def plot_tradeoff(result: dict[str, Any], n: int) -> Any:
     for pseudo in (False, True):
         curve = sorted(
             (r for r in rows if r.get("wa_claim_rate") is not None and r["init"] == "imprint"
-             and ("+pseudo" in r["method"]) == pseudo),
+             and r["mode"] == "frozen" and ("+pseudo" in r["method"]) == pseudo),
             key=lambda r: r["wa_claim_rate"],
         )  # fmt: skip
         name = f"imprint · frozen{'+pseudo' if pseudo else ''}+wa, claim rate swept"
