@@ -9,12 +9,14 @@ Modes and what each needs and guarantees (new classes are added first with
   optimizer group; only the new rows (and, with ``train_new_bias``, their biases) train,
   on new-class windows: **no old data needed**. Old rows are bit-identical afterwards;
   the old classes can only lose windows to the new ones. To teach the new rows where
-  the old classes lie, each batch adds pseudo-features of old classes drawn from
-  N(mean, std²) of their training features (PASS-style prototype augmentation; the
-  statistics, 2·H numbers per class, travel in the checkpoint), ``pseudo_ratio`` times
-  as many per old class as there are real windows per new class. Without
-  statistics the new biases stay at their init (trained on new data alone they can only
-  grow) and weight aligning (WA) is what limits the pull of the new rows.
+  the old classes lie, each batch adds pseudo-features of old classes drawn from a
+  Gaussian fitted to their training features (PASS-style prototype augmentation; the
+  statistics, mean, std and a covariance factor per class, travel in the checkpoint),
+  ``pseudo_ratio`` times as many per old class as there are real windows per new class.
+  Without statistics the new biases stay at their init (trained on new data alone they
+  can only grow). On a cosine head, statistical weight aligning
+  (:meth:`ClassExtensionTask.align_by_claim_rate`) then caps how many old-class
+  pseudo-features the new classes may claim.
 - ``replay``: everything trains on the new windows plus a class-balanced buffer of old
   windows, with LwF-style distillation of the old classes' logits towards the frozen
   base model (KL at temperature ``T``, times ``T²``); then WA or BiC.
@@ -152,7 +154,8 @@ class ClassExtensionTask(ClassificationTask):
         """Statistical weight aligning for a cosine head: no old data, only old statistics.
 
         Draws ``n_samples`` pseudo-features of the old classes from the per-class feature
-        statistics stored at base training (``N(mean, std²)``, uniform over classes) and
+        statistics stored at base training (Gaussian with the class's mean and full
+        covariance, or per-dimension stds; see ``full_covariance``; uniform over classes) and
         lowers every new class's bias by the same offset ``δ ≥ 0``, the smallest for which
         at most a fraction ``claim_rate`` of them have a new class as their argmax. Like
         WA it is one scalar applied to the new classes only, and old rows, biases and
