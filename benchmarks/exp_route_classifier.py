@@ -108,12 +108,25 @@ class Settings:
     max_train_windows: int = 20_000
     max_test_windows: int = 8_000
     max_steps: int = 150
+    #: Backbone: auxiliary place × heading cells (0: none), their weight, cosine margin.
+    aux_cells: int = 0
+    aux_weight: float = 0.5
+    aux_path: bool = False
+    margin: float = 0.0
+    #: Target claim rate of statistical WA (cosine head); one offset per new class or shared.
+    #: 0.001: the largest rate of the validation grid (0.01, 0.003, 0.001, 0.0003) with an
+    #: old-class drop ≤ 1 pp on both datasets at every n (exp_route_classifier_select.py).
+    wa_claim_rate: float = 0.001
+    wa_per_class: bool = False
+    #: More claim rates for imprint · frozen(+pseudo)+wa (cosine): the trade-off curve.
+    wa_sweep: tuple[float, ...] = (0.03, 0.01, 0.003, 0.0003)
     inits: tuple[str, ...] = ("imprint", "mean", "low_bias", "random")
     #: (mode, align, pseudo_ratio): frozen with pseudo_ratio 0 is the plain no-old-data mode.
     modes: tuple[tuple[str, str, float], ...] = (
         ("frozen", "none", 0.0),
         ("frozen", "wa", 0.0),
         ("frozen", "none", 1.0),
+        ("frozen", "wa", 1.0),
         ("replay", "wa", 0.0),
         ("replay", "bic", 0.0),
         ("naive", "none", 0.0),
@@ -185,7 +198,14 @@ def train(dm: RouteClassDataModule, s: Settings) -> tuple[ClassificationTask, fl
     """Train a classifier from scratch on ``dm`` (fixed epochs, seeded); return it and secs."""
     pl.seed_everything(s.seed, workers=True)
     task = ClassificationTask(
-        hidden_dim=s.hidden_dim, head=s.head, neck=s.neck, max_epochs_hint=s.epochs
+        hidden_dim=s.hidden_dim,
+        head=s.head,
+        neck=s.neck,
+        max_epochs_hint=s.epochs,
+        aux_cells=s.aux_cells,
+        aux_weight=s.aux_weight,
+        aux_path=s.aux_path,
+        margin=s.margin,
     )
     trainer = pl.Trainer(
         max_epochs=s.epochs,
@@ -265,7 +285,8 @@ def run_dataset(spec: DatasetSpec, s: Settings, work: Path) -> dict[str, Any]:
         data = ExtensionData(concat_class_windows([old_train, examples]), test, base_dm.scale)
         for cfg in method_grid(s):
             _, report = run_class_extension(base, data, new, cfg)
-            out["runs"].append({"n": n, **method_row(cfg, report, "")})
+            sweep = cfg.align == "wa" and cfg.wa_claim_rate != s.wa_claim_rate
+            out["runs"].append({"n": n, **method_row(cfg, report, "", sweep)})
         for cfg in method_grid(s, linear=True):
             _, report = run_class_extension(linear, data, new, cfg)
             out["runs"].append({"n": n, **method_row(cfg, report, "linear head: ")})
@@ -279,7 +300,13 @@ def method_grid(s: Settings, linear: bool = False) -> list[ClassExtensionConfig]
 
     ``linear``: the imprint-initialised frozen variants only (for the linear-head base).
     """
-    base = ClassExtensionConfig(max_steps=s.max_steps, seed=s.seed, batch_size=64)
+    base = ClassExtensionConfig(
+        max_steps=s.max_steps,
+        seed=s.seed,
+        batch_size=64,
+        wa_claim_rate=s.wa_claim_rate,
+        wa_per_class=s.wa_per_class,
+    )
     if linear:
         return [
             replace(base, init="imprint", mode=m, align=a, pseudo_ratio=p)
@@ -305,14 +332,25 @@ def method_grid(s: Settings, linear: bool = False) -> list[ClassExtensionConfig]
         replace(base, init="imprint", mode="none", align="none"),
         replace(base, init="imprint", mode="prototype", align="none"),
     ]
+    grid += [
+        replace(base, init="imprint", mode="frozen", align="wa", pseudo_ratio=p, wa_claim_rate=r)
+        for p in (0.0, 1.0)
+        for r in s.wa_sweep
+    ]
     return grid
 
 
-def method_row(cfg: ClassExtensionConfig, report: Any, prefix: str) -> dict[str, Any]:
-    """One result row: method label, settings and headline figures."""
+def method_row(
+    cfg: ClassExtensionConfig, report: Any, prefix: str, sweep: bool = False
+) -> dict[str, Any]:
+    """One result row: method label, settings and headline figures.
+
+    ``sweep``: a statistical-WA row off the default claim rate (labelled ``+wa@rate``).
+    """
     pseudo = "+pseudo" if cfg.mode == "frozen" and cfg.pseudo_ratio > 0 else ""
     pseudo += "+old-data" if cfg.mode == "frozen" and cfg.old_negatives else ""
     label = f"{prefix}{cfg.mode}{pseudo}{'+' + cfg.align if cfg.align != 'none' else ''}"
+    label += f"@{cfg.wa_claim_rate:g}" if sweep else ""
     label += " (masked)" if cfg.mask else ""
     ev = report.evaluation
     return {
@@ -329,6 +367,10 @@ def method_row(cfg: ClassExtensionConfig, report: Any, prefix: str) -> dict[str,
         "steps": report.steps,
         "wall_s": report.wall_seconds,
         "wa_factor": report.wa_factor,
+        "wa_offset": report.wa_offset,
+        "wa_claim_rate": cfg.wa_claim_rate
+        if cfg.align == "wa" and cfg.mode == "frozen" and not prefix
+        else None,
         "bic": report.bic,
     }
 
@@ -473,8 +515,13 @@ HOW_TO_READ = (
     "pseudo-features of old lines drawn from their stored feature statistics; *+old-data* "
     "trains the new rows against 200 real old windows per line with the encoder still "
     "frozen: the best a frozen backbone with one row per line can do, so a drop it cannot "
-    "avoid is missing from the frozen features, not from the head or its calibration. WA is "
-    "a no-op on the cosine head (the default), hence the linear-head rows. Joint retraining "
+    "avoid is missing from the frozen features, not from the head or its calibration. WA on "
+    "the linear head rescales the new rows to the old rows' mean norm; on the cosine head "
+    "(the default), where row norms do not count, *+wa* is statistical WA: no old data, only "
+    "the old lines' feature statistics stored at base training (per-dimension mean and std): "
+    "the new biases are lowered by the smallest offset for which at most a target share "
+    "(the claim rate; *+wa@r* rows sweep it) of pseudo-features drawn from those statistics "
+    "are claimed by a new line. Joint retraining "
     "starts from scratch on the old lines' data plus the same n example trajectories. Old-"
     "class drop = base accuracy on old lines minus the grown model's (pp); accuracies are "
     "class-incremental (every window is classified among all lines)."
@@ -501,6 +548,15 @@ def plot_tradeoff(result: dict[str, Any], n: int) -> Any:
         sel = [r for r in rows if r["mode"] == family]
         ax.scatter([r["old_acc_drop_pp"] for r in sel], [100 * r["new_acc"] for r in sel],
                    marker=marker, label=family, alpha=0.75)  # fmt: skip
+    for pseudo in (False, True):
+        curve = sorted(
+            (r for r in rows if r.get("wa_claim_rate") is not None and r["init"] == "imprint"
+             and r["mode"] == "frozen" and ("+pseudo" in r["method"]) == pseudo),
+            key=lambda r: r["wa_claim_rate"],
+        )  # fmt: skip
+        name = f"imprint · frozen{'+pseudo' if pseudo else ''}+wa, claim rate swept"
+        ax.plot([r["old_acc_drop_pp"] for r in curve], [100 * r["new_acc"] for r in curve], "-",
+                label=name)  # fmt: skip
     drop, new = joint_point(result, n)
     ax.scatter([drop], [100 * new], marker="*", s=250, c="k", label=f"joint retraining (n={n})")
     ax.axvline(1.0, color="r", ls=":", label="bar: 1 pp")

@@ -36,6 +36,7 @@ class ClassExtensionReport:
     replay_windows: int
     bic_windows: int
     wa_factor: float | None = None
+    wa_offset: float | None = None
     bic: dict[str, float] | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, float | bool | None] = field(default_factory=dict)

@@ -64,7 +64,14 @@ class ClassExtensionConfig:
         init: New-row init: ``imprint``, ``mean``, ``low_bias`` or ``random``.
         mode: ``none``, ``frozen``, ``replay``, ``naive`` or ``prototype``.
         align: After training: ``none``, ``wa`` (weight aligning) or ``bic``
-            (needs old data: ``replay`` only).
+            (needs old data: ``replay`` only). WA on a linear head rescales the new rows
+            to the old rows' mean norm; on a cosine head (row norms do not count) it is
+            the statistical WA of
+            :meth:`~transitnet.tasks.class_extension.ClassExtensionTask.align_by_claim_rate`:
+            one offset on the new biases, so that at most ``wa_claim_rate`` of the old
+            classes' pseudo-features (drawn from their stored statistics) go to new ones;
+            only with the base encoder (``frozen``, ``none``), whose features the
+            statistics describe: after ``replay`` or ``naive`` it is skipped (warning).
         shots: Example trajectories per new class (None: every one in the new data).
         mask: Add the new classes masked; training modes unmask them after training.
         max_steps: Optimizer steps.
@@ -75,10 +82,15 @@ class ClassExtensionConfig:
         temperature: Distillation temperature.
         train_new_bias: Train the new biases in ``frozen`` mode (with pseudo-features).
         pseudo_ratio: Pseudo-features of old classes per new window (``frozen``; 0: none).
+        full_covariance: Pseudo-features (and statistical WA) draw from each old class's
+            full covariance when stored, not only its per-dimension stds.
         replay_per_class: Old windows per old class in the replay buffer.
         old_negatives: ``frozen`` mode trains the new rows on the replay buffer too (old
             data needed; the encoder and old rows still stay frozen).
         bic_per_class: Held-out windows per class for BiC.
+        wa_claim_rate: Target claim rate of statistical WA (cosine head).
+        wa_per_class: Statistical WA gives each new class its own offset (a share
+            ``wa_claim_rate / k`` each) instead of one shared offset.
         min_windows: ``auto`` only adds lines with at least this many windows.
         seed: Seed for sampling, init and training.
         progress: Show a progress bar while training.
@@ -98,9 +110,12 @@ class ClassExtensionConfig:
     temperature: float = 2.0
     train_new_bias: bool = True
     pseudo_ratio: float = 1.0
+    full_covariance: bool = True
     replay_per_class: int = 20
     old_negatives: bool = False
     bic_per_class: int = 10
+    wa_claim_rate: float = 0.01
+    wa_per_class: bool = False
     min_windows: int = 10
     seed: int = 0
     progress: bool = False
@@ -116,6 +131,8 @@ class ClassExtensionConfig:
             raise ValueError("BiC is fitted on held-out old and new windows: use mode 'replay'")
         if self.shots is not None and self.shots < 1:
             raise ValueError(f"shots must be ≥ 1, got {self.shots}")
+        if not 0.0 <= self.wa_claim_rate <= 1.0:
+            raise ValueError(f"wa_claim_rate must be in [0, 1], got {self.wa_claim_rate}")
 
 
 @dataclass
@@ -152,6 +169,7 @@ def build_extension_task(base: ClassificationTask, cfg: ClassExtensionConfig) ->
         temperature=cfg.temperature,
         train_new_bias=cfg.train_new_bias,
         pseudo_ratio=cfg.pseudo_ratio,
+        full_covariance=cfg.full_covariance,
         **hp,
     )
     encoder, head, _ = base.net()
@@ -159,6 +177,7 @@ def build_extension_task(base: ClassificationTask, cfg: ClassExtensionConfig) ->
     task.load_state_dict(base.state_dict())
     task.correction = base.correction
     task.class_stats = dict(base.class_stats)
+    task.class_chol = dict(base.class_chol)
     return task
 
 
@@ -302,7 +321,7 @@ def run_class_extension(
         task, data.evaluation, data.scale, groups, feats_eval
     )  # same encoder
     steps = train_task(task, windows, new_classes, cfg, data.scale)
-    wa, bic = _align(task, cfg, windows, data.scale, new_classes)
+    wa, offset, bic = _align(task, cfg, windows, data.scale, new_classes)
     wall = time.perf_counter() - started
     frozen = cfg.mode in ("none", "frozen", "prototype")  # encoder and neck untouched
     after, _, _ = evaluate_windows(
@@ -321,6 +340,7 @@ def run_class_extension(
         replay_windows=len(windows.replay),
         bic_windows=len(windows.bic_old) + len(windows.bic_new),
         wa_factor=wa,
+        wa_offset=offset,
         bic=bic,
         evaluation={"before": before, "after_add": after_add, "after": after} if before else {},
     )
@@ -334,13 +354,25 @@ def _align(
     windows: ExtensionWindows,
     scale: Any,
     new_classes: list[str],
-) -> tuple[float | None, dict[str, float] | None]:
-    """WA (returns its factor) or BiC (returns alpha, beta; recorded on the task)."""
+) -> tuple[float | None, float | None, dict[str, float] | None]:
+    """Align after training: ``(WA factor, WA bias offset, BiC alpha and beta)``.
+
+    WA gives its factor on a linear head, its bias offset on a cosine one; BiC's
+    alpha and beta are also recorded on the task.
+    """
     head = task.net()[1]
+    if cfg.align == "wa" and head.cosine and cfg.mode not in ("none", "frozen"):
+        logger.warning("statistical WA needs the base encoder (the statistics' own): skipped")
+        return None, None, None
+    if cfg.align == "wa" and head.cosine:
+        offset = task.align_by_claim_rate(
+            cfg.wa_claim_rate, seed=cfg.seed, per_class=cfg.wa_per_class
+        )
+        return None, None if offset is None else round(offset, 6), None
     if cfg.align == "wa":
-        return round(head.weight_align(), 6), None
+        return round(head.weight_align(), 6), None, None
     if cfg.align != "bic":
-        return None, None
+        return None, None, None
     held = concat_class_windows([windows.bic_old, windows.bic_new])
     rows = {n: i for i, n in enumerate(task.class_names)}
     targets = torch.as_tensor([rows[k] for k in held.labels], dtype=torch.long)
@@ -351,7 +383,7 @@ def _align(
     fitted = fit_bic(logits, targets, new_mask)
     alpha, beta = fitted.alpha.item(), fitted.beta.item()
     task.correction = {"classes": list(new_classes), "alpha": alpha, "beta": beta}
-    return None, {"alpha": round(alpha, 6), "beta": round(beta, 6)}
+    return None, None, {"alpha": round(alpha, 6), "beta": round(beta, 6)}
 
 
 def write_class_checkpoint(task: ClassificationTask, dm: RouteClassDataModule, path: Path) -> Path:

@@ -72,6 +72,8 @@ def test_fit_then_extend_classes_through_the_real_cli(tmp_path: Path) -> None:
                 "frozen",
                 "--align",
                 "wa",
+                "--wa-claim-rate",
+                "0.02",
                 "--shots",
                 "2",
                 "--max-steps",
@@ -90,6 +92,7 @@ def test_fit_then_extend_classes_through_the_real_cli(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["classes_added"] == ["E"] and report["init"] == "imprint"
     assert report["mode"] == "frozen" and report["steps"] == 5
+    assert report["wa_factor"] is None and report["wa_offset"] >= 0  # cosine: statistical WA
     assert set(report["evaluation"]) == {"before", "after_add", "after"}
     for stage in report["evaluation"].values():
         assert {"old", "new", "all"} <= set(stage)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from tests.models.test_forecaster import AUSTIN, read_austin_windows
-from transitnet.models.prototype import PrototypeHead
+from transitnet.models.prototype import PrototypeHead, compute_covariance_factor
 
 
 def _clusters(n_classes=6, dim=16, n=40, noise=0.15, seed=0):
@@ -113,3 +113,18 @@ def test_real_austin_routes_recognised_from_early_trip_prototypes(shared_data):
     acc_new, acc_old_after = accuracy(late_new), accuracy(late_old)
     # chance is 1/7 then 1/8; measured 0.54, 0.57 (new line 803) and 0.48 with this descriptor
     assert acc_old > 3 / 7 and acc_new > 3 / 8 and acc_old_after > 3 / 8, (acc_old, acc_new)
+
+
+def test_covariance_factor_reproduces_correlated_features():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 2, generator=gen)
+    feats = torch.stack([z[:, 0], 0.9 * z[:, 0] + 0.1 * z[:, 1], 2 * z[:, 1]], dim=1)
+    factor = compute_covariance_factor(feats, shrink=0.0)
+    assert factor.shape == (3, 3) and torch.equal(factor, factor.tril())
+    cov = torch.cov(feats.T)
+    assert torch.allclose(factor @ factor.T, cov, atol=0.02)
+    shrunk = compute_covariance_factor(feats)  # default shrinks the off-diagonal by 10 %
+    off = float((shrunk @ shrunk.T)[0, 1])
+    assert off == pytest.approx(0.9 * float(cov[0, 1]), rel=0.02)
+    one = compute_covariance_factor(feats[:1])  # one window: only the ridge, still factors
+    assert torch.isfinite(one).all() and one.abs().max() < 1e-2

@@ -161,3 +161,35 @@ def test_replay_distills_and_naive_moves_the_encoder(trained):
         ClassExtensionTask(mode="magic")
     with pytest.raises(ValueError, match="head must be"):
         ClassificationTask(head="tree")
+
+
+def test_aux_place_objective_and_margin_train_and_round_trip(trained, tmp_path):
+    _, dm, _ = trained
+    pl.seed_everything(0)
+    task = ClassificationTask(hidden_dim=16, lr=1e-2, aux_cells=8, aux_weight=0.5, margin=0.2)
+    trainer = _trainer(tmp_path, max_epochs=2)
+    with one_torch_thread():
+        trainer.fit(task, dm)
+    assert trainer.callback_metrics["train_aux_loss"] > 0
+    assert task.places is not None and bool(task.places.centres.abs().sum() > 0)  # fitted
+    batch = _old_batch(dm)
+    cells = task.places(batch.features, batch.lengths)
+    assert cells.min() >= 0 and cells.max() < 8 and len(cells.unique()) > 1
+    trainer.save_checkpoint(tmp_path / "aux.ckpt")
+    loaded = ClassificationTask.load_from_checkpoint(tmp_path / "aux.ckpt").eval()
+    assert torch.equal(loaded.places.centres, task.places.centres)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), task.eval()(batch))
+
+
+def test_cosine_margin_raises_the_training_loss(trained):
+    task, dm, _ = trained
+    batch = _old_batch(dm)
+    losses = []
+    for margin in (0.0, 0.3):
+        t = copy.deepcopy(task)
+        t.hparams["margin"] = margin
+        t.log = lambda *a, **k: None  # no trainer attached
+        with torch.no_grad():
+            losses.append(float(t.training_step(batch, 0)))
+    assert losses[1] > losses[0]

@@ -48,8 +48,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--align",
         default="wa",
         choices=["none", "wa", "bic"],
-        help="After training: wa (rescale new rows to the old rows' mean norm), bic (two "
+        help="After training: wa (linear head: rescale new rows to the old rows' mean norm; "
+        "cosine head: lower the new biases until at most --wa-claim-rate of old-class "
+        "pseudo-features drawn from the stored statistics go to new classes), bic (two "
         "scalars on new logits fitted on held-out windows; mode replay only) or none.",
+    )
+    p.add_argument(
+        "--wa-claim-rate", type=float, default=0.01, help="Statistical WA target (cosine head)."
     )
     p.add_argument("--shots", type=int, help="Example trajectories per new class (default all).")
     p.add_argument("--mask", action="store_true", help="Add the new classes masked until trained.")
@@ -92,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         distill_weight=args.distill_weight,
         replay_per_class=args.replay_per_class,
         bic_per_class=args.bic_per_class,
+        wa_claim_rate=args.wa_claim_rate,
         min_windows=args.min_windows,
         seed=args.seed,
         progress=True,

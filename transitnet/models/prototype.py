@@ -129,3 +129,20 @@ class PrototypeHead(nn.Module):
         if bool((features.norm(dim=1) == 0).any()):
             raise ValueError("features hold all-zero rows, which have no direction")
         return nn.functional.normalize(features.detach(), dim=1)
+
+
+def compute_covariance_factor(features: torch.Tensor, shrink: float = 0.1) -> torch.Tensor:
+    """Lower Cholesky factor ``(H, H)`` of the covariance of features ``(n, H)``.
+
+    The covariance is shrunk toward its diagonal by ``shrink`` (few windows per class
+    estimate ``H²`` numbers) and given a tiny ridge, so one window or constant features
+    still factor. ``mean + L @ z`` with ``z ~ N(0, I)`` draws from the fitted Gaussian.
+    """
+    f = features.detach().double()
+    centred = f - f.mean(0)
+    cov = centred.T @ centred / max(len(f), 1)
+    diag = torch.diagonal(cov)
+    cov = (1.0 - shrink) * cov + shrink * torch.diag(diag)
+    ridge = 1e-6 * max(float(diag.mean()), 1e-6)
+    factor: torch.Tensor = torch.linalg.cholesky(cov + ridge * torch.eye(len(cov), dtype=cov.dtype))
+    return factor.float()

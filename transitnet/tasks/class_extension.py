@@ -9,12 +9,14 @@ Modes and what each needs and guarantees (new classes are added first with
   optimizer group; only the new rows (and, with ``train_new_bias``, their biases) train,
   on new-class windows: **no old data needed**. Old rows are bit-identical afterwards;
   the old classes can only lose windows to the new ones. To teach the new rows where
-  the old classes lie, each batch adds pseudo-features of old classes drawn from
-  N(mean, std²) of their training features (PASS-style prototype augmentation; the
-  statistics, 2·H numbers per class, travel in the checkpoint), ``pseudo_ratio`` times
-  as many per old class as there are real windows per new class. Without
-  statistics the new biases stay at their init (trained on new data alone they can only
-  grow) and weight aligning (WA) is what limits the pull of the new rows.
+  the old classes lie, each batch adds pseudo-features of old classes drawn from a
+  Gaussian fitted to their training features (PASS-style prototype augmentation; the
+  statistics, mean, std and a covariance factor per class, travel in the checkpoint),
+  ``pseudo_ratio`` times as many per old class as there are real windows per new class.
+  Without statistics the new biases stay at their init (trained on new data alone they
+  can only grow). On a cosine head, statistical weight aligning
+  (:meth:`ClassExtensionTask.align_by_claim_rate`) then caps how many old-class
+  pseudo-features the new classes may claim.
 - ``replay``: everything trains on the new windows plus a class-balanced buffer of old
   windows, with LwF-style distillation of the old classes' logits towards the frozen
   base model (KL at temperature ``T``, times ``T²``); then WA or BiC.
@@ -25,6 +27,7 @@ Modes and what each needs and guarantees (new classes are added first with
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import torch
@@ -34,6 +37,7 @@ from transitnet.datasets.class_batches import ClassBatch
 from transitnet.tasks.classification import ClassificationTask
 
 MODES = ("none", "frozen", "replay", "naive")
+logger = logging.getLogger(__name__)
 
 
 class ClassExtensionTask(ClassificationTask):
@@ -49,6 +53,8 @@ class ClassExtensionTask(ClassificationTask):
             pseudo-features of old classes are available).
         pseudo_ratio: Pseudo-features per old class over real windows per new class in
             ``frozen`` mode (1: class-balanced batches; 0 turns them off).
+        full_covariance: Draw pseudo-features from each old class's full (shrunk)
+            covariance when the checkpoint stores it; else from the per-dimension stds.
         **kwargs: Passed to :class:`ClassificationTask`.
     """
 
@@ -61,6 +67,7 @@ class ClassExtensionTask(ClassificationTask):
         temperature: float = 2.0,
         train_new_bias: bool = True,
         pseudo_ratio: float = 1.0,
+        full_covariance: bool = True,
         **kwargs: Any,
     ) -> None:
         if mode not in MODES:
@@ -99,25 +106,92 @@ class ClassExtensionTask(ClassificationTask):
         self.trainable = [p for p in self.parameters() if p.requires_grad]
 
     def _pseudo_source(
-        self, old_names: tuple[str, ...]
+        self, old_names: tuple[str, ...], *, always: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Rows, means and stds of the old classes that have feature statistics."""
+        """Rows, means and stds of the old classes that have feature statistics.
+
+        None without statistics, or when ``pseudo_ratio`` is 0 unless ``always``.
+        """
         have = [(i, n) for i, n in enumerate(old_names) if n in self.class_stats]
-        if not have or float(self.hparams["pseudo_ratio"]) <= 0:
+        if not have or (float(self.hparams["pseudo_ratio"]) <= 0 and not always):
             return None
         rows = torch.tensor([i for i, _ in have], dtype=torch.long)
         means = torch.stack([self.class_stats[n][0] for _, n in have])
-        stds = torch.stack([self.class_stats[n][1] for _, n in have])
-        return rows, means, stds
+        if bool(self.hparams["full_covariance"]) and all(n in self.class_chol for _, n in have):
+            return rows, means, torch.stack([self.class_chol[n] for _, n in have])
+        return rows, means, torch.stack([self.class_stats[n][1] for _, n in have])
 
-    def pseudo_features(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` pseudo-features of old classes (uniform over classes) and their rows."""
-        if self.pseudo is None:
+    def pseudo_features(
+        self,
+        n: int,
+        source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` pseudo-features of old classes (uniform over classes) and their rows.
+
+        ``source`` (default: the one :meth:`prepare_mode` chose) holds rows, means and
+        either stds ``(C, H)`` or Cholesky factors ``(C, H, H)``.
+        """
+        source = source if source is not None else self.pseudo
+        if source is None:
             raise RuntimeError("no old-class statistics to sample from")
-        rows, means, stds = (t.to(self.device) for t in self.pseudo)
-        pick = torch.randint(len(rows), (n,), device=self.device)
-        noise = torch.randn(n, means.shape[1], device=self.device)
-        return means[pick] + stds[pick] * noise, rows[pick]
+        rows, means, scales = source
+        pick = torch.randint(len(rows), (n,), generator=generator).sort().values
+        noise = torch.randn(n, means.shape[1], generator=generator)
+        if scales.ndim == 2:
+            fake = means[pick] + scales[pick] * noise
+        else:
+            fake = torch.empty_like(noise)
+            for c in sorted(set(pick.tolist())):
+                at = pick == c
+                fake[at] = means[c] + noise[at] @ scales[c].T
+        return fake.to(self.device), rows[pick].to(self.device)
+
+    @torch.no_grad()
+    def align_by_claim_rate(
+        self, claim_rate: float, n_samples: int = 20_000, seed: int = 0, per_class: bool = False
+    ) -> float | None:
+        """Statistical weight aligning for a cosine head: no old data, only old statistics.
+
+        Draws ``n_samples`` pseudo-features of the old classes from the per-class feature
+        statistics stored at base training (Gaussian with the class's mean and full
+        covariance, or per-dimension stds; see ``full_covariance``; uniform over classes) and
+        lowers every new class's bias by the same offset ``δ ≥ 0``, the smallest for which
+        at most a fraction ``claim_rate`` of them have a new class as their argmax. Like
+        WA it is one scalar applied to the new classes only, and old rows, biases and
+        old-vs-old decisions are untouched. ``per_class``: each of the ``k`` new classes
+        gets its own offset, the smallest for which it beats every old class on at most
+        ``claim_rate / k`` of them (together still at most ``claim_rate``), so a new
+        class that overlaps the old ones does not hold back the others.
+
+        Returns:
+            The (largest) offset ``δ`` subtracted from the new biases, or None (with a
+            warning) when the checkpoint holds no old-class statistics.
+
+        Raises:
+            ValueError: ``claim_rate`` outside ``[0, 1]``, or no new classes.
+        """
+        head = self.net()[1]
+        if not 0.0 <= claim_rate <= 1.0 or head.weight.new.shape[0] == 0:
+            raise ValueError(f"need new classes and 0 ≤ claim_rate ≤ 1, got {claim_rate}")
+        source = self._pseudo_source(head.class_names[: self.n_old], always=True)
+        if source is None:
+            logger.warning("no old-class statistics: statistical weight aligning skipped")
+            return None
+        gen = torch.Generator().manual_seed(seed)
+        fake, _ = self.pseudo_features(n_samples, source, gen)
+        logits = head(fake)
+        old_best = logits[:, : self.n_old].max(1, keepdim=True).values
+        gaps = (logits[:, self.n_old :] - old_best).double()  # (n_samples, k)
+        if per_class:
+            rate = claim_rate / gaps.shape[1]
+            deltas = torch.quantile(gaps, 1.0 - rate, dim=0).clamp(min=0.0)
+        else:
+            deltas = torch.quantile(gaps.max(1).values, 1.0 - claim_rate).clamp(min=0.0)
+        head.bias.new.sub_(deltas.to(head.bias.new))
+        logger.info("statistical WA: new biases lowered by up to %.4f (claim rate %.4f)",
+                    float(deltas.max()), claim_rate)  # fmt: skip
+        return float(deltas.max())
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """New rows at ``new_row_lr`` (no weight decay); the rest at ``layer_lr``."""

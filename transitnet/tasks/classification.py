@@ -22,9 +22,11 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from transitnet.datasets.class_batches import ClassBatch, ClassWindowDataset
+from transitnet.datasets.class_windows import CLASS_FEATURES
 from transitnet.models.classifier import MASKED_LOGIT, ExtensibleClassifier
 from transitnet.models.encoder import TrajectoryEncoder
-from transitnet.models.prototype import PrototypeHead
+from transitnet.models.place_targets import PlaceTargets
+from transitnet.models.prototype import PrototypeHead, compute_covariance_factor
 from transitnet.tasks.base import BaseTask
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,14 @@ class ClassificationTask(BaseTask):
         prototype_per_class: Training windows per class the prototypes are fitted on.
         predict_with: ``classifier`` or ``prototype`` (nearest class mean).
         max_len: Longest window the transformer encoder accepts.
+        aux_cells: When > 0, an auxiliary head on the features predicts the window's
+            place × heading cell (:class:`~transitnet.models.place_targets.PlaceTargets`,
+            this many k-means cells of the training windows) jointly with the line: a
+            line-free objective that keeps unseen lines apart from the old ones.
+        aux_weight: Weight of the auxiliary cross-entropy.
+        aux_path: The cells also tell where the window started (the stretch covered).
+        margin: Additive cosine margin (CosFace) subtracted from the true class's cosine
+            in training (cosine head only): tighter classes.
     """
 
     feature_mean: torch.Tensor
@@ -78,6 +88,10 @@ class ClassificationTask(BaseTask):
         prototype_per_class: int = 256,
         predict_with: str = "classifier",
         max_len: int = 64,
+        aux_cells: int = 0,
+        aux_weight: float = 0.5,
+        aux_path: bool = False,
+        margin: float = 0.0,
     ) -> None:
         super().__init__()
         if head not in HEADS or predict_with not in ANSWERS or neck not in NECKS:
@@ -90,8 +104,11 @@ class ClassificationTask(BaseTask):
         self.neck: nn.Module = nn.Identity()
         self.head: ExtensibleClassifier | None = None
         self.prototypes: PrototypeHead | None = None
+        self.places: PlaceTargets | None = None
+        self.aux_head: nn.Module | None = None
         self.correction: dict[str, Any] | None = None
         self.class_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.class_chol: dict[str, torch.Tensor] = {}
         self.trainable: list[nn.Parameter] | None = None
         self._counts: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -125,6 +142,12 @@ class ClassificationTask(BaseTask):
         )
         self.prototypes = PrototypeHead(hp.hidden_dim)
         self.register_buffer("feature_mean", torch.zeros(hp.hidden_dim))
+        if hp.aux_cells > 0:
+            cols = [CLASS_FEATURES.index(c) for c in ("x_km", "y_km", "heading_sin", "heading_cos")]
+            self.places = PlaceTargets(
+                hp.aux_cells, (cols[0], cols[1], cols[2], cols[3]), path=hp.aux_path
+            )
+            self.aux_head = nn.Linear(hp.hidden_dim, hp.aux_cells)
 
     def configure_model(self) -> None:
         """Build the network from the attached DataModule's classes (after its setup)."""
@@ -134,6 +157,9 @@ class ClassificationTask(BaseTask):
         if dm is None or not getattr(dm, "classes", None):
             raise RuntimeError("ClassificationTask needs a set-up RouteClassDataModule")
         self.build_net(tuple(dm.classes), dm.n_features)
+        if self.places is not None:
+            data = dm.dataset("train")
+            self.places.fit(data.features, data.lengths)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the class names, feature count and any logit correction."""
@@ -143,6 +169,7 @@ class ClassificationTask(BaseTask):
             "n_features": encoder.n_features,
             "correction": self.correction,
             "class_stats": {k: [m.tolist(), s.tolist()] for k, (m, s) in self.class_stats.items()},
+            "class_chol": {k: v.tolist() for k, v in self.class_chol.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -161,6 +188,7 @@ class ClassificationTask(BaseTask):
             k: (torch.tensor(m), torch.tensor(s))
             for k, (m, s) in meta.get("class_stats", {}).items()
         }
+        self.class_chol = {k: torch.tensor(v) for k, v in meta.get("class_chol", {}).items()}
         saved = tuple(meta["class_names"])
         if self.head is None:
             self.build_net(saved, int(meta["n_features"]))
@@ -257,23 +285,41 @@ class ClassificationTask(BaseTask):
     ) -> None:
         """Record a class's prototype and feature statistics from its features ``(n, H)``.
 
-        The statistics (per-dimension mean and std, ``2·H`` numbers per class) travel in
-        the checkpoint; frozen-encoder extension samples pseudo-features of old classes
-        from them instead of needing old data.
+        The statistics (per-dimension mean and std, ``2·H`` numbers per class, and the
+        Cholesky factor of the shrunk covariance, ``H²``) travel in the checkpoint;
+        frozen-encoder extension samples pseudo-features of old classes from them
+        instead of needing old data.
         """
         (protos or self.net()[2]).add_class(name, self.center(features))
         std = (
             features.std(0, unbiased=False) if len(features) > 1 else torch.zeros_like(features[0])
         )
         self.class_stats[name] = (features.mean(0).detach(), std.detach())
+        self.class_chol[name] = compute_covariance_factor(features)
 
     # -- steps ---------------------------------------------------------------------
     def training_step(self, batch: ClassBatch, batch_idx: int) -> torch.Tensor:
-        """Cross-entropy of the classifier head; logs ``train_loss`` and ``train_acc``."""
-        logits = self.net()[1](self.encode(batch))
+        """Line cross-entropy (with any margin) plus the auxiliary place loss.
+
+        Logs ``train_loss``, ``train_acc`` and, with ``aux_cells``, ``train_aux_loss``.
+        """
+        head = self.net()[1]
+        feats = self.encode(batch)
+        logits = head(feats)
+        margin = float(self.hparams["margin"])
+        target = logits
+        if margin > 0 and head.cosine:
+            shift = nn.functional.one_hot(batch.labels, logits.shape[1]) * margin
+            target = logits - head.log_scale.exp() * shift
         loss = nn.functional.cross_entropy(
-            logits, batch.labels, label_smoothing=float(self.hparams["label_smoothing"])
+            target, batch.labels, label_smoothing=float(self.hparams["label_smoothing"])
         )
+        if self.places is not None and self.aux_head is not None:
+            aux = nn.functional.cross_entropy(
+                self.aux_head(feats), self.places(batch.features, batch.lengths)
+            )
+            self.log("train_aux_loss", aux, batch_size=len(batch))
+            loss = loss + float(self.hparams["aux_weight"]) * aux
         acc = (logits.argmax(dim=1) == batch.labels).float().mean()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
         self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(batch))

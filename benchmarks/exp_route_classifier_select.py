@@ -1,0 +1,206 @@
+"""Experiment: choose the route classifier's backbone and statistical-WA target on validation.
+
+For each dataset and backbone variant (auxiliary place × heading objective, cosine
+margin), on the same data and split of lines as :mod:`exp_route_classifier`, train the
+base classifier on the old lines, then add the new lines with n example trajectories
+each (frozen encoder, imprint init, no old data) and score on the **validation** period
+(time-ordered, before the test period, which this script never reads): old-class drop,
+new-class accuracy, for plain frozen, statistical WA at several claim-rate targets and
+the prototype head; joint retraining at the largest n gives bar 2's reference.
+The test figures are then measured once by ``exp_route_classifier.py`` with the chosen
+settings.
+
+Usage: ``.venv/bin/python benchmarks/exp_route_classifier_select.py --out OUT --work DIR
+[--datasets austin auckland] [--variants plain aux] [--rates 0.01 0.003]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import exp_route_classifier as erc
+
+from transitnet.datasets.class_batches import concat_class_windows, sample_trajectories
+from transitnet.datasets.class_windows import is_member
+from transitnet.evaluate_classes import predict_names, score_groups
+from transitnet.extend_classes import ClassExtensionConfig, ExtensionData, run_class_extension
+from transitnet.store.atomic import write_text_atomic
+
+logger = logging.getLogger("exp_route_classifier_select")
+
+#: Backbone variants: overrides of :class:`exp_route_classifier.Settings`.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "aux": {"aux_cells": 256, "aux_weight": 0.5},
+    "aux1": {"aux_cells": 256, "aux_weight": 1.0},
+    "margin": {"margin": 0.2},
+    "aux+margin": {"aux_cells": 256, "aux_weight": 0.5, "margin": 0.2},
+    "path": {"aux_cells": 512, "aux_weight": 0.5, "aux_path": True},
+    "margin0.1": {"margin": 0.1},
+    "path+margin0.1": {"aux_cells": 512, "aux_weight": 0.5, "aux_path": True, "margin": 0.1},
+}
+
+
+def extension_grid(s: erc.Settings, rates: list[float], n: int) -> list[ClassExtensionConfig]:
+    """Frozen imprint, statistical WA per rate (+pseudo), the prototype head, old-data at max n.
+
+    Pseudo-features come from per-dimension stds or (``/full``) full covariances.
+    """
+    base = ClassExtensionConfig(
+        init="imprint", mode="frozen", max_steps=s.max_steps, seed=s.seed, batch_size=64
+    )
+    grid = [replace(base, align="none", pseudo_ratio=0.0)]
+    for pseudo in (0.0, 1.0):
+        grid += [
+            replace(base, align="wa", pseudo_ratio=pseudo, wa_claim_rate=r, full_covariance=f)
+            for r in rates
+            for f in (False, True)
+        ]
+    grid.append(replace(base, mode="prototype", align="none"))
+    if n == max(s.shots):
+        grid.append(
+            replace(base, align="none", pseudo_ratio=0.0, old_negatives=True, replay_per_class=200)
+        )
+    return grid
+
+
+def label(cfg: ClassExtensionConfig) -> str:
+    """Short method name of one extension config."""
+    if cfg.mode == "prototype":
+        return "prototype"
+    name = "frozen" + ("+pseudo" if cfg.pseudo_ratio > 0 else "")
+    name += "+old-data" if cfg.old_negatives else ""
+    wa = f"+wa{'/class' if cfg.wa_per_class else ''}@{cfg.wa_claim_rate:g}"
+    full = "/full" if cfg.full_covariance and (cfg.align == "wa" or cfg.pseudo_ratio > 0) else ""
+    return name + (wa if cfg.align == "wa" else "") + full
+
+
+def run_variant(
+    spec: erc.DatasetSpec, s: erc.Settings, prep: dict[str, Any], rates: list[float]
+) -> dict[str, Any]:
+    """Base, joint at max n and the extension grid of one backbone variant, on validation."""
+    started = time.perf_counter()
+    dm_all, old, new = prep["dm"], prep["old"], prep["new"]
+    val, old_train, new_train = prep["val"], prep["old_train"], prep["new_train"]
+    base_dm = erc.clone_dm(dm_all, old, old_train)
+    base, base_s = erc.train(base_dm, s)
+    base_scores = score_groups(predict_names(base, val, base_dm.scale), val.labels, new, old)
+    n_max = max(s.shots)
+    examples = sample_trajectories(new_train, new, n_max, s.seed)
+    joint_dm = erc.clone_dm(dm_all, old + new, concat_class_windows([old_train, examples]))
+    joint, _ = erc.train(joint_dm, s)
+    joint_scores = score_groups(predict_names(joint, val, joint_dm.scale), val.labels, new, old)
+    rows = []
+    for n in s.shots:
+        examples = sample_trajectories(new_train, new, n, s.seed)
+        data = ExtensionData(concat_class_windows([old_train, examples]), val, base_dm.scale)
+        for cfg in extension_grid(s, rates, n):
+            _, report = run_class_extension(base, data, new, cfg)
+            ev = report.evaluation["after"]
+            rows.append(
+                {
+                    "n": n,
+                    "method": label(cfg),
+                    "old_drop_pp": report.summary["old_acc_drop_pp"],
+                    "new_acc": ev["new"]["acc"],
+                    "wa_offset": report.wa_offset,
+                }
+            )
+    out = {
+        "base_old_acc": base_scores["old"]["acc"],
+        "base_train_s": round(base_s, 1),
+        "joint_n_max": {"old": joint_scores["old"]["acc"], "new": joint_scores["new"]["acc"]},
+        "runs": rows,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    logger.info("%s %s: %s", spec.name, s, json.dumps({k: out[k] for k in list(out)[:3]}))
+    return out
+
+
+def prepare(spec: erc.DatasetSpec, s: erc.Settings, work: Path) -> dict[str, Any]:
+    """Load the dataset once: lines, old/new split (as the main experiment) and val windows."""
+    store = erc.ensure_store(spec, work)
+    dm_all = erc.make_dm(spec, store, s)
+    dm_all.setup("fit")
+    classes = list(dm_all.classes)
+    train_all = dm_all.windows["train"].subset(is_member(dm_all.windows["train"].labels, classes))
+    new = erc.pick_new(train_all, classes, s.k_new, s.seed, max(s.shots))
+    old = [c for c in classes if c not in new]
+    val = dm_all.windows["val"].subset(is_member(dm_all.windows["val"].labels, classes))
+    if len(val) > s.max_test_windows:
+        rng = np.random.default_rng(s.seed)
+        val = val.subset(np.sort(rng.choice(len(val), s.max_test_windows, replace=False)))
+    return {
+        "dm": dm_all,
+        "old": old,
+        "new": new,
+        "val": val,
+        "old_train": train_all.subset(is_member(train_all.labels, old)),
+        "new_train": train_all.subset(is_member(train_all.labels, new)),
+    }
+
+
+def summary_table(results: dict[str, Any], n: int) -> str:
+    """Markdown: per dataset × variant × method at ``n``, old drop and new accuracy."""
+    lines = ["| dataset | variant | base old | joint new | method | old drop (pp) | new acc |"]
+    lines.append("|" + " --- |" * 7)
+    for ds, variants in results.items():
+        for var, res in variants.items():
+            for r in (r for r in res["runs"] if r["n"] == n):
+                lines.append(
+                    f"| {ds} | {var} | {100 * res['base_old_acc']:.1f} | "
+                    f"{100 * res['joint_n_max']['new']:.1f} | {r['method']} | "
+                    f"{r['old_drop_pp']:+.1f} | {100 * (r['new_acc'] or 0):.1f} |"
+                )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="Output folder.")
+    parser.add_argument("--work", type=Path, help="Store folder (default OUT/work).")
+    parser.add_argument("--quick", action="store_true", help="Fewer lines, epochs and steps.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of every choice.")
+    parser.add_argument("--datasets", nargs="+", default=list(erc.DATASETS))
+    parser.add_argument("--variants", nargs="+", default=["plain", "aux"], choices=VARIANTS)
+    parser.add_argument("--rates", nargs="+", type=float, default=[0.03, 0.01, 0.003])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "transitnet"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    s0 = replace(erc.QUICK if args.quick else erc.Settings(), seed=args.seed)
+    facts = erc.machine_facts()
+    results: dict[str, Any] = {}
+    for ds in args.datasets:
+        spec = erc.DATASETS[ds]
+        prep = prepare(spec, s0, args.work or args.out / "work")
+        results[ds] = {}
+        for var in args.variants:
+            s = replace(s0, **VARIANTS[var])
+            results[ds][var] = {"settings": asdict(s), **run_variant(spec, s, prep, args.rates)}
+            write_text_atomic(
+                args.out / "select.json",
+                json.dumps({"machine": facts, "argv": sys.argv[1:], "results": results}, indent=1),
+            )
+    table = "\n\n".join(summary_table(results, n) for n in s0.shots)
+    write_text_atomic(args.out / "select.md", f"# Validation selection\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

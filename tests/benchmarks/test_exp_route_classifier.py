@@ -1,0 +1,60 @@
+"""The route-classifier experiment's grid, bars and write-up (no training: rows built here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import exp_route_classifier as exp
+import exp_route_classifier_select as sel
+
+
+def _row(n, method, init, drop, new, *, align="none", head="cosine", rate=None, mode="frozen"):
+    return {"n": n, "method": method, "init": init, "mode": mode, "align": align, "head": head,
+            "old_acc_drop_pp": drop, "new_acc": new, "avg_incremental_accuracy": 0.8,
+            "old_argmax_unchanged_after_add": True, "wa_claim_rate": rate}  # fmt: skip
+
+
+def _result():
+    runs = []
+    for n in (1, 20):
+        runs += [
+            _row(n, "frozen", "imprint", 20.0, 0.9),
+            _row(n, "frozen+wa", "imprint", 0.8, 0.3, align="wa", rate=0.01),
+            _row(n, "frozen+wa@0.1", "imprint", 3.0, 0.6, align="wa", rate=0.1),
+            _row(n, "none", "low_bias", 0.0, 0.0, mode="none"),
+        ]
+    joint = {"old": {"acc": 0.9}, "new": {"acc": 0.8}}
+    return {"dataset": "syn", "runs": runs, "joint": {"1": joint, "20": joint},
+            "base": {"old": {"acc": 0.91}, "train_s": 1.0}, "base_linear": joint,
+            "joint_all_data": joint, "old_classes": ["a"], "new_classes": ["b"],
+            "windows": {}, "wall_s": 1.0}  # fmt: skip
+
+
+def test_bars_judge_statistical_wa_and_the_sweep_and_the_report_renders(tmp_path):
+    s = exp.Settings(shots=(1, 20))
+    bars = exp.check_bars(_result(), s)
+    wa = bars["frozen_imprint_wa"]
+    assert wa["frozen+wa"]["bar1_drop_le_1pp"] and not wa["frozen+wa@0.1"]["bar1_drop_le_1pp"]
+    assert wa["frozen"]["bar2_ratio_to_joint_n20"] == 1.125
+    assert bars["bars_1_and_2_together"] == []  # 0.3 / 0.8 < 80 %
+    assert "imprint · frozen" in bars["bar2_methods_meeting"]
+    result = _result()
+    exp.write_outputs([result], s, tmp_path, {"setup": "test", "settings": {}})
+    text = (tmp_path / "report.md").read_text()
+    assert "statistical WA" in text and "frozen+wa@0.1" in text
+    assert (tmp_path / "syn_tradeoff_n20.png").stat().st_size > 0
+    assert json.loads((tmp_path / "report.json").read_text())["results"][0]["bars"]
+
+
+def test_grids_add_the_claim_rate_sweep_with_labels():
+    s = exp.Settings(wa_sweep=(0.1,))
+    swept = [c for c in exp.method_grid(s) if c.align == "wa" and c.wa_claim_rate == 0.1]
+    assert {c.pseudo_ratio for c in swept} == {0.0, 1.0} and all(c.init == "imprint" for c in swept)
+    grid = sel.extension_grid(s, [0.01], 20)
+    labels = [sel.label(c) for c in grid]
+    assert "frozen+wa@0.01/full" in labels and "frozen+pseudo+wa@0.01" in labels
+    assert labels[-2:] == ["prototype", "frozen+old-data"]
+    assert "frozen+old-data" not in [sel.label(c) for c in sel.extension_grid(s, [0.01], 1)]
