@@ -54,6 +54,8 @@ class ExtensionConfig:
             replay buffer, so the tuned layers are held to the base model on old lines'
             own inputs too (0: distil on the new lines' inputs only).
         lr_decay: Decay the learning rates to 0 along a cosine over ``max_steps``.
+        tune_layers: ``ForecastNet`` submodules ``partial``/``replay`` fine-tune
+            (``None``: ``trunk`` and ``head``).
         min_windows: ``auto`` only adds lines with at least this many training windows.
         batch_size: Windows per step.
         seed: Seed for initialisation, sampling and training.
@@ -63,14 +65,15 @@ class ExtensionConfig:
     init: str = "unknown"
     tier: str = "row-only"
     max_steps: int = 300
-    new_row_lr: float = 3e-2
-    layer_lr: float = 3e-4
+    new_row_lr: float = 1e-2
+    layer_lr: float = 1e-3
     distill_weight: float = 1.0
-    anchor_weight: float = 0.0
+    anchor_weight: float = 10.0
     replay_per_line: int = 64
-    replay_new_share: float = 0.0
-    distill_per_line: int = 0
-    lr_decay: bool = False
+    replay_new_share: float = 0.5
+    distill_per_line: int = 64
+    lr_decay: bool = True
+    tune_layers: list[str] | None = None
     min_windows: int = 20
     batch_size: int = 256
     seed: int = 0
@@ -116,6 +119,7 @@ def build_extension_task(
         distill_weight=cfg.distill_weight,
         anchor_weight=cfg.anchor_weight,
         lr_decay=cfg.lr_decay,
+        tune_layers=list(cfg.tune_layers) if cfg.tune_layers else None,
         **hp,
     )
     meta = base_ckpt[CKPT_KEY]
