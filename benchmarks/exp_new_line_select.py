@@ -26,11 +26,12 @@ from transitnet.datasets.windows import Windows
 logger = logging.getLogger("exp_new_line")
 
 #: Candidates per tier: the settings each sets (the rest are the library defaults).
+ALL_LAYERS = ["encoder", "trunk", "head"]
 GRID: dict[str, tuple[dict[str, Any], ...]] = {
     "row-only": tuple({"new_row_lr": lr} for lr in (3e-3, 1e-2, 3e-2)),
     "partial": tuple(
-        {"anchor_weight": a, "layer_lr": lr}
-        for a, lr in ((10.0, 1e-3), (1.0, 1e-3), (0.0, 1e-3), (1.0, 3e-3))
+        {"anchor_weight": a, "layer_lr": 1e-3, "distill_weight": w, "distill_per_line": n}
+        for a, w, n in ((10.0, 1.0, 64), (1.0, 1.0, 64), (0.0, 1.0, 64), (0.0, 10.0, 256))
     ),
     "replay": tuple(
         {"anchor_weight": a, "layer_lr": lr, "replay_per_line": n, "tune_layers": layers}
@@ -38,8 +39,9 @@ GRID: dict[str, tuple[dict[str, Any], ...]] = {
             (10.0, 1e-3, 64, None),
             (1.0, 1e-3, 64, None),
             (0.0, 1e-3, 256, None),
-            (0.0, 3e-3, 256, None),
-            (0.0, 1e-3, 256, ["encoder", "trunk", "head"]),
+            (0.0, 1e-3, 1024, None),
+            (0.0, 3e-3, 1024, None),
+            (0.0, 1e-3, 1024, ALL_LAYERS),
         )
     ),
 }
