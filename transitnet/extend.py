@@ -79,6 +79,36 @@ class ExtensionConfig:
     seed: int = 0
 
 
+#: Per-tier settings chosen on a validation split by ``benchmarks/exp_new_line.py`` (the
+#: candidates of ``exp_new_line_select.GRID``; see the README's new-line figures).
+#: :func:`config_for_tier` applies them; fields not named keep the dataclass defaults.
+TIER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "row-only": {"new_row_lr": 1e-2},
+    "partial": {
+        "anchor_weight": 10.0,
+        "layer_lr": 1e-3,
+        "distill_weight": 1.0,
+        "distill_per_line": 64,
+    },
+    "replay": {
+        "anchor_weight": 0.0,
+        "layer_lr": 1e-3,
+        "replay_per_line": 1024,
+        "tune_layers": None,
+    },
+}
+
+
+def config_for_tier(tier: str = "row-only", **given: Any) -> ExtensionConfig:
+    """An :class:`ExtensionConfig` for ``tier`` with its validated settings, then ``given``.
+
+    Args:
+        tier: The extension tier (``zero-shot``/``naive`` have no validated settings).
+        **given: Any other :class:`ExtensionConfig` field; these win over the tier's.
+    """
+    return ExtensionConfig(**{**TIER_DEFAULTS.get(tier, {}), "tier": tier, **given})
+
+
 @dataclass
 class ExtensionReport:
     """What an extension did (``report.json``).

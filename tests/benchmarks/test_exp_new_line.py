@@ -290,3 +290,16 @@ def test_chosen_settings_apply_to_every_run_of_their_tier(store: Path, tmp_path:
     cfg = experiment.config("mean", "replay", 7, 3)
     assert (cfg.anchor_weight, cfg.replay_per_line, cfg.max_steps, cfg.seed) == (0.0, 256, 7, 3)
     assert experiment.config("mean", "partial", 7, 3).anchor_weight == exp.Settings().anchor_weight
+
+
+def test_library_tier_defaults_are_candidates_the_experiment_validates() -> None:
+    from transitnet.extend import TIER_DEFAULTS, config_for_tier
+
+    assert set(TIER_DEFAULTS) == set(sel.GRID)
+    for tier, chosen in TIER_DEFAULTS.items():
+        assert any(
+            all(chosen.get(k) == v for k, v in candidate.items()) for candidate in sel.GRID[tier]
+        ), tier
+        cfg = config_for_tier(tier, seed=3)
+        assert cfg.tier == tier and cfg.seed == 3
+        assert all(getattr(cfg, k) == v for k, v in chosen.items())

@@ -68,12 +68,15 @@ def test_job_passes_the_extension_training_options(monkeypatch, tmp_path) -> Non
 
 def test_job_defaults_are_the_validated_library_defaults(monkeypatch, tmp_path) -> None:
     import data_pipelines.extend_lines as job
-    from transitnet.extend import ExtensionConfig
+    from transitnet.extend import ExtensionConfig, config_for_tier
 
     seen = {}
     monkeypatch.setattr(job, "run_job", lambda *a, config, **k: seen.setdefault("config", config))
     assert job.main(["--models", str(tmp_path), "--store", str(tmp_path)]) == 0
-    assert seen["config"] == ExtensionConfig()
+    assert seen["config"] == ExtensionConfig() == config_for_tier("row-only")
+    seen.clear()
+    assert job.main(["--models", str(tmp_path), "--store", str(tmp_path), "--tier", "replay"]) == 0
+    assert seen["config"] == config_for_tier("replay") and seen["config"].tier == "replay"
     seen.clear()
     argv = ["--models", str(tmp_path), "--store", str(tmp_path), "--no-lr-decay"]
     assert job.main([*argv, "--tune-layers", "encoder", "trunk", "head"]) == 0

@@ -57,10 +57,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def add_training_options(p: argparse.ArgumentParser) -> None:
     """Add the learning-rate, distillation, anchor and replay options of an extension.
 
-    Every option defaults to :class:`transitnet.extend.ExtensionConfig`'s value, the
-    settings ``benchmarks/exp_new_line.py`` chose on validation and measured.
+    Every option defaults to the tier's settings that ``benchmarks/exp_new_line.py`` chose
+    on validation and measured (:data:`transitnet.extend.TIER_DEFAULTS`), else to
+    :class:`transitnet.extend.ExtensionConfig`'s.
     """
-    default = " (default: ExtensionConfig's, chosen on validation by exp_new_line)."
+    default = " (default: the tier's validated setting, transitnet.extend.TIER_DEFAULTS)."
     p.add_argument("--new-row-lr", type=float, help="Learning rate of the new rows" + default)
     p.add_argument(
         "--layer-lr",
@@ -119,15 +120,15 @@ def training_options(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run the extension and write the report."""
     from transitnet.cli.overrides import parse_data_overrides
-    from transitnet.extend import ExtensionConfig, extend_lines, report_dict
+    from transitnet.extend import config_for_tier, extend_lines, report_dict
     from transitnet.store.atomic import write_text_atomic
 
     overrides = parse_data_overrides(getattr(args, "extra", []), args.config)
     lines = "auto" if args.new_lines == "auto" else [k for k in args.new_lines.split(",") if k]
-    cfg = ExtensionConfig(
+    cfg = config_for_tier(
+        args.tier,
         new_lines=lines,
         init=args.init,
-        tier=args.tier,
         max_steps=args.max_steps,
         min_windows=args.min_windows,
         seed=args.seed,
