@@ -201,6 +201,9 @@ def line_dim_for(data: Data, settings: Settings) -> int:
     The base trains one row per old line (and the unknown row): a wider table has
     directions no trained row spans, where the trunk's response is untrained, so a random
     new row lands there and acts like a neutral row (every init stops beating random).
+    This cap (and the 32 it caps) was set after an earlier run's test figures had been
+    seen, and has not been re-chosen on validation: the settings chosen on validation are
+    the extension's (:mod:`exp_new_line_select`), not the model's.
     """
     n_old = int(data.train_old.meta["line_key"].nunique())
     return max(1, min(settings.line_dim, n_old - 1))
