@@ -158,7 +158,8 @@ class Experiment:
         self.result["reference_seeds"] = seeds
         test_new = d.test.subset(d.is_new_test)
         self.result["constant_speed_mae_m"] = new_line_mae(predict_constant_speed(test_new), d)
-        self.ext_steps = max(1, round(s.ext_steps_frac * self.result["joint"]["steps"]))
+        # Floor: the cap must stay within the bar's budget (<= the share of joint's steps).
+        self.ext_steps = max(1, math.floor(s.ext_steps_frac * self.result["joint"]["steps"]))
         self.result["ext_steps"] = {"cap": self.ext_steps}
 
     @staticmethod
@@ -297,6 +298,7 @@ class Experiment:
                     "", concat_windows([d.train_old, fit]), cfg, held.test
                 )
                 run = {"tier": tier, "overrides": overrides, "steps": rep.steps, "cpu_s": sw.cpu_s}
+                run["cpu_ratio"] = sw.cpu_s / self.result["joint"]["cpu_s"]
                 run |= score(
                     predict_windows(task, dm, "test"), base_pred, held, sel.VAL_MIN_WINDOWS
                 )

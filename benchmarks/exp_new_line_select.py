@@ -6,8 +6,10 @@ minus its last trips, with the step rule and budget of the real runs, and scored
 time-ordered validation windows: the new line's held-out last trips (new-line MAE) and
 the old lines' windows of the validation period (forgetting against the base model).
 The chosen candidate is the one with the lowest validation new-line MAE among those
-whose validation forgetting stays within :data:`MARGIN` of the issue's bars (mean 1 %,
-worst line 3 %); when none does, the one with the smallest worst-line forgetting. The
+that stay within the bar's compute budget (CPU seconds <= :data:`BUDGET` of joint
+retraining's) and whose validation forgetting stays within :data:`MARGIN` of the
+issue's bars (mean 1 %, worst line 3 %); when none does, the one with the smallest
+worst-line forgetting. The
 test period is scored once, afterwards, with the chosen settings (init ``unknown``
 during the choice; the choice then applies to every init and k level).
 """
@@ -51,6 +53,8 @@ VAL_SHARE = 0.25
 #: A candidate is eligible when its validation forgetting is within this share of the bars.
 MARGIN = 0.5
 BAR_MEAN, BAR_WORST = 0.01, 0.03
+#: The bar's compute budget: CPU seconds at most this share of joint retraining's.
+BUDGET = 0.10
 #: Old lines with fewer validation windows are left out of validation forgetting.
 VAL_MIN_WINDOWS = 30
 
@@ -94,19 +98,30 @@ def split_last_trips(new: Windows, share: float = VAL_SHARE) -> tuple[Windows, W
 
 
 def eligible(run: dict[str, Any]) -> bool:
-    """Validation forgetting within :data:`MARGIN` of the bars (row-only: always)."""
+    """Within the compute budget, and validation forgetting within :data:`MARGIN` of the bars.
+
+    ``run["cpu_ratio"]`` is the run's CPU seconds over joint retraining's (row-only's
+    forgetting is 0, never NaN; a NaN forgetting, no old line scored, counts as within).
+    """
     f = run["forgetting"]
+    if run.get("cpu_ratio", 0.0) > BUDGET:
+        return False
     if not math.isfinite(f["mean_rel"]):
         return True
     return bool(f["mean_rel"] <= MARGIN * BAR_MEAN and f["worst_rel"] <= MARGIN * BAR_WORST)
 
 
 def choose(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The chosen candidate among one tier's validation runs (see the module docstring)."""
+    """The chosen candidate among one tier's validation runs (see the module docstring).
+
+    The lowest validation new-line MAE among eligible runs; when none is, the smallest
+    worst-line forgetting among runs within the compute budget (or among all).
+    """
     ok = [r for r in runs if eligible(r)]
     if ok:
         return min(ok, key=lambda r: r["new_mae_m"]["mean"])
-    return min(runs, key=lambda r: r["forgetting"]["worst_rel"])
+    cheap = [r for r in runs if r.get("cpu_ratio", 0.0) <= BUDGET] or runs
+    return min(cheap, key=lambda r: r["forgetting"]["worst_rel"])
 
 
 def label(overrides: dict[str, Any]) -> str:

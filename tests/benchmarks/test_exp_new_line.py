@@ -279,6 +279,12 @@ def test_choice_is_the_best_validation_mae_within_the_forgetting_margin() -> Non
     assert sel.choose([safe, better_but_forgets, worst_forgets]) is safe
     # None eligible: the one that forgets least on its worst line.
     assert sel.choose([better_but_forgets, worst_forgets]) is better_but_forgets
+    # Over the compute budget (CPU vs joint retraining's): never eligible.
+    assert sel.choose([safe, better_but_forgets | {"cpu_ratio": 0.2}]) is safe
+    costly = run(300, 0.0, 0.0) | {"cpu_ratio": 0.11}
+    assert sel.choose([costly, safe | {"cpu_ratio": 0.05}]) is not costly
+    # None eligible: the least worst-line forgetting within the budget.
+    assert sel.choose([costly, worst_forgets]) is worst_forgets
     # Row-only has no old line that changes (NaN-free zero forgetting): lowest MAE wins.
     assert sel.choose([run(300, 0.0, 0.0), run(290, 0.0, 0.0)])["new_mae_m"]["mean"] == 290
 
