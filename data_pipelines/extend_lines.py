@@ -30,7 +30,7 @@ from transitnet.cli import configure_logging
 from transitnet.cli.extend import add_training_options, training_options
 from transitnet.datamodules.loading import ensure_matched
 from transitnet.datasets.vocab import LineVocabulary
-from transitnet.extend import ExtensionConfig, extend_lines, report_dict
+from transitnet.extend import ExtensionConfig, config_for_tier, extend_lines, report_dict
 from transitnet.store.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -141,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("INFO")
     today = dt.datetime.now(dt.UTC).date()
     dates = [str(today - dt.timedelta(days=k)) for k in range(args.days, 0, -1)]
-    cfg = ExtensionConfig(
-        tier=args.tier, init=args.init, max_steps=args.max_steps, **training_options(args)
+    cfg = config_for_tier(
+        args.tier, init=args.init, max_steps=args.max_steps, **training_options(args)
     )
     try:
         run_job(

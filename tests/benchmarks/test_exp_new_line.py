@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import exp_common as ec
 import exp_new_line as exp
 import exp_new_line_report as report
+import exp_new_line_select as sel
 
 
 def _spec(store: Path, **over: object) -> dict[str, object]:
@@ -47,7 +48,7 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
     spec = tmp_path / "syn.json"
     spec.write_text(json.dumps(_spec(store)))
     out = tmp_path / "out"
-    argv = ["--out", str(out), "--quick", "--ablations", "--datasets", "--spec", str(spec)]
+    argv = ["--out", str(out), "--quick", "--datasets", "--spec", str(spec)]
     assert exp.main(argv) == 0
 
     report = json.loads((out / "report.json").read_text())
@@ -77,15 +78,20 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
     bars = {b["bar"]: b for b in res["bars"]}
     assert bars["row-only (and zero-shot) forgetting exactly 0"]["passed"] is True
     assert len(bars) == 5 and all(isinstance(b["passed"], bool) for b in res["bars"])
-    assert [(a["ablation"], a["tier"]) for a in res["ablations"]] == [
-        (label, tier) for label, _, tier, _, _ in exp.ABLATIONS
-    ]
-    full = [a for a in res["ablations"] if a["ablation"] == "full step budget"]
-    assert all(a["level"] == "trips:1" and a["steps"] == res["ext_steps"]["cap"] for a in full)
+    # Every tier's candidates ran on validation; one per tier was chosen and then used.
+    chosen = res["selection"]["chosen"]
+    assert set(chosen) == set(exp.TIERS) and len(res["selection"]["runs"]) == sum(
+        len(sel.GRID[t]) for t in exp.TIERS
+    )
+    for tier in exp.TIERS:
+        marked = [r for r in res["selection"]["runs"] if r["tier"] == tier and r.get("chosen")]
+        assert len(marked) == 1 and marked[0]["overrides"] == chosen[tier]
+        assert chosen[tier] in [dict(c) for c in sel.GRID[tier]]
+    assert res["selection"]["held_windows"] > 0 and res["selection"]["old_val_windows"] > 0
     md = (out / "report.md").read_text()
     assert (
         "### Bars" in md
-        and "### Ablations" in md
+        and "### Settings chosen on validation" in md
         and "joint retraining (upper bound)" in md
         and report["command"] in md
     )
@@ -239,3 +245,67 @@ def test_line_dim_is_capped_at_the_old_lines_count_minus_one() -> None:
     assert exp.line_dim_for(data(13), exp.Settings()) == 12  # Auckland: capped
     assert exp.line_dim_for(data(1), exp.Settings()) == 1
     assert exp.line_dim_for(data(13), exp.Settings(line_dim=8)) == 8
+
+
+def test_validation_holds_out_the_last_trips_of_the_new_line(store: Path) -> None:
+    data = exp.load_data(exp.Spec(**_spec(store)), exp.Settings(), store.parent)  # type: ignore[arg-type]
+    fit, held = sel.split_last_trips(data.new_all, 0.25)
+    assert len(fit) + len(held) == len(data.new_all) and len(held) > 0
+
+    def trips(w: object) -> set[tuple[str, str]]:
+        meta = w.meta  # type: ignore[attr-defined]
+        return set(zip(meta["vehicle_id"], meta["trip_id"], strict=True))
+
+    assert not trips(fit) & trips(held)
+    # Time-ordered: every held-out trip starts after every trip kept for fitting.
+    assert (
+        held.meta.groupby("trip_id")["anchor_time"].min().min()
+        > fit.meta.groupby("trip_id")["anchor_time"].min().max()
+    )
+    one = data.levels["trips:1"]
+    with pytest.raises(ValueError, match="at least 2 trips"):
+        sel.split_last_trips(one)
+
+
+def test_choice_is_the_best_validation_mae_within_the_forgetting_margin() -> None:
+    def run(mae: float, mean: float, worst: float) -> dict[str, object]:
+        return {"new_mae_m": {"mean": mae}, "forgetting": {"mean_rel": mean, "worst_rel": worst}}
+
+    safe, better_but_forgets, worst_forgets = (
+        run(400, 0.001, 0.01),
+        run(380, 0.001, 0.02),
+        run(370, 0.02, 0.05),
+    )
+    assert sel.choose([safe, better_but_forgets, worst_forgets]) is safe
+    # None eligible: the one that forgets least on its worst line.
+    assert sel.choose([better_but_forgets, worst_forgets]) is better_but_forgets
+    # Over the compute budget (CPU vs joint retraining's): never eligible.
+    assert sel.choose([safe, better_but_forgets | {"cpu_ratio": 0.2}]) is safe
+    costly = run(300, 0.0, 0.0) | {"cpu_ratio": 0.11}
+    assert sel.choose([costly, safe | {"cpu_ratio": 0.05}]) is not costly
+    # None eligible: the least worst-line forgetting within the budget.
+    assert sel.choose([costly, worst_forgets]) is worst_forgets
+    # Row-only has no old line that changes (NaN-free zero forgetting): lowest MAE wins.
+    assert sel.choose([run(300, 0.0, 0.0), run(290, 0.0, 0.0)])["new_mae_m"]["mean"] == 290
+
+
+def test_chosen_settings_apply_to_every_run_of_their_tier(store: Path, tmp_path: Path) -> None:
+    data = exp.load_data(exp.Spec(**_spec(store)), exp.Settings(), store.parent)  # type: ignore[arg-type]
+    experiment = exp.Experiment(data, exp.Settings(), tmp_path)
+    experiment.chosen = {"replay": {"anchor_weight": 0.0, "replay_per_line": 256}}
+    cfg = experiment.config("mean", "replay", 7, 3)
+    assert (cfg.anchor_weight, cfg.replay_per_line, cfg.max_steps, cfg.seed) == (0.0, 256, 7, 3)
+    assert experiment.config("mean", "partial", 7, 3).anchor_weight == exp.Settings().anchor_weight
+
+
+def test_library_tier_defaults_are_candidates_the_experiment_validates() -> None:
+    from transitnet.extend import TIER_DEFAULTS, config_for_tier
+
+    assert set(TIER_DEFAULTS) == set(sel.GRID)
+    for tier, chosen in TIER_DEFAULTS.items():
+        assert any(
+            all(chosen.get(k) == v for k, v in candidate.items()) for candidate in sel.GRID[tier]
+        ), tier
+        cfg = config_for_tier(tier, seed=3)
+        assert cfg.tier == tier and cfg.seed == 3
+        assert all(getattr(cfg, k) == v for k, v in chosen.items())

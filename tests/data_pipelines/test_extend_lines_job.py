@@ -66,6 +66,24 @@ def test_job_passes_the_extension_training_options(monkeypatch, tmp_path) -> Non
     assert cfg.replay_new_share == 0.5 and cfg.new_row_lr == 1e-2 and cfg.lr_decay is True
 
 
+def test_job_defaults_are_the_validated_tier_settings(monkeypatch, tmp_path) -> None:
+    import data_pipelines.extend_lines as job
+    from transitnet.extend import ExtensionConfig, config_for_tier
+
+    seen = {}
+    monkeypatch.setattr(job, "run_job", lambda *a, config, **k: seen.setdefault("config", config))
+    assert job.main(["--models", str(tmp_path), "--store", str(tmp_path)]) == 0
+    assert seen["config"] == config_for_tier("row-only") == ExtensionConfig(new_row_lr=3e-2)
+    seen.clear()
+    assert job.main(["--models", str(tmp_path), "--store", str(tmp_path), "--tier", "replay"]) == 0
+    assert seen["config"] == config_for_tier("replay") and seen["config"].tier == "replay"
+    seen.clear()
+    argv = ["--models", str(tmp_path), "--store", str(tmp_path), "--no-lr-decay"]
+    assert job.main([*argv, "--tune-layers", "encoder", "trunk", "head"]) == 0
+    assert seen["config"].lr_decay is False
+    assert seen["config"].tune_layers == ["encoder", "trunk", "head"]
+
+
 def test_job_refuses_an_unknown_tier(tmp_path) -> None:
     with pytest.raises(SystemExit):
         main(["--models", str(tmp_path), "--store", str(tmp_path), "--tier", "everything"])

@@ -119,3 +119,19 @@ def test_partial_with_distill_windows_adds_old_lines_inputs(base) -> None:
     keys = dm.windows["train"].meta["line_key"]
     assert report.replay_windows == 40 and (keys != "C").sum() == 40  # lines A and B
     assert (keys == "C").mean() >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("tune_layers", "encoder_trains"), [(None, False), (["encoder", "trunk", "head"], True)]
+)
+def test_tune_layers_chooses_what_partial_and_replay_fine_tune(
+    base, tune_layers: list[str] | None, encoder_trains: bool
+) -> None:
+    ext = _grown(base, tier="replay", tune_layers=tune_layers)
+    assert ext.net is not None
+    assert all(p.requires_grad is encoder_trains for p in ext.net.encoder.parameters())
+    assert all(p.requires_grad for p in ext.net.trunk.parameters())
+    in_groups = {id(p) for g in ext.parameter_groups() for p in g["params"]}
+    assert all((id(p) in in_groups) is encoder_trains for p in ext.net.encoder.parameters())
+    # Old embedding rows stay frozen whatever is tuned.
+    assert not ext.net.line_embedding.table.base.requires_grad

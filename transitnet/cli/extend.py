@@ -55,79 +55,80 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
-    """Add the learning-rate, distillation, anchor and replay options of an extension."""
-    p.add_argument(
-        "--new-row-lr",
-        type=float,
-        default=3e-2,
-        help="Learning rate of the new embedding rows (default 3e-2).",
-    )
+    """Add the learning-rate, distillation, anchor and replay options of an extension.
+
+    Every option defaults to the tier's settings that ``benchmarks/exp_new_line.py`` chose
+    on validation and measured (:data:`transitnet.extend.TIER_DEFAULTS`), else to
+    :class:`transitnet.extend.ExtensionConfig`'s.
+    """
+    default = " (default: the tier's validated setting, transitnet.extend.TIER_DEFAULTS)."
+    p.add_argument("--new-row-lr", type=float, help="Learning rate of the new rows" + default)
     p.add_argument(
         "--layer-lr",
         type=float,
-        default=3e-4,
-        help="Learning rate of the fine-tuned layers (partial/replay/naive; default 3e-4).",
+        help="Learning rate of the fine-tuned layers (partial/replay/naive)" + default,
     )
     p.add_argument(
         "--lr-decay",
-        action="store_true",
-        help="Decay every learning rate to 0 along a cosine over --max-steps.",
+        action=argparse.BooleanOptionalAction,
+        help="Decay every learning rate to 0 along a cosine over --max-steps" + default,
     )
     p.add_argument(
         "--distill-weight",
         type=float,
-        default=1.0,
         help="partial/replay: weight of the distillation towards the frozen base model's "
-        "outputs (default 1).",
+        "outputs" + default,
     )
     p.add_argument(
         "--anchor-weight",
         type=float,
-        default=0.0,
-        help="partial/replay: weight of the L2 anchor of tuned layers to the base weights "
-        "(default 0).",
+        help="partial/replay: weight of the L2 anchor of tuned layers to the base weights"
+        + default,
     )
     p.add_argument(
         "--distill-per-line",
         type=int,
-        default=0,
         help="partial: also distil on this many old-line windows per line (inputs only, "
-        "never their targets; default 0 = the new lines' inputs only).",
+        "never their targets; 0 = the new lines' inputs only)" + default,
     )
     p.add_argument(
         "--replay-per-line",
         type=int,
-        default=64,
-        help="replay: old-line windows per line in the replay buffer (default 64).",
+        help="replay: old-line windows per line in the replay buffer" + default,
     )
     p.add_argument(
         "--replay-new-share",
         type=float,
-        default=0.0,
         help="replay/partial with old-line windows: repeat the new lines' windows until "
-        "they are at least this share of the training set, in [0, 1) (default 0).",
+        "they are at least this share of the training set, in [0, 1)" + default,
+    )
+    p.add_argument(
+        "--tune-layers",
+        nargs="+",
+        choices=["encoder", "trunk", "head"],
+        help="partial/replay: the network parts fine-tuned besides the new rows" + default,
     )
 
 
 def training_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``ExtensionConfig`` fields from the options of :func:`add_training_options`."""
+    """``ExtensionConfig`` fields given on the command line (the rest keep their defaults)."""
     names = ["new_row_lr", "layer_lr", "lr_decay", "distill_weight", "anchor_weight"]
-    names += ["distill_per_line", "replay_per_line", "replay_new_share"]
-    return {name: getattr(args, name) for name in names}
+    names += ["distill_per_line", "replay_per_line", "replay_new_share", "tune_layers"]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the extension and write the report."""
     from transitnet.cli.overrides import parse_data_overrides
-    from transitnet.extend import ExtensionConfig, extend_lines, report_dict
+    from transitnet.extend import config_for_tier, extend_lines, report_dict
     from transitnet.store.atomic import write_text_atomic
 
     overrides = parse_data_overrides(getattr(args, "extra", []), args.config)
     lines = "auto" if args.new_lines == "auto" else [k for k in args.new_lines.split(",") if k]
-    cfg = ExtensionConfig(
+    cfg = config_for_tier(
+        args.tier,
         new_lines=lines,
         init=args.init,
-        tier=args.tier,
         max_steps=args.max_steps,
         min_windows=args.min_windows,
         seed=args.seed,

@@ -1,0 +1,129 @@
+"""Choosing :mod:`exp_new_line`'s extension settings on a validation split, never on test.
+
+Per dataset and tier, every candidate of :data:`GRID` (overrides of the library defaults,
+:class:`transitnet.extend.ExtensionConfig`) is trained on the new line's day of data
+minus its last trips, with the step rule and budget of the real runs, and scored on
+time-ordered validation windows: the new line's held-out last trips (new-line MAE) and
+the old lines' windows of the validation period (forgetting against the base model).
+The chosen candidate is the one with the lowest validation new-line MAE among those
+that stay within the bar's compute budget (CPU seconds <= :data:`BUDGET` of joint
+retraining's) and whose validation forgetting stays within :data:`MARGIN` of the
+issue's bars (mean 1 %, worst line 3 %); when none does, the one with the smallest
+worst-line forgetting. The
+test period is scored once, afterwards, with the chosen settings (init ``unknown``
+during the choice; the choice then applies to every init and k level).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from transitnet.datasets.windows import Windows
+
+logger = logging.getLogger("exp_new_line")
+
+#: Candidates per tier: the settings each sets (the rest are the library defaults).
+ALL_LAYERS = ["encoder", "trunk", "head"]
+GRID: dict[str, tuple[dict[str, Any], ...]] = {
+    "row-only": tuple({"new_row_lr": lr} for lr in (3e-3, 1e-2, 3e-2)),
+    "partial": tuple(
+        {"anchor_weight": a, "layer_lr": 1e-3, "distill_weight": w, "distill_per_line": n}
+        for a, w, n in ((10.0, 1.0, 64), (1.0, 1.0, 64), (0.0, 1.0, 64), (0.0, 10.0, 256))
+    ),
+    "replay": tuple(
+        {"anchor_weight": a, "layer_lr": lr, "replay_per_line": n, "tune_layers": layers}
+        for a, lr, n, layers in (
+            (10.0, 1e-3, 64, None),
+            (1.0, 1e-3, 64, None),
+            (0.0, 1e-3, 256, None),
+            (0.0, 1e-3, 1024, None),
+            (0.0, 3e-3, 1024, None),
+            (0.0, 1e-3, 1024, ALL_LAYERS),
+        )
+    ),
+}
+
+#: Share of the new line's trips (the last ones by start time) held out for validation.
+VAL_SHARE = 0.25
+#: A candidate is eligible when its validation forgetting is within this share of the bars.
+MARGIN = 0.5
+BAR_MEAN, BAR_WORST = 0.01, 0.03
+#: The bar's compute budget: CPU seconds at most this share of joint retraining's.
+BUDGET = 0.10
+#: Old lines with fewer validation windows are left out of validation forgetting.
+VAL_MIN_WINDOWS = 30
+
+
+@dataclass
+class Held:
+    """Validation windows: old lines' validation-period windows and the new line's last trips."""
+
+    test: Windows
+    is_new_test: np.ndarray
+
+
+def split_last_trips(new: Windows, share: float = VAL_SHARE) -> tuple[Windows, Windows]:
+    """Split a new line's windows by trip: the last ``share`` of trips by start time held out.
+
+    Args:
+        new: The new line's windows (``meta`` columns ``vehicle_id``, ``trip_id``,
+            ``service_date``, ``anchor_time``).
+        share: Share of trips held out (at least one trip each side).
+
+    Returns:
+        ``(fit, held)``: windows of the earlier trips and of the held-out last trips.
+
+    Raises:
+        ValueError: fewer than two trips.
+    """
+    meta = new.meta
+    trip = (
+        meta["vehicle_id"].astype(str)
+        + "|"
+        + meta["trip_id"].astype(str)
+        + "|"
+        + meta["service_date"].astype(str)
+    )
+    starts = meta["anchor_time"].groupby(trip.to_numpy()).min().sort_values()
+    if len(starts) < 2:
+        raise ValueError(f"need at least 2 trips of the new line to validate, got {len(starts)}")
+    n_held = min(len(starts) - 1, max(1, round(share * len(starts))))
+    is_held = trip.isin(set(starts.index[-n_held:])).to_numpy()
+    return new.subset(~is_held), new.subset(is_held)
+
+
+def eligible(run: dict[str, Any]) -> bool:
+    """Within the compute budget, and validation forgetting within :data:`MARGIN` of the bars.
+
+    ``run["cpu_ratio"]`` is the run's CPU seconds over joint retraining's (row-only's
+    forgetting is 0, never NaN; a NaN forgetting, no old line scored, counts as within).
+    """
+    f = run["forgetting"]
+    if run.get("cpu_ratio", 0.0) > BUDGET:
+        return False
+    if not math.isfinite(f["mean_rel"]):
+        return True
+    return bool(f["mean_rel"] <= MARGIN * BAR_MEAN and f["worst_rel"] <= MARGIN * BAR_WORST)
+
+
+def choose(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chosen candidate among one tier's validation runs (see the module docstring).
+
+    The lowest validation new-line MAE among eligible runs; when none is, the smallest
+    worst-line forgetting among runs within the compute budget (or among all).
+    """
+    ok = [r for r in runs if eligible(r)]
+    if ok:
+        return min(ok, key=lambda r: r["new_mae_m"]["mean"])
+    cheap = [r for r in runs if r.get("cpu_ratio", 0.0) <= BUDGET] or runs
+    return min(cheap, key=lambda r: r["forgetting"]["worst_rel"])
+
+
+def label(overrides: dict[str, Any]) -> str:
+    """A short label of a candidate's overrides."""
+    return ", ".join(f"{k}={v}" for k, v in overrides.items() if v is not None) or "defaults"
