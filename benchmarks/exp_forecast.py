@@ -378,16 +378,18 @@ def parse_setting(text: str) -> tuple[str, Any]:
 def main() -> int:
     """Run the experiment."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
-    p.add_argument("--out", type=Path, default=Path("runs/exp_forecast"))
+    p.add_argument(
+        "--dataset", choices=[*DATASETS, "all"], default="all", help="Dataset to run (default all)."
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/exp_forecast"), help="Report folder.")
     p.add_argument(
         "--work",
         type=Path,
         default=Path("runs/exp_work"),
         help="Where prepared stores are kept (reused between runs).",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0, help="Seed of training (default 0).")
+    p.add_argument("--epochs", type=int, default=40, help="Maximum epochs (early stopping).")
     p.add_argument(
         "--set",
         type=parse_setting,

@@ -239,13 +239,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "max_test_windows": int,
     }
     for name, kind in options.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            dest=name,
+            help=f"Override the setting {name} (default: the Settings value, in the report).",
+        )
     p.add_argument(
         "--select", action=argparse.BooleanOptionalAction, help="Choose on validation (default on)."
     )
     p.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, help="Default: on.")
-    p.add_argument("--inits", nargs="+", choices=INITS)
-    p.add_argument("--tiers", nargs="+", choices=TIERS)
+    p.add_argument(
+        "--inits", nargs="+", choices=INITS, help="Init strategies to run (default all)."
+    )
+    p.add_argument("--tiers", nargs="+", choices=TIERS, help="Training tiers to run (default all).")
     return p.parse_args(argv)
 
 

@@ -85,8 +85,15 @@ def compare_with_published(
 def main() -> int:
     """Recover the day's timetable and compare it with the published June trips."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("runs/exp_realtime_timetable"))
-    p.add_argument("--work", type=Path, default=Path("runs/exp_work/realtime_timetable"))
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/exp_realtime_timetable"), help="Report folder."
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("runs/exp_work/realtime_timetable"),
+        help="Import cache (TripUpdates extract).",
+    )
     p.add_argument("--quick", action="store_true", help="First 600 snapshots (50 min) only.")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

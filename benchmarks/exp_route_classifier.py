@@ -661,7 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="Store folder (default OUT/work).")
     parser.add_argument("--quick", action="store_true", help="Fewer lines, epochs and steps.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of every choice.")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DATASETS),
+        choices=list(DATASETS),
+        help="Datasets to run (default all).",
+    )
     parser.add_argument("--hidden-dim", type=int, help="Encoder width (ablation).")
     parser.add_argument("--epochs", type=int, help="Training epochs (ablation).")
     parser.add_argument("--window-fixes", type=int, help="Fixes per window, K (ablation).")

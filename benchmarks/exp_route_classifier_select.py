@@ -173,9 +173,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="Store folder (default OUT/work).")
     parser.add_argument("--quick", action="store_true", help="Fewer lines, epochs and steps.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of every choice.")
-    parser.add_argument("--datasets", nargs="+", default=list(erc.DATASETS))
-    parser.add_argument("--variants", nargs="+", default=["plain", "aux"], choices=VARIANTS)
-    parser.add_argument("--rates", nargs="+", type=float, default=[0.03, 0.01, 0.003])
+    parser.add_argument(
+        "--datasets", nargs="+", default=list(erc.DATASETS), help="Datasets (default all)."
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["plain", "aux"],
+        choices=VARIANTS,
+        help="Backbone variants to train and compare on validation.",
+    )
+    parser.add_argument(
+        "--rates",
+        nargs="+",
+        type=float,
+        default=[0.03, 0.01, 0.003],
+        help="Statistical-WA claim rates to compare on validation.",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "transitnet"):

@@ -113,12 +113,20 @@ def score_variant(
 def main() -> int:
     """Run the sweep."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("runs/exp_sched_sweep"))
-    p.add_argument("--work", type=Path, default=Path("runs/exp_work"))
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    p.add_argument("--past-fixes", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--out", type=Path, default=Path("runs/exp_sched_sweep"), help="Report folder.")
+    p.add_argument(
+        "--work", type=Path, default=Path("runs/exp_work"), help="Import cache (stores, timetable)."
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="Variants to train (default all).",
+    )
+    p.add_argument("--past-fixes", type=int, default=8, help="Past fixes per window.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of training (default 0).")
+    p.add_argument("--epochs", type=int, default=40, help="Maximum epochs (early stopping).")
     p.add_argument("--quick", action="store_true", help="3 epochs per variant (smoke run)")
     args = p.parse_args()
     args.epochs = 3 if args.quick else args.epochs
