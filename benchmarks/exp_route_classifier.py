@@ -45,7 +45,8 @@ from transitnet.datamodules.classification import RouteClassDataModule
 from transitnet.datasets.class_batches import concat_class_windows, sample_trajectories
 from transitnet.datasets.class_windows import ClassWindows, is_member
 from transitnet.evaluate_classes import predict_names, score_groups
-from transitnet.extend_classes import ClassExtensionConfig, ExtensionData, run_class_extension
+from transitnet.extend_classes import ExtensionData, run_class_extension
+from transitnet.extend_classes_config import ClassExtensionConfig
 from transitnet.report import plt, save_figure, write_report
 from transitnet.store.atomic import write_text_atomic
 from transitnet.store.importers import import_paths

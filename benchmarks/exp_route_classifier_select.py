@@ -35,7 +35,8 @@ import exp_route_classifier as erc
 from transitnet.datasets.class_batches import concat_class_windows, sample_trajectories
 from transitnet.datasets.class_windows import is_member
 from transitnet.evaluate_classes import predict_names, score_groups
-from transitnet.extend_classes import ClassExtensionConfig, ExtensionData, run_class_extension
+from transitnet.extend_classes import ExtensionData, run_class_extension
+from transitnet.extend_classes_config import ClassExtensionConfig
 from transitnet.store.atomic import write_text_atomic
 
 logger = logging.getLogger("exp_route_classifier_select")

@@ -7,7 +7,8 @@ import torch
 
 from tests.class_fixtures import make_store, one_torch_thread
 from transitnet.datamodules.classification import RouteClassDataModule
-from transitnet.extend_classes import ClassExtensionConfig, extend_classes
+from transitnet.extend_classes import extend_classes
+from transitnet.extend_classes_config import ClassExtensionConfig
 from transitnet.tasks.classification import ClassificationTask
 
 NEW_DATA = {"train_dates": ["2024-05-07"]}

@@ -79,7 +79,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the extension; the reports are written by :func:`extend_classes`."""
     from transitnet.cli.overrides import parse_data_overrides
-    from transitnet.extend_classes import ClassExtensionConfig, extend_classes
+    from transitnet.extend_classes import extend_classes
+    from transitnet.extend_classes_config import ClassExtensionConfig
 
     overrides = parse_data_overrides(getattr(args, "extra", []), args.config)
     names = args.new_classes
