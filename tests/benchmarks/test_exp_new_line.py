@@ -55,11 +55,13 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
     res = report["datasets"]["syn"]
     inits = ["unknown", "mean", "mean_cov", "similar", "random"]
     combos = {(r["level"], r["tier"], r["init"]) for r in res["runs"]}
-    # --quick keeps the first and last level: 5 zero-shot + 2 × (naive + 3 tiers × 5 inits),
-    # and draws the random init twice at k=0 and at the first level (4 more runs).
-    assert len(combos) == 5 + 2 * (1 + 3 * 5) and len(res["runs"]) == len(combos) + 4
+    # --quick keeps the first and last level: 5 zero-shot + 2 × (naive + 4 tiers × 5 inits),
+    # and draws the random init twice at k=0 and at the first level (5 more runs: one per
+    # tier at the first level, one at k=0).
+    assert len(exp.TIERS) == 4 and len(combos) == 5 + 2 * (1 + 4 * 5)
+    assert len(res["runs"]) == len(combos) + 1 + len(exp.TIERS)
     draws = [r for r in res["runs"] if r["init"] == "random" and r["level"] != "all"]
-    assert sorted(r["seed"] for r in draws) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert sorted(r["seed"] for r in draws) == [0] * 5 + [1] * 5
     for level in ("trips:1", "all"):
         assert {(level, t, i) for t in exp.TIERS for i in inits} <= combos
         assert res["scratch"][level]["steps"] > 0
@@ -69,14 +71,14 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
     by = {(r["level"], r["tier"], r["init"]): r for r in res["runs"]}
     for r in res["runs"]:
         assert r["new_mae_m"]["mean"] > 0 and r["steps"] == (0 if r["tier"] == "zero-shot" else 1)
-        if r["tier"] in ("zero-shot", "row-only"):
+        if r["tier"] in ("zero-shot", "row-only", "fork"):
             assert r["old_max_abs_diff_m"] == 0.0 and r["forgetting"]["mean_rel"] == 0.0
     # The unknown row is the base model itself: zero-shot/unknown reproduces it exactly.
     unknown = by[("k=0", "zero-shot", "unknown")]["new_mae_m"]
     assert unknown == res["base"]["new_mae_m"]
     assert by[("all", "naive", "unknown")]["old_max_abs_diff_m"] > 0
     bars = {b["bar"]: b for b in res["bars"]}
-    assert bars["row-only (and zero-shot) forgetting exactly 0"]["passed"] is True
+    assert bars["row-only and fork (and zero-shot) forgetting exactly 0"]["passed"] is True
     assert len(bars) == 5 and all(isinstance(b["passed"], bool) for b in res["bars"])
     # Every tier's candidates ran on validation; one per tier was chosen and then used.
     chosen = res["selection"]["chosen"]
@@ -169,7 +171,7 @@ def test_bars_fail_when_measured_values_miss_them() -> None:
     bars = report.check_bars({"joint": joint, "runs": runs, "settings_seed": 0}, ["all"])
     by = {b["bar"].split(":")[0]: b for b in bars}
     assert by["day"]["passed"] is False and "steps 20.0 %" in by["day"]["value"]
-    assert by["row-only (and zero-shot) forgetting exactly 0"]["passed"] is True
+    assert by["row-only and fork (and zero-shot) forgetting exactly 0"]["passed"] is True
     assert by["partial"]["passed"] is False and "+2.00 %" in by["partial"]["value"]
     beat = bars[-1]
     assert beat["passed"] is False and "zero-shot/mean (+4.3 %)" in beat["value"]
