@@ -232,3 +232,26 @@ def test_a_fork_checkpoint_is_not_grown_further(base) -> None:
             ExtensionConfig(tier="fork", new_lines=["D"], max_steps=2),
             data_overrides={"train_dates": ["2024-05-07"]},
         )
+
+
+def test_a_fork_checkpoint_restores_into_a_task_built_from_the_data(base) -> None:
+    """``trainer.predict(task, dm, ckpt_path=…)``: the plain net built first is replaced."""
+    from transitnet.models.routed import RoutedForecastNet
+
+    ckpt, _, tmp = base
+    out = tmp / "fork_restore"
+    extend_lines(
+        ckpt,
+        out,
+        ExtensionConfig(tier="fork", max_steps=2, min_windows=5),
+        data_overrides={"train_dates": ["2024-05-07"]},
+    )
+    saved = torch.load(out / "model.ckpt", weights_only=False)
+    meta = saved["transitnet_forecaster"]
+    task = ForecastingTask(**{k: v for k, v in saved["hyper_parameters"].items() if k in (
+        "line_dim", "hidden_dim", "ignore_context", "schedule_residual")})  # fmt: skip
+    task.build_net_from_meta({**meta, "routed_lines": []}, tuple(meta["line_keys"]))
+    task.on_load_checkpoint(saved)
+    assert isinstance(task.net, RoutedForecastNet)
+    task.load_state_dict(saved["state_dict"])
+    assert task.net.routed_rows() == [list(meta["line_keys"]).index("C")]

@@ -320,7 +320,8 @@ class ForecastingTask(BaseTask):
         if not meta.get("routed_lines"):  # fork checkpoints postdate calibration
             add_identity_calibration(checkpoint, len(meta["horizons_s"]), len(self.quantiles))
         flags = (meta.get("schedule_inputs", True), meta.get("schedule_residual", False))
-        if self.net is None or flags != (self.schedule_inputs, self.schedule_residual):
+        routed = bool(meta.get("routed_lines")) != isinstance(self.net, RoutedForecastNet)
+        if self.net is None or routed or flags != (self.schedule_inputs, self.schedule_residual):
             self.build_net_from_meta(meta, saved if self.net is None else self.line_keys)
         if self.net is None or saved == self.line_keys:
             return
