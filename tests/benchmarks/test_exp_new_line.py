@@ -79,7 +79,7 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
     assert by[("all", "naive", "unknown")]["old_max_abs_diff_m"] > 0
     bars = {b["bar"]: b for b in res["bars"]}
     assert bars["row-only and fork (and zero-shot) forgetting exactly 0"]["passed"] is True
-    assert len(bars) == 5 and all(isinstance(b["passed"], bool) for b in res["bars"])
+    assert len(bars) == 6 and all(isinstance(b["passed"], bool) for b in res["bars"])
     # Every tier's candidates ran on validation; one per tier was chosen and then used.
     chosen = res["selection"]["chosen"]
     assert set(chosen) == set(exp.TIERS) and len(res["selection"]["runs"]) == sum(
@@ -311,3 +311,33 @@ def test_library_tier_defaults_are_candidates_the_experiment_validates() -> None
         cfg = config_for_tier(tier, seed=3)
         assert cfg.tier == tier and cfg.seed == 3
         assert all(getattr(cfg, k) == v for k, v in chosen.items())
+
+
+def test_validated_warm_start_takes_the_tier_validation_prefers() -> None:
+    joint = {"new_mae_m": {"mean": 100.0}, "steps": 1000, "cpu_s": 1000.0, "wall_s": 1000.0}
+    day = [
+        _run("all", "row-only", "unknown", 109.0, 0.0),
+        _run("all", "fork", "unknown", 95.0, 0.0),
+    ]
+    zero = {"mean_rel": 0.0, "worst_rel": 0.0}
+
+    def val(tier: str, mae: float, cpu: float) -> dict:
+        return {"tier": tier, "chosen": True, "new_mae_m": {"mean": mae}, "cpu_ratio": cpu,
+                "forgetting": zero}  # fmt: skip
+
+    # Validation prefers row-only: its test run (+9 %) is what counts, not the fork's.
+    bar = report.validated_warm_start([val("row-only", 90, 0.05), val("fork", 95, 0.05)], day,
+                                      joint, "all")  # fmt: skip
+    assert (
+        bar["passed"] is True and bar["value"].startswith("row-only") and "+9.0 %" in bar["value"]
+    )
+    # A fork over the budget on validation is not eligible, whatever its MAE.
+    bar = report.validated_warm_start([val("row-only", 120, 0.05), val("fork", 80, 0.2)], day,
+                                      joint, "all")  # fmt: skip
+    assert bar["value"].startswith("row-only")
+    bar = report.validated_warm_start([val("fork", 80, 0.05)], day[:1], joint, "all")
+    assert bar["passed"] is False and "no tier" in bar["value"]
+    # Validation prefers the fork: its test run is scored.
+    bar = report.validated_warm_start([val("row-only", 120, 0.05), val("fork", 80, 0.05)], day,
+                                      joint, "all")  # fmt: skip
+    assert bar["passed"] is True and bar["value"].startswith("fork") and "-5.0 %" in bar["value"]
