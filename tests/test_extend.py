@@ -255,3 +255,6 @@ def test_a_fork_checkpoint_restores_into_a_task_built_from_the_data(base) -> Non
     assert isinstance(task.net, RoutedForecastNet)
     task.load_state_dict(saved["state_dict"])
     assert task.net.routed_rows() == [list(meta["line_keys"]).index("C")]
+    # Fine-tuning a loaded fork further (e.g. fit from it) never puts the base in the optimizer.
+    in_groups = {id(p) for g in task.parameter_groups() for p in g["params"]}
+    assert in_groups and in_groups <= {id(p) for p in task.net.fork.parameters()}

@@ -451,13 +451,16 @@ class ForecastingTask(BaseTask):
         """Optimizer groups: network weights, and new embedding rows at ``new_row_lr``.
 
         When :attr:`trainable` is set (row-only or partial extension), only those
-        parameters enter the optimizer; frozen ones are in no group at all.
+        parameters enter the optimizer; frozen ones are in no group at all. A fork
+        (:class:`RoutedForecastNet`) trains its fork only: the base, which serves the old
+        lines, is in no group.
         """
         if self.net is None:
             raise RuntimeError("the network is not built")
         hp: Any = self.hparams
         new_rows = {id(p) for p in self.net.line_embedding.new_parameters()}
-        params = self.trainable if self.trainable is not None else list(self.net.parameters())
+        net = self.net.fork if isinstance(self.net, RoutedForecastNet) else self.net
+        params = self.trainable if self.trainable is not None else list(net.parameters())
         base = [p for p in params if id(p) not in new_rows and p.requires_grad]
         new = [p for p in params if id(p) in new_rows and p.requires_grad and p.numel()]
         groups = [{"params": base, "lr": hp.lr, "weight_decay": hp.weight_decay}] if base else []
