@@ -46,6 +46,17 @@ GRID: dict[str, tuple[dict[str, Any], ...]] = {
             (0.0, 1e-3, 1024, ALL_LAYERS),
         )
     ),
+    # The fork fine-tunes a copy (every layer by default, None) and routes the new line to
+    # it: forgetting is 0 by construction, so the choice is new-line MAE within budget.
+    "fork": tuple(
+        {"new_row_lr": r, "layer_lr": lr, "tune_layers": layers}
+        for r, lr, layers in (
+            (1e-2, 1e-3, None),
+            (1e-2, 3e-3, None),
+            (3e-2, 1e-3, None),
+            (1e-2, 3e-3, ["trunk", "head"]),
+        )
+    ),
 }
 
 #: Share of the new line's trips (the last ones by start time) held out for validation.

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tier",
         default="row-only",
-        choices=["zero-shot", "row-only", "partial", "replay"],
+        choices=["zero-shot", "row-only", "partial", "replay", "fork"],
         help="Extension tier (default row-only: old lines provably unchanged).",
     )
     p.add_argument("--init", default="unknown", help="New-row initialisation (default unknown).")

@@ -164,3 +164,97 @@ def test_replay_share_out_of_range_is_refused(base) -> None:
             ExtensionConfig(tier="replay", max_steps=1, min_windows=5, replay_new_share=1.0),
             data_overrides={"train_dates": ["2024-05-07"]},
         )
+
+
+def test_fork_routes_new_line_to_a_trained_copy_and_old_lines_stay_bit_identical(base) -> None:
+    from transitnet.evaluate import load_datamodule, predict_windows
+    from transitnet.models.routed import RoutedForecastNet
+
+    ckpt, store, tmp = base
+    out = tmp / "fork"
+    report = extend_lines(
+        ckpt,
+        out,
+        ExtensionConfig(tier="fork", max_steps=15, min_windows=5),
+        data_overrides={"train_dates": ["2024-05-07"]},
+    )
+    assert report.tier == "fork" and report.steps == 15 and report.replay_windows == 0
+    # The base gained only the new row; the fork's layers trained.
+    assert [t for t in report.tensors_touched if t.startswith("base.")] == [
+        "base.line_embedding.row_count",
+        "base.line_embedding.table.rows",
+    ]
+    assert any(t.startswith("fork.encoder.") for t in report.tensors_touched)
+    assert any(t.startswith("fork.trunk.") for t in report.tensors_touched)
+    # Saved and loaded with the stock loader: both networks and the routing come back.
+    saved = torch.load(out / "model.ckpt", weights_only=False)
+    assert saved["transitnet_forecaster"]["routed_lines"] == ["C"]
+    task = ForecastingTask.load_from_checkpoint(out / "model.ckpt")
+    assert isinstance(task.net, RoutedForecastNet)
+    assert task.net.routed_rows() == [task.line_keys.index("C")]
+    # Zero forgetting after real training steps, through the reloaded checkpoint.
+    assert torch.equal(_old_outputs(ckpt, store), _old_outputs(out / "model.ckpt", store))
+    # The new line is served by the fork: its forecasts differ from the base's new row.
+    zero = tmp / "fork_zero"
+    extend_lines(
+        ckpt,
+        zero,
+        ExtensionConfig(tier="zero-shot", min_windows=5),
+        data_overrides={"train_dates": ["2024-05-07"]},
+    )
+    preds = []
+    for path in (zero / "model.ckpt", out / "model.ckpt"):
+        dm = load_datamodule(
+            torch.load(path, weights_only=False), store=str(store), test_dates=["2024-05-08"]
+        )
+        dm.setup("test")
+        keep = (dm.windows["test"].meta["line_key"] == "C").to_numpy()
+        assert keep.any()
+        dm.windows["test"] = dm.windows["test"].subset(keep)
+        preds.append(predict_windows(ForecastingTask.load_from_checkpoint(path), dm, "test"))
+    assert np.isfinite(preds[1]).all()
+    assert np.abs(preds[0] - preds[1]).max() > 1e-3
+
+
+def test_a_fork_checkpoint_is_not_grown_further(base) -> None:
+    ckpt, _, tmp = base
+    out = tmp / "fork_once"
+    extend_lines(
+        ckpt,
+        out,
+        ExtensionConfig(tier="fork", max_steps=2, min_windows=5),
+        data_overrides={"train_dates": ["2024-05-07"]},
+    )
+    with pytest.raises(ValueError, match="re-fork"):
+        extend_lines(
+            out / "model.ckpt",
+            tmp / "fork_twice",
+            ExtensionConfig(tier="fork", new_lines=["D"], max_steps=2),
+            data_overrides={"train_dates": ["2024-05-07"]},
+        )
+
+
+def test_a_fork_checkpoint_restores_into_a_task_built_from_the_data(base) -> None:
+    """``trainer.predict(task, dm, ckpt_path=…)``: the plain net built first is replaced."""
+    from transitnet.models.routed import RoutedForecastNet
+
+    ckpt, _, tmp = base
+    out = tmp / "fork_restore"
+    extend_lines(
+        ckpt,
+        out,
+        ExtensionConfig(tier="fork", max_steps=2, min_windows=5),
+        data_overrides={"train_dates": ["2024-05-07"]},
+    )
+    saved = torch.load(out / "model.ckpt", weights_only=False)
+    meta = saved["transitnet_forecaster"]
+    task = ForecastingTask(**{k: v for k, v in saved["hyper_parameters"].items() if k in (
+        "line_dim", "hidden_dim", "ignore_context", "schedule_residual")})  # fmt: skip
+    task.build_net_from_meta({**meta, "routed_lines": []}, tuple(meta["line_keys"]))
+    task.on_load_checkpoint(saved)
+    assert isinstance(task.net, RoutedForecastNet)
+    task.load_state_dict(saved["state_dict"])
+    assert task.net.routed_rows() == [list(meta["line_keys"]).index("C")]
+    # Fine-tuning a loaded fork further (e.g. fit from it) never puts the base in the optimizer.
+    in_groups = {id(p) for g in task.parameter_groups() for p in g["params"]}
+    assert in_groups and in_groups <= {id(p) for p in task.net.fork.parameters()}

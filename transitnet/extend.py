@@ -24,7 +24,8 @@ from transitnet.datamodules.transit import TransitDataModule
 from transitnet.datasets.windows import Windows, concat_windows, sample_per_line
 from transitnet.evaluate import load_datamodule, predict_windows
 from transitnet.metrics import compute_mae, summarise_by_horizon
-from transitnet.models.forecaster import add_lines
+from transitnet.models.forecaster import ForecastNet, add_lines
+from transitnet.models.routed import RoutedForecastNet
 from transitnet.tasks.extension import LineExtensionTask
 from transitnet.tasks.forecasting import CKPT_KEY, ForecastingTask
 
@@ -38,7 +39,7 @@ class ExtensionConfig:
     Attributes:
         new_lines: ``"auto"`` (line keys in the new data that the vocabulary lacks) or keys.
         init: Row init: ``unknown``, ``mean``, ``mean_cov``, ``similar:<key,…>``, ``random``.
-        tier: ``zero-shot``, ``row-only``, ``partial``, ``replay`` or ``naive``.
+        tier: ``zero-shot``, ``row-only``, ``partial``, ``replay``, ``fork`` or ``naive``.
         max_steps: Optimizer steps (ignored for ``zero-shot``).
         new_row_lr: Learning rate of the new rows.
         layer_lr: Learning rate of fine-tuned layers.
@@ -54,8 +55,8 @@ class ExtensionConfig:
             replay buffer, so the tuned layers are held to the base model on old lines'
             own inputs too (0: distil on the new lines' inputs only).
         lr_decay: Decay the learning rates to 0 along a cosine over ``max_steps``.
-        tune_layers: ``ForecastNet`` submodules ``partial``/``replay`` fine-tune
-            (``None``: ``trunk`` and ``head``).
+        tune_layers: ``ForecastNet`` submodules ``partial``/``replay``/``fork`` fine-tune
+            (``None``: ``trunk`` and ``head``; for ``fork`` every layer).
         min_windows: ``auto`` only adds lines with at least this many training windows.
         batch_size: Windows per step.
         seed: Seed for initialisation, sampling and training.
@@ -93,6 +94,8 @@ TIER_DEFAULTS: dict[str, dict[str, Any]] = {
         "distill_per_line": 64,
     },
     "replay": {"anchor_weight": 10.0, "layer_lr": 1e-3, "replay_per_line": 64, "tune_layers": None},
+    # fork: Austin 803 and Auckland 07005 chose this; 801 all layers at 3e-3, 07006 at 1e-3.
+    "fork": {"new_row_lr": 1e-2, "layer_lr": 3e-3, "tune_layers": ["trunk", "head"]},
 }
 
 
@@ -150,6 +153,11 @@ def build_extension_task(
         **hp,
     )
     meta = base_ckpt[CKPT_KEY]
+    if meta.get("routed_lines"):
+        raise ValueError(
+            f"this checkpoint is already a fork (routes {meta['routed_lines']}): extend the "
+            "original base checkpoint with every new line so far instead (re-fork)"
+        )
     task.build_net_from_meta(meta, tuple(meta["line_keys"]))
     assert task.net is not None and base.net is not None
     task.net.load_state_dict(base.net.state_dict())
@@ -188,6 +196,17 @@ def _touched(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
         or before[k].shape != after[k].shape
         or not torch.equal(before[k], after[k])
     )
+
+
+def _touched_by(before: dict[str, torch.Tensor], net: torch.nn.Module) -> list[str]:
+    """State-dict keys that changed; a fork's per network (``base.…``, ``fork.…``)."""
+    if not isinstance(net, RoutedForecastNet):
+        return _touched(before, net.state_dict())
+    return [
+        f"{name}.{key}"
+        for name in ("base", "fork")
+        for key in _touched(before, getattr(net, name).state_dict())
+    ]
 
 
 def extend_lines(
@@ -289,7 +308,7 @@ def train_extension(
         ValueError: A training tier without any window of the new lines.
     """
     task = build_extension_task(ckpt, base, cfg)
-    assert task.net is not None
+    assert isinstance(task.net, ForecastNet)
     n_old = len(dm.vocab)
     state_before = {k: v.clone() for k, v in task.net.state_dict().items()}
     add_lines(
@@ -331,7 +350,7 @@ def train_extension(
         tier=cfg.tier,
         steps=int(trainer.global_step),
         wall_seconds=round(wall, 3),
-        tensors_touched=_touched(state_before, task.net.state_dict()),
+        tensors_touched=_touched_by(state_before, task.net),
         train_windows=int(is_new.sum()),
         replay_windows=n_replay,
     )

@@ -55,11 +55,13 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
     res = report["datasets"]["syn"]
     inits = ["unknown", "mean", "mean_cov", "similar", "random"]
     combos = {(r["level"], r["tier"], r["init"]) for r in res["runs"]}
-    # --quick keeps the first and last level: 5 zero-shot + 2 × (naive + 3 tiers × 5 inits),
-    # and draws the random init twice at k=0 and at the first level (4 more runs).
-    assert len(combos) == 5 + 2 * (1 + 3 * 5) and len(res["runs"]) == len(combos) + 4
+    # --quick keeps the first and last level: 5 zero-shot + 2 × (naive + 4 tiers × 5 inits),
+    # and draws the random init twice at k=0 and at the first level (5 more runs: one per
+    # tier at the first level, one at k=0).
+    assert len(exp.TIERS) == 4 and len(combos) == 5 + 2 * (1 + 4 * 5)
+    assert len(res["runs"]) == len(combos) + 1 + len(exp.TIERS)
     draws = [r for r in res["runs"] if r["init"] == "random" and r["level"] != "all"]
-    assert sorted(r["seed"] for r in draws) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert sorted(r["seed"] for r in draws) == [0] * 5 + [1] * 5
     for level in ("trips:1", "all"):
         assert {(level, t, i) for t in exp.TIERS for i in inits} <= combos
         assert res["scratch"][level]["steps"] > 0
@@ -69,15 +71,15 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
     by = {(r["level"], r["tier"], r["init"]): r for r in res["runs"]}
     for r in res["runs"]:
         assert r["new_mae_m"]["mean"] > 0 and r["steps"] == (0 if r["tier"] == "zero-shot" else 1)
-        if r["tier"] in ("zero-shot", "row-only"):
+        if r["tier"] in ("zero-shot", "row-only", "fork"):
             assert r["old_max_abs_diff_m"] == 0.0 and r["forgetting"]["mean_rel"] == 0.0
     # The unknown row is the base model itself: zero-shot/unknown reproduces it exactly.
     unknown = by[("k=0", "zero-shot", "unknown")]["new_mae_m"]
     assert unknown == res["base"]["new_mae_m"]
     assert by[("all", "naive", "unknown")]["old_max_abs_diff_m"] > 0
     bars = {b["bar"]: b for b in res["bars"]}
-    assert bars["row-only (and zero-shot) forgetting exactly 0"]["passed"] is True
-    assert len(bars) == 5 and all(isinstance(b["passed"], bool) for b in res["bars"])
+    assert bars["row-only and fork (and zero-shot) forgetting exactly 0"]["passed"] is True
+    assert len(bars) == 6 and all(isinstance(b["passed"], bool) for b in res["bars"])
     # Every tier's candidates ran on validation; one per tier was chosen and then used.
     chosen = res["selection"]["chosen"]
     assert set(chosen) == set(exp.TIERS) and len(res["selection"]["runs"]) == sum(
@@ -169,7 +171,7 @@ def test_bars_fail_when_measured_values_miss_them() -> None:
     bars = report.check_bars({"joint": joint, "runs": runs, "settings_seed": 0}, ["all"])
     by = {b["bar"].split(":")[0]: b for b in bars}
     assert by["day"]["passed"] is False and "steps 20.0 %" in by["day"]["value"]
-    assert by["row-only (and zero-shot) forgetting exactly 0"]["passed"] is True
+    assert by["row-only and fork (and zero-shot) forgetting exactly 0"]["passed"] is True
     assert by["partial"]["passed"] is False and "+2.00 %" in by["partial"]["value"]
     beat = bars[-1]
     assert beat["passed"] is False and "zero-shot/mean (+4.3 %)" in beat["value"]
@@ -309,3 +311,33 @@ def test_library_tier_defaults_are_candidates_the_experiment_validates() -> None
         cfg = config_for_tier(tier, seed=3)
         assert cfg.tier == tier and cfg.seed == 3
         assert all(getattr(cfg, k) == v for k, v in chosen.items())
+
+
+def test_validated_warm_start_takes_the_tier_validation_prefers() -> None:
+    joint = {"new_mae_m": {"mean": 100.0}, "steps": 1000, "cpu_s": 1000.0, "wall_s": 1000.0}
+    day = [
+        _run("all", "row-only", "unknown", 109.0, 0.0),
+        _run("all", "fork", "unknown", 95.0, 0.0),
+    ]
+    zero = {"mean_rel": 0.0, "worst_rel": 0.0}
+
+    def val(tier: str, mae: float, cpu: float) -> dict:
+        return {"tier": tier, "chosen": True, "new_mae_m": {"mean": mae}, "cpu_ratio": cpu,
+                "forgetting": zero}  # fmt: skip
+
+    # Validation prefers row-only: its test run (+9 %) is what counts, not the fork's.
+    bar = report.validated_warm_start([val("row-only", 90, 0.05), val("fork", 95, 0.05)], day,
+                                      joint, "all")  # fmt: skip
+    assert (
+        bar["passed"] is True and bar["value"].startswith("row-only") and "+9.0 %" in bar["value"]
+    )
+    # A fork over the budget on validation is not eligible, whatever its MAE.
+    bar = report.validated_warm_start([val("row-only", 120, 0.05), val("fork", 80, 0.2)], day,
+                                      joint, "all")  # fmt: skip
+    assert bar["value"].startswith("row-only")
+    bar = report.validated_warm_start([val("fork", 80, 0.05)], day[:1], joint, "all")
+    assert bar["passed"] is False and "no tier" in bar["value"]
+    # Validation prefers the fork: its test run is scored.
+    bar = report.validated_warm_start([val("row-only", 120, 0.05), val("fork", 80, 0.05)], day,
+                                      joint, "all")  # fmt: skip
+    assert bar["passed"] is True and bar["value"].startswith("fork") and "-5.0 %" in bar["value"]

@@ -49,6 +49,19 @@ def test_partial_with_distillation_options_writes_model_and_report(base) -> None
     assert hp["new_row_lr"] == 1e-2 and hp["lr_decay"] is True
 
 
+def test_fork_tier_writes_a_routed_checkpoint(base) -> None:
+    ckpt, _, tmp = base
+    out = tmp / "fork"
+    assert main(_argv(ckpt, out, "--tier", "fork", "--tune-layers", "trunk", "head")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["tier"] == "fork" and report["steps"] == 3 and report["lines_added"] == ["C"]
+    saved = torch.load(out / "model.ckpt", weights_only=False)
+    assert saved["transitnet_forecaster"]["routed_lines"] == ["C"]
+    assert saved["hyper_parameters"]["tune_layers"] == ["trunk", "head"]
+    assert not any(t.startswith("fork.encoder.") for t in report["tensors_touched"])
+    assert any(t.startswith("fork.trunk.") for t in report["tensors_touched"])
+
+
 def test_replay_share_out_of_range_is_a_clear_error(base) -> None:
     ckpt, _, tmp = base
     argv = _argv(ckpt, tmp / "bad", "--tier", "replay", "--replay-new-share", "1.0")

@@ -78,6 +78,9 @@ def test_job_defaults_are_the_validated_tier_settings(monkeypatch, tmp_path) -> 
     assert job.main(["--models", str(tmp_path), "--store", str(tmp_path), "--tier", "replay"]) == 0
     assert seen["config"] == config_for_tier("replay") and seen["config"].tier == "replay"
     seen.clear()
+    assert job.main(["--models", str(tmp_path), "--store", str(tmp_path), "--tier", "fork"]) == 0
+    assert seen["config"] == config_for_tier("fork") and seen["config"].tier == "fork"
+    seen.clear()
     argv = ["--models", str(tmp_path), "--store", str(tmp_path), "--no-lr-decay"]
     assert job.main([*argv, "--tune-layers", "encoder", "trunk", "head"]) == 0
     assert seen["config"].lr_decay is False

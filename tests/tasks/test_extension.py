@@ -135,3 +135,37 @@ def test_tune_layers_chooses_what_partial_and_replay_fine_tune(
     assert all((id(p) in in_groups) is encoder_trains for p in ext.net.encoder.parameters())
     # Old embedding rows stay frozen whatever is tuned.
     assert not ext.net.line_embedding.table.base.requires_grad
+
+
+def test_fork_trains_only_the_copy_and_ignores_old_line_targets(base) -> None:
+    from transitnet.models.routed import RoutedForecastNet
+
+    ext = _grown(base, tier="fork")
+    assert isinstance(ext.net, RoutedForecastNet)
+    assert not any(p.requires_grad for p in ext.net.base.parameters())
+    ids = {id(p) for p in ext.trainable or []}
+    assert ids <= {id(p) for p in ext.net.fork.parameters()}
+    assert ext.net.routed_rows() == [ext.n_old_rows]
+    batch = _batch(ext)
+    old = batch.line_ids < ext.n_old_rows
+    moved = replace(batch, targets=torch.where(old[:, None], batch.targets + 5000.0, batch.targets))
+    ext.eval()
+    loss = ext.training_step(batch, 0)
+    assert ext.training_step(moved, 0).item() == pytest.approx(loss.item(), rel=1e-6)
+    loss.backward()
+    assert all(p.grad is None for p in ext.net.base.parameters())
+    assert ext.net.fork.encoder is not None
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in ext.net.fork.encoder.parameters()
+    )
+
+
+def test_fork_tune_layers_leaves_the_rest_of_the_copy_frozen(base) -> None:
+    from transitnet.models.routed import RoutedForecastNet
+
+    ext = _grown(base, tier="fork", tune_layers=["trunk", "head"])
+    assert isinstance(ext.net, RoutedForecastNet)
+    assert not any(p.requires_grad for p in ext.net.fork.encoder.parameters())
+    assert all(p.requires_grad for p in ext.net.fork.trunk.parameters())
+    groups = ext.parameter_groups()
+    assert [g["lr"] for g in groups] == [ext.hparams.new_row_lr, ext.hparams.layer_lr]

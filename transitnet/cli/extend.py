@@ -36,10 +36,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--tier",
         default="row-only",
-        choices=["zero-shot", "row-only", "partial", "replay", "naive"],
+        choices=["zero-shot", "row-only", "partial", "replay", "fork", "naive"],
         help="What trains: zero-shot (nothing; old outputs bit-identical), row-only (new rows "
         "only; old outputs bit-identical), partial (+ later layers with distillation), replay "
-        "(partial + old-line replay), naive (everything; experiments only).",
+        "(partial + old-line replay), fork (a fine-tuned copy serves the new lines, the "
+        "untouched base every other line; old outputs bit-identical), naive (everything; "
+        "experiments only).",
     )
     p.add_argument("--max-steps", type=int, default=300, help="Optimizer steps (default 300).")
     add_training_options(p)
@@ -66,7 +68,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--layer-lr",
         type=float,
-        help="Learning rate of the fine-tuned layers (partial/replay/naive)" + default,
+        help="Learning rate of the fine-tuned layers (partial/replay/fork/naive)" + default,
     )
     p.add_argument(
         "--lr-decay",
@@ -106,7 +108,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         "--tune-layers",
         nargs="+",
         choices=["encoder", "trunk", "head"],
-        help="partial/replay: the network parts fine-tuned besides the new rows" + default,
+        help="partial/replay/fork: the network parts fine-tuned besides the new rows" + default,
     )
 
 

@@ -8,6 +8,7 @@ from transitnet.models.heads import BiasCorrection, QuantileForecastHead, fit_bi
 from transitnet.models.losses import pinball_loss
 from transitnet.models.migrate import compute_init_rows, migrate_optimizer_state, migrate_rows
 from transitnet.models.prototype import PrototypeHead
+from transitnet.models.routed import RoutedForecastNet, fork_network
 
 __all__ = [
     "MASKED_LOGIT",
@@ -17,12 +18,14 @@ __all__ = [
     "LineEmbedding",
     "PrototypeHead",
     "QuantileForecastHead",
+    "RoutedForecastNet",
     "SplitRows",
     "TrajectoryEncoder",
     "add_lines",
     "compute_init_rows",
     "dropout_ids",
     "fit_bic",
+    "fork_network",
     "migrate_optimizer_state",
     "migrate_rows",
     "pinball_loss",

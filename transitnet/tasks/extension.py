@@ -21,6 +21,16 @@ The learning rates decay to 0 along a cosine over the run's steps when ``lr_deca
 set (``max_steps`` of the trainer), else stay constant.
 - ``naive``: everything trains on the new data with no protection (the lower bound for
   forgetting, for experiments only).
+- ``fork``: a copy of the grown base network (the fork) fine-tunes on the new lines'
+  windows (its new rows at ``new_row_lr``, the ``tune_layers`` at ``layer_lr``; default
+  every layer), and the task serves through a
+  :class:`~transitnet.models.routed.RoutedForecastNet`: windows of the new lines go to
+  the fork, every other line to the untouched base. Old lines' outputs are bit-identical
+  to the base model's: forgetting is exactly 0 by construction, at the price of two
+  networks in memory and a second (partial) forward per batch. The checkpoint holds both
+  networks and the routed line keys (``ForecastingTask.load_from_checkpoint`` rebuilds
+  it). A later extension re-forks from the original base with every new line so far: a
+  fork checkpoint is not grown further.
 """
 
 from __future__ import annotations
@@ -33,9 +43,11 @@ import torch
 from torch import nn
 
 from transitnet.datasets.batches import ForecastBatch
+from transitnet.models.forecaster import ForecastNet
+from transitnet.models.routed import RoutedForecastNet, fork_network
 from transitnet.tasks.forecasting import ForecastingTask
 
-TIERS = ("zero-shot", "row-only", "partial", "replay", "naive")
+TIERS = ("zero-shot", "row-only", "partial", "replay", "naive", "fork")
 
 
 class LineExtensionTask(ForecastingTask):
@@ -46,7 +58,8 @@ class LineExtensionTask(ForecastingTask):
         new_row_lr: Learning rate of the new embedding rows.
         layer_lr: Learning rate of fine-tuned layers (``partial``/``replay``/``naive``).
         tune_layers: Attribute names of ``ForecastNet`` submodules fine-tuned by
-            ``partial`` and ``replay``.
+            ``partial`` and ``replay`` (default ``trunk``, ``head``) and by ``fork``
+            (default every parameter outside the line embedding).
         distill_weight: Weight of the distillation loss towards the frozen base model.
         anchor_weight: Weight of the L2 anchor to the base weights of fine-tuned layers.
         lr_decay: Cosine decay of every learning rate to 0 over the trainer's ``max_steps``.
@@ -78,9 +91,12 @@ class LineExtensionTask(ForecastingTask):
         Args:
             n_old_rows: Rows the base model had (unknown row included).
         """
-        if self.net is None:
-            raise RuntimeError("build or load the network before preparing a tier")
+        if not isinstance(self.net, ForecastNet):
+            raise RuntimeError("build or load the (unrouted) network before preparing a tier")
         self.n_old_rows = n_old_rows
+        if self.tier == "fork":
+            self._prepare_fork(self.net, n_old_rows)
+            return
         base = copy.deepcopy(self.net).eval()
         for p in base.parameters():
             p.requires_grad_(False)
@@ -95,6 +111,25 @@ class LineExtensionTask(ForecastingTask):
         for p in tuned:
             p.requires_grad_(True)
         self.trainable = [*new_rows, *tuned]
+
+    def _prepare_fork(self, net: ForecastNet, n_old_rows: int) -> None:
+        """Route the new rows to a trainable copy of ``net``; freeze ``net`` (the base)."""
+        for p in net.parameters():
+            p.requires_grad_(False)
+        routed = fork_network(net, range(n_old_rows, net.line_embedding.num_lines))
+        new_rows = routed.fork.freeze_except_new_rows()
+        names = self.hparams.get("tune_layers")
+        if names:
+            tuned = [p for name in names for p in getattr(routed.fork, name).parameters()]
+        else:
+            tuned = [
+                p
+                for name, p in routed.fork.named_parameters()
+                if not name.startswith("line_embedding.")
+            ]
+        for p in tuned:
+            p.requires_grad_(True)
+        self.net, self.trainable = routed, [*new_rows, *tuned]
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """New rows at ``new_row_lr`` (no weight decay); tuned layers at ``layer_lr``."""
@@ -125,8 +160,11 @@ class LineExtensionTask(ForecastingTask):
         """Forecast loss, plus distillation and anchoring for ``partial``/``replay``.
 
         Under ``partial`` only the new lines' windows (rows >= ``n_old_rows``) enter the
-        forecast loss; old-line windows are there for distillation only.
+        forecast loss; old-line windows are there for distillation only. Under ``fork``
+        only the fork runs (on the routed windows; the base is not needed to train it).
         """
+        if isinstance(self.net, RoutedForecastNet):
+            return self._fork_step(batch)
         if self.tier != "partial" or self.base_net is None:
             forecast_batch = batch
         else:
@@ -137,6 +175,17 @@ class LineExtensionTask(ForecastingTask):
             loss = loss + self.hparams["distill_weight"] * self._distill(batch)
             if self.hparams["anchor_weight"]:
                 loss = loss + self.hparams["anchor_weight"] * self._anchor()
+        return loss
+
+    def _fork_step(self, batch: ForecastBatch) -> torch.Tensor:
+        """Pinball loss of the fork's raw forecasts on the batch's routed windows."""
+        assert isinstance(self.net, RoutedForecastNet)
+        routed = self.net.routed[batch.line_ids.view(-1)]
+        pred = self.net.fork(
+            batch.past, batch.lengths, batch.line_ids, batch.context, calibrated=False
+        )
+        loss = self._loss(pred, replace(batch, target_mask=batch.target_mask & routed[:, None]))
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
     def _distill(self, batch: ForecastBatch) -> torch.Tensor:

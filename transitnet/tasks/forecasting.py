@@ -23,6 +23,7 @@ from transitnet.models.embedding import dropout_ids
 from transitnet.models.forecaster import ForecastNet
 from transitnet.models.heads import fit_quantile_calibration
 from transitnet.models.losses import pinball_loss
+from transitnet.models.routed import RoutedForecastNet, fork_network
 from transitnet.models.schedule_skip import ScheduleSkip
 from transitnet.tasks.base import BaseTask
 
@@ -145,7 +146,7 @@ class ForecastingTask(BaseTask):
         super().__init__()
         self.save_hyperparameters()
         self.quantiles = tuple(quantiles or (0.1, 0.5, 0.9))
-        self.net: ForecastNet | None = None
+        self.net: ForecastNet | RoutedForecastNet | None = None
         self.line_keys: tuple[str, ...] = ()
         self.horizons_s: tuple[int, ...] = ()
         self.trainable: list[nn.Parameter] | None = None
@@ -222,7 +223,8 @@ class ForecastingTask(BaseTask):
         """Create the network a checkpoint's ``meta`` (:data:`CKPT_KEY`) describes.
 
         Checkpoints written before the schedule skip existed had the schedule inputs
-        and no skip.
+        and no skip. A ``fork`` extension's checkpoint (``routed_lines`` in ``meta``)
+        gets a :class:`RoutedForecastNet`: base and fork, the routed lines to the fork.
         """
         self.build_net(
             line_keys,
@@ -232,6 +234,12 @@ class ForecastingTask(BaseTask):
             schedule_inputs=bool(meta.get("schedule_inputs", True)),
             schedule_residual=bool(meta.get("schedule_residual", False)),
         )
+        routed = list(meta.get("routed_lines") or [])
+        if routed and isinstance(self.net, ForecastNet):
+            missing = sorted(set(routed) - set(line_keys))
+            if missing:
+                raise ValueError(f"routed lines {missing} are not in the vocabulary")
+            self.net = fork_network(self.net, [line_keys.index(k) for k in routed])
 
     def configure_model(self) -> None:
         """Build the network from the attached DataModule (after its setup).
@@ -290,6 +298,9 @@ class ForecastingTask(BaseTask):
             "schedule_inputs": self.schedule_inputs,
             "schedule_residual": self.schedule_residual,
         }
+        if isinstance(self.net, RoutedForecastNet):
+            rows = self.net.routed_rows()
+            checkpoint[CKPT_KEY]["routed_lines"] = [self.line_keys[i] for i in rows]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Build the network at the checkpoint's size, or migrate the checkpoint by key.
@@ -306,14 +317,21 @@ class ForecastingTask(BaseTask):
             raise ValueError("this checkpoint was not written by transitnet's ForecastingTask")
         check_context_width(int(meta["n_context"]))
         saved = tuple(meta["line_keys"])
-        add_identity_calibration(checkpoint, len(meta["horizons_s"]), len(self.quantiles))
+        if not meta.get("routed_lines"):  # fork checkpoints postdate calibration
+            add_identity_calibration(checkpoint, len(meta["horizons_s"]), len(self.quantiles))
         flags = (meta.get("schedule_inputs", True), meta.get("schedule_residual", False))
-        if self.net is None or flags != (self.schedule_inputs, self.schedule_residual):
+        routed = bool(meta.get("routed_lines")) != isinstance(self.net, RoutedForecastNet)
+        if self.net is None or routed or flags != (self.schedule_inputs, self.schedule_residual):
             self.build_net_from_meta(meta, saved if self.net is None else self.line_keys)
         if self.net is None or saved == self.line_keys:
             return
         if saved == self.line_keys:
             return
+        if meta.get("routed_lines") or isinstance(self.net, RoutedForecastNet):
+            raise ValueError(
+                "a fork checkpoint (base + fork) cannot be grown by key: extend the original "
+                "base checkpoint with every new line so far (re-fork) instead"
+            )
         self.net.line_embedding.migrate_state_dict(
             checkpoint["state_dict"], "net.line_embedding.", saved, self.line_keys
         )
@@ -433,13 +451,16 @@ class ForecastingTask(BaseTask):
         """Optimizer groups: network weights, and new embedding rows at ``new_row_lr``.
 
         When :attr:`trainable` is set (row-only or partial extension), only those
-        parameters enter the optimizer; frozen ones are in no group at all.
+        parameters enter the optimizer; frozen ones are in no group at all. A fork
+        (:class:`RoutedForecastNet`) trains its fork only: the base, which serves the old
+        lines, is in no group.
         """
         if self.net is None:
             raise RuntimeError("the network is not built")
         hp: Any = self.hparams
         new_rows = {id(p) for p in self.net.line_embedding.new_parameters()}
-        params = self.trainable if self.trainable is not None else list(self.net.parameters())
+        net = self.net.fork if isinstance(self.net, RoutedForecastNet) else self.net
+        params = self.trainable if self.trainable is not None else list(net.parameters())
         base = [p for p in params if id(p) not in new_rows and p.requires_grad]
         new = [p for p in params if id(p) in new_rows and p.requires_grad and p.numel()]
         groups = [{"params": base, "lr": hp.lr, "weight_decay": hp.weight_decay}] if base else []
