@@ -656,8 +656,9 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The options every route-classifier experiment takes (out, work, quick, seed, datasets)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, required=True, help="Output folder.")
     parser.add_argument("--work", type=Path, help="Store folder (default OUT/work).")
     parser.add_argument("--quick", action="store_true", help="Fewer lines, epochs and steps.")
@@ -669,6 +670,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(DATASETS),
         help="Datasets to run (default all).",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(__doc__.split("\n")[0])
     parser.add_argument("--hidden-dim", type=int, help="Encoder width (ablation).")
     parser.add_argument("--epochs", type=int, help="Training epochs (ablation).")
     parser.add_argument("--window-fixes", type=int, help="Fixes per window, K (ablation).")

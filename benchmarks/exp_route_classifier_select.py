@@ -16,7 +16,6 @@ Usage: ``.venv/bin/python benchmarks/exp_route_classifier_select.py --out OUT --
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -169,14 +168,7 @@ def summary_table(results: dict[str, Any], n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="Output folder.")
-    parser.add_argument("--work", type=Path, help="Store folder (default OUT/work).")
-    parser.add_argument("--quick", action="store_true", help="Fewer lines, epochs and steps.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of every choice.")
-    parser.add_argument(
-        "--datasets", nargs="+", default=list(erc.DATASETS), help="Datasets (default all)."
-    )
+    parser = erc.build_parser(__doc__.split("\n")[0])
     parser.add_argument(
         "--variants",
         nargs="+",

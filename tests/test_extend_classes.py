@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 
 from tests.class_fixtures import make_store, one_torch_thread
+from tests.synthetic import fit_checkpoint
 from transitnet.datamodules.classification import RouteClassDataModule
 from transitnet.extend_classes import extend_classes
 from transitnet.extend_classes_config import ClassExtensionConfig
@@ -18,17 +19,7 @@ EVAL = ["2024-05-08"]
 def _fit(dm, tmp: Path, epochs: int, **task_kw) -> Path:
     pl.seed_everything(0)
     task = ClassificationTask(**{"hidden_dim": 16, "lr": 1e-2, **task_kw})
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp,
-    )
-    trainer.fit(task, dm)
-    trainer.save_checkpoint(tmp / "base.ckpt")
-    return tmp / "base.ckpt"
+    return fit_checkpoint(task, dm, tmp, epochs=epochs, name="base.ckpt")
 
 
 @pytest.fixture(scope="module")
