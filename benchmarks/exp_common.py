@@ -29,7 +29,6 @@ import pytorch_lightning as pl
 import torch
 
 from transitnet.datamodules.transit import TransitDataModule
-from transitnet.datasets.vocab import LineVocabulary
 from transitnet.datasets.windows import Windows
 from transitnet.metrics import compute_mae
 from transitnet.report import save_figure
@@ -117,27 +116,8 @@ def prepare_store(
 def clone_datamodule(
     dm: TransitDataModule, windows: Mapping[str, Windows], *, keep_state: bool = True
 ) -> TransitDataModule:
-    """A DataModule with ``dm``'s arguments holding ``windows`` (no store reads).
-
-    Periods of splits missing from ``windows`` are cleared, so ``setup`` never reads
-    the store for them.
-
-    Args:
-        dm: The DataModule to copy arguments (and, with ``keep_state``, vocabulary and
-            scalers) from.
-        windows: Split name → windows for the copy.
-        keep_state: Copy the vocabulary and scalers; otherwise they are fitted on the
-            copy's ``train`` windows by :meth:`TransitDataModule.setup`.
-    """
-    hp = {k: v for k, v in dict(dm.hparams).items() if k != "_class_path"}
-    hp |= {f"{split}_dates": None for split in ("train", "val", "test") if split not in windows}
-    hp["predict_dates"] = None
-    out = TransitDataModule(**hp)
-    out.windows = dict(windows)
-    if keep_state:
-        out.vocab = LineVocabulary.from_state_dict(dm.vocab.state_dict())
-        out.past_scale, out.context_scale = dm.past_scale, dm.context_scale
-    return out
+    """:meth:`TransitDataModule.with_windows` (a copy of ``dm`` holding ``windows``)."""
+    return dm.with_windows(windows, keep_state=keep_state)
 
 
 def select_level(new: Windows, level: str, timezone: str, train_start: pd.Timestamp) -> Windows:

@@ -211,6 +211,7 @@ class Experiment:
             replay_new_share=s.replay_new_share,
             distill_per_line=s.distill_per_line,
             lr_decay=s.lr_decay,
+            early_stopping=s.early_stopping,
             batch_size=s.batch_size,
             seed=seed,
         )
@@ -264,7 +265,10 @@ class Experiment:
             "", train, self.config(init, tier, self.steps_for(level, new_k), seed)
         )
         run: dict[str, Any] = {"level": level, "init": init, "tier": tier, "seed": seed}
-        run |= {"steps": rep.steps, "wall_s": sw.wall_s, "cpu_s": sw.cpu_s}
+        first = rep.step_choice.get("first_run_steps", 0)  # early stopping's first run
+        run |= {"steps": rep.steps + first, "wall_s": sw.wall_s, "cpu_s": sw.cpu_s}
+        if rep.step_choice:
+            run["step_choice"] = rep.step_choice
         run |= {"train_windows": rep.train_windows, "replay_windows": rep.replay_windows}
         run |= score(predict_windows(task, dm, "test"), self.base_pred, d, s.min_line_windows)
         mae, forget = run["new_mae_m"]["mean"], 100 * run["forgetting"]["mean_rel"]

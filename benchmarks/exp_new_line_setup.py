@@ -121,6 +121,7 @@ class Settings:
     replay_new_share: float = ExtensionConfig.replay_new_share
     distill_per_line: int = ExtensionConfig.distill_per_line
     lr_decay: bool = ExtensionConfig.lr_decay
+    early_stopping: str = ExtensionConfig.early_stopping
     select: bool = True
     random_draws: int = 5
     reference_seeds: int = 2
@@ -249,6 +250,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--select", action=argparse.BooleanOptionalAction, help="Choose on validation (default on)."
     )
     p.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, help="Default: on.")
+    p.add_argument(
+        "--early-stopping",
+        choices=["auto", "on", "off"],
+        help="Extensions choose their steps on the new line's last trips: auto (the library "
+        "default: below 10 trips), on or off.",
+    )
     p.add_argument(
         "--inits", nargs="+", choices=INITS, help="Init strategies to run (default all)."
     )

@@ -23,90 +23,31 @@ import torch
 from transitnet.datamodules.transit import TransitDataModule
 from transitnet.datasets.windows import Windows, concat_windows, sample_per_line
 from transitnet.evaluate import load_datamodule, predict_windows
+from transitnet.extend_config import TIER_DEFAULTS, ExtensionConfig, config_for_tier
+from transitnet.extend_holdout import (
+    CURVE_POINTS,
+    HeldOutCurve,
+    choose_steps,
+    count_trips,
+    held_out_windows,
+    wants_early_stopping,
+)
 from transitnet.metrics import compute_mae, summarise_by_horizon
 from transitnet.models.forecaster import ForecastNet, add_lines
 from transitnet.models.routed import RoutedForecastNet
 from transitnet.tasks.extension import LineExtensionTask
 from transitnet.tasks.forecasting import CKPT_KEY, ForecastingTask
 
+__all__ = [
+    "TIER_DEFAULTS",
+    "ExtensionConfig",
+    "ExtensionReport",
+    "config_for_tier",
+    "extend_lines",
+    "report_dict",
+    "train_extension",
+]
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ExtensionConfig:
-    """How to extend (:func:`config_for_tier` gives a tier's validated settings).
-
-    Attributes:
-        new_lines: ``"auto"`` (line keys in the new data that the vocabulary lacks) or keys.
-        init: Row init: ``unknown``, ``mean``, ``mean_cov``, ``similar:<key,…>``, ``random``.
-        tier: ``zero-shot``, ``row-only``, ``partial``, ``replay``, ``fork`` or ``naive``.
-        max_steps: Optimizer steps (ignored for ``zero-shot``).
-        new_row_lr: Learning rate of the new rows.
-        layer_lr: Learning rate of fine-tuned layers.
-        distill_weight: Distillation weight (``partial``/``replay``).
-        anchor_weight: L2 anchor weight (``partial``/``replay``).
-        replay_per_line: Old-line windows per line in the replay buffer.
-        replay_new_share: ``replay`` (and ``partial`` with ``distill_per_line``) repeats
-            the new lines' windows until they are at least this share of the training set
-            (0: no repetition; with few new windows the old-line windows would otherwise
-            fill nearly every batch).
-        distill_per_line: ``partial`` also distils on this many old-line windows per line
-            (their inputs only: they never enter the forecast loss), sampled like the
-            replay buffer, so the tuned layers are held to the base model on old lines'
-            own inputs too (0: distil on the new lines' inputs only).
-        lr_decay: Decay the learning rates to 0 along a cosine over ``max_steps``.
-        tune_layers: ``ForecastNet`` submodules ``partial``/``replay``/``fork`` fine-tune
-            (``None``: ``trunk`` and ``head``; for ``fork`` every layer).
-        min_windows: ``auto`` only adds lines with at least this many training windows.
-        batch_size: Windows per step.
-        seed: Seed for initialisation, sampling and training.
-    """
-
-    new_lines: str | list[str] = "auto"
-    init: str = "unknown"
-    tier: str = "row-only"
-    max_steps: int = 300
-    new_row_lr: float = 1e-2
-    layer_lr: float = 1e-3
-    distill_weight: float = 1.0
-    anchor_weight: float = 10.0
-    replay_per_line: int = 64
-    replay_new_share: float = 0.5
-    distill_per_line: int = 64
-    lr_decay: bool = True
-    tune_layers: list[str] | None = None
-    min_windows: int = 20
-    batch_size: int = 256
-    seed: int = 0
-
-
-#: Per-tier settings chosen on validation by ``benchmarks/exp_new_line.py`` (candidates of
-#: ``exp_new_line_select.GRID``). Each of its four datasets (Austin 803 and 801, Auckland
-#: 07006 and 07005, seed 0) chose per tier on its own validation split; these are the
-#: choices made most often, ties going to the stronger anchor (the README lists every
-#: dataset's choice). :func:`config_for_tier` applies them over the dataclass defaults.
-TIER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "row-only": {"new_row_lr": 3e-2},
-    "partial": {
-        "anchor_weight": 10.0,
-        "layer_lr": 1e-3,
-        "distill_weight": 1.0,
-        "distill_per_line": 64,
-    },
-    "replay": {"anchor_weight": 10.0, "layer_lr": 1e-3, "replay_per_line": 64, "tune_layers": None},
-    # fork: Austin 803 and Auckland 07005 chose this; 801 all layers at 3e-3, 07006 at 1e-3.
-    "fork": {"new_row_lr": 1e-2, "layer_lr": 3e-3, "tune_layers": ["trunk", "head"]},
-}
-
-
-def config_for_tier(tier: str = "row-only", **given: Any) -> ExtensionConfig:
-    """An :class:`ExtensionConfig` for ``tier`` with its validated settings, then ``given``.
-
-    Args:
-        tier: The extension tier (``zero-shot``/``naive`` have no validated settings).
-        **given: Any other :class:`ExtensionConfig` field; these win over the tier's.
-    """
-    return ExtensionConfig(**{**TIER_DEFAULTS.get(tier, {}), "tier": tier, **given})
 
 
 @dataclass
@@ -115,6 +56,9 @@ class ExtensionReport:
 
     ``replay_windows`` counts the old-line windows in the training set: the replay
     buffer (``replay``) or the distillation inputs (``partial`` with ``distill_per_line``).
+    ``step_choice`` (with early stopping): the held-out trips and windows, the held-out
+    MAE curve ``[[step, MAE m], …]``, the chosen steps and the first run's steps and wall
+    seconds (``wall_seconds`` includes them; ``steps`` counts the final run's only).
     """
 
     lines_added: list[str]
@@ -126,6 +70,7 @@ class ExtensionReport:
     train_windows: int
     replay_windows: int
     evaluation: dict[str, Any] = field(default_factory=dict)
+    step_choice: dict[str, Any] = field(default_factory=dict)
 
 
 def find_new_lines(dm: TransitDataModule, windows: Windows, min_windows: int) -> list[str]:
@@ -133,6 +78,17 @@ def find_new_lines(dm: TransitDataModule, windows: Windows, min_windows: int) ->
     counts = windows.meta["line_key"].dropna().astype(str).value_counts()
     eligible = counts[counts >= min_windows].index.tolist()
     return dm.vocab.missing(sorted(eligible))
+
+
+def check_extendable(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's transitnet metadata; refuses a fork checkpoint (re-fork the base)."""
+    meta: dict[str, Any] = ckpt[CKPT_KEY]
+    if meta.get("routed_lines"):
+        raise ValueError(
+            f"this checkpoint is already a fork (routes {meta['routed_lines']}): extend the "
+            "original base checkpoint with every new line so far instead (re-fork)"
+        )
+    return meta
 
 
 def build_extension_task(
@@ -152,12 +108,7 @@ def build_extension_task(
         tune_layers=list(cfg.tune_layers) if cfg.tune_layers else None,
         **hp,
     )
-    meta = base_ckpt[CKPT_KEY]
-    if meta.get("routed_lines"):
-        raise ValueError(
-            f"this checkpoint is already a fork (routes {meta['routed_lines']}): extend the "
-            "original base checkpoint with every new line so far instead (re-fork)"
-        )
+    meta = check_extendable(base_ckpt)
     task.build_net_from_meta(meta, tuple(meta["line_keys"]))
     assert task.net is not None and base.net is not None
     task.net.load_state_dict(base.net.state_dict())
@@ -307,6 +258,71 @@ def train_extension(
     Raises:
         ValueError: A training tier without any window of the new lines.
     """
+    check_extendable(ckpt)
+    train = dm.windows["train"]
+    is_new = train.meta["line_key"].isin(new_keys).to_numpy()
+    steps = 0 if cfg.tier == "zero-shot" else cfg.max_steps
+    if steps and not is_new.any():
+        raise ValueError(f"tier {cfg.tier!r} trains on the new lines' windows: none for {new_keys}")
+    choice: dict[str, Any] = {}
+    if steps and wants_early_stopping(cfg.early_stopping, cfg.early_stopping_trips, train, is_new):
+        fit, held = held_out_windows(train, is_new)
+        curve = HeldOutCurve("val", every=math.ceil(steps / CURVE_POINTS))
+        first = _fit_tier(ckpt, base, dm.with_windows({"train": fit, "val": held}), new_keys,
+                          cfg, steps, progress_bar=progress_bar, callbacks=[curve])  # fmt: skip
+        steps = choose_steps(curve.curve)
+        choice = {
+            "held_trips": count_trips(held),
+            "held_windows": len(held),
+            "curve": [[step, round(mae, 2)] for step, mae in curve.curve],
+            "chosen_steps": steps,
+            "first_run_steps": first.steps,
+            "first_run_wall_seconds": round(first.wall, 3),
+        }
+        logger.info("early stopping on %d held-out trip(s): %d of %d steps (held-out MAE %.0f m)",
+                    sum(choice["held_trips"].values()), steps, first.steps,
+                    min(m for _, m in curve.curve))  # fmt: skip
+    run = _fit_tier(ckpt, base, dm, new_keys, cfg, steps, progress_bar=progress_bar)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run.trainer.save_checkpoint(out_dir / "model.ckpt")
+    report = ExtensionReport(
+        lines_added=new_keys,
+        init=cfg.init,
+        tier=cfg.tier,
+        steps=run.steps,
+        wall_seconds=round(run.wall + choice.get("first_run_wall_seconds", 0.0), 3),
+        tensors_touched=run.touched,
+        train_windows=int(is_new.sum()),
+        replay_windows=run.n_replay,
+        step_choice=choice,
+    )
+    return run.task, report
+
+
+@dataclass
+class _TierFit:
+    task: LineExtensionTask
+    trainer: pl.Trainer
+    steps: int
+    wall: float
+    touched: list[str]
+    n_replay: int
+
+
+def _fit_tier(
+    ckpt: dict[str, Any],
+    base: ForecastingTask,
+    dm: TransitDataModule,
+    new_keys: list[str],
+    cfg: ExtensionConfig,
+    steps: int,
+    *,
+    progress_bar: bool,
+    callbacks: list[pl.Callback] | None = None,
+) -> _TierFit:
+    """Grow a copy of ``base`` by ``new_keys`` (in ``dm.vocab``) and train ``steps`` steps."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     task = build_extension_task(ckpt, base, cfg)
     assert isinstance(task.net, ForecastNet)
     n_old = len(dm.vocab)
@@ -320,11 +336,8 @@ def train_extension(
     )
     task.line_keys = tuple(dm.vocab.keys)
     task.prepare_tier(n_old)
-    steps = 0 if cfg.tier == "zero-shot" else cfg.max_steps
     train = dm.windows["train"]
     is_new = train.meta["line_key"].isin(new_keys).to_numpy()
-    if steps and not is_new.any():
-        raise ValueError(f"tier {cfg.tier!r} trains on the new lines' windows: none for {new_keys}")
     dm.windows["train"], n_replay = build_training_windows(train, is_new, cfg)
     started = time.perf_counter()
     trainer = pl.Trainer(
@@ -335,26 +348,14 @@ def train_extension(
         enable_checkpointing=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        default_root_dir=out_dir,
         enable_model_summary=False,
         enable_progress_bar=progress_bar,
+        callbacks=callbacks,
     )
     trainer.fit(task, datamodule=dm)
     wall = time.perf_counter() - started
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(out_dir / "model.ckpt")
-    report = ExtensionReport(
-        lines_added=new_keys,
-        init=cfg.init,
-        tier=cfg.tier,
-        steps=int(trainer.global_step),
-        wall_seconds=round(wall, 3),
-        tensors_touched=_touched_by(state_before, task.net),
-        train_windows=int(is_new.sum()),
-        replay_windows=n_replay,
-    )
-    return task, report
+    touched = _touched_by(state_before, task.net)
+    return _TierFit(task, trainer, int(trainer.global_step), wall, touched, n_replay)
 
 
 def build_training_windows(

@@ -70,7 +70,15 @@ def test_quick_run_writes_every_combination_and_checks_the_bars(store: Path, tmp
     assert set(zero_shot) == set(inits) and zero_shot["unknown"] == res["base"]["new_mae_m"]["mean"]
     by = {(r["level"], r["tier"], r["init"]): r for r in res["runs"]}
     for r in res["runs"]:
-        assert r["new_mae_m"]["mean"] > 0 and r["steps"] == (0 if r["tier"] == "zero-shot" else 1)
+        # Three trips of C at level "all": the steps are chosen on its last trip (early
+        # stopping's first run counts); one trip at "trips:1": too few to hold one out.
+        choice = r.get("step_choice")
+        assert (choice is not None) == (r["level"] == "all")
+        steps = choice["chosen_steps"] + choice["first_run_steps"] if choice else 1
+        assert r["steps"] == (0 if r["tier"] == "zero-shot" else steps)
+        assert r["new_mae_m"]["mean"] > 0
+        if choice:
+            assert choice["curve"][0][0] == 0 and choice["held_windows"] > 0
         if r["tier"] in ("zero-shot", "row-only", "fork"):
             assert r["old_max_abs_diff_m"] == 0.0 and r["forgetting"]["mean_rel"] == 0.0
     # The unknown row is the base model itself: zero-shot/unknown reproduces it exactly.
@@ -279,13 +287,14 @@ def test_choice_is_the_best_validation_mae_within_the_forgetting_margin() -> Non
         run(370, 0.02, 0.05),
     )
     assert sel.choose([safe, better_but_forgets, worst_forgets]) is safe
-    # None eligible: the one that forgets least on its worst line.
+    # None eligible: the most conservative (first) candidate.
     assert sel.choose([better_but_forgets, worst_forgets]) is better_but_forgets
+    assert sel.choose([worst_forgets, better_but_forgets]) is worst_forgets
     # Over the compute budget (CPU vs joint retraining's): never eligible.
     assert sel.choose([safe, better_but_forgets | {"cpu_ratio": 0.2}]) is safe
     costly = run(300, 0.0, 0.0) | {"cpu_ratio": 0.11}
     assert sel.choose([costly, safe | {"cpu_ratio": 0.05}]) is not costly
-    # None eligible: the least worst-line forgetting within the budget.
+    # None eligible: the first candidate within the budget.
     assert sel.choose([costly, worst_forgets]) is worst_forgets
     # Row-only has no old line that changes (NaN-free zero forgetting): lowest MAE wins.
     assert sel.choose([run(300, 0.0, 0.0), run(290, 0.0, 0.0)])["new_mae_m"]["mean"] == 290

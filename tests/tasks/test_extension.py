@@ -98,7 +98,9 @@ def test_lr_decay_reaches_zero_over_the_steps(base, decay: bool) -> None:
     ckpt, task, _ = base
     dm = load_datamodule(ckpt, train_dates=["2024-05-07"], val_dates=None, exclude_lines=None)
     dm.setup("fit")
-    cfg = ExtensionConfig(tier="partial", max_steps=6, new_row_lr=1e-2, lr_decay=decay)
+    cfg = ExtensionConfig(
+        tier="partial", max_steps=6, new_row_lr=1e-2, lr_decay=decay, early_stopping="off"
+    )
     ext, report = train_extension(ckpt, task, dm, ["C"], cfg, progress_bar=False)
     assert report.steps == 6
     lrs = [g["lr"] for g in ext.trainer.optimizers[0].param_groups]

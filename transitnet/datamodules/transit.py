@@ -9,6 +9,7 @@ leakage, fits scalers on the training split only, and keeps the line vocabulary 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,30 @@ class TransitDataModule(SplitDataModule[ForecastBatch]):
         windows = self.windows[split]
         line_ids = self.vocab.encode(windows.meta["line_key"].tolist())
         return WindowDataset(windows, line_ids, self.past_scale, self.context_scale)
+
+    def with_windows(
+        self, windows: Mapping[str, Windows], *, keep_state: bool = True
+    ) -> TransitDataModule:
+        """A DataModule with this one's arguments holding ``windows`` (no store reads).
+
+        Periods of splits missing from ``windows`` are cleared, so ``setup`` never reads
+        the store for them.
+
+        Args:
+            windows: Split name → windows for the copy.
+            keep_state: Copy the vocabulary and scalers (the copy's vocabulary is its own:
+                growing it leaves this one's untouched); otherwise ``setup`` fits them on
+                the copy's ``train`` windows.
+        """
+        hp = {k: v for k, v in dict(self.hparams).items() if k != "_class_path"}
+        hp |= {f"{split}_dates": None for split in ("train", "val", "test") if split not in windows}
+        hp["predict_dates"] = None
+        out = TransitDataModule(**hp)
+        out.windows = dict(windows)
+        if keep_state:
+            out.vocab = LineVocabulary.from_state_dict(self.vocab.state_dict())
+            out.past_scale, out.context_scale = self.past_scale, self.context_scale
+        return out
 
     def collate(self, items: ForecastBatch) -> ForecastBatch:
         """Identity: :class:`WindowDataset` returns whole batches."""
