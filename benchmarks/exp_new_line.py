@@ -269,6 +269,8 @@ class Experiment:
         run |= {"steps": rep.steps + first, "wall_s": sw.wall_s, "cpu_s": sw.cpu_s}
         if rep.step_choice:
             run["step_choice"] = rep.step_choice
+        if rep.similar_lines:
+            run["similar_lines"] = rep.similar_lines
         run |= {"train_windows": rep.train_windows, "replay_windows": rep.replay_windows}
         run |= score(predict_windows(task, dm, "test"), self.base_pred, d, s.min_line_windows)
         mae, forget = run["new_mae_m"]["mean"], 100 * run["forgetting"]["mean_rel"]

@@ -1,9 +1,11 @@
 """Set-up of :mod:`exp_new_line`: datasets, settings, windows, command-line options.
 
 Datasets: ``austin`` (CapMetro; train 2017-03-16, test 2017-03-21 06:30–24:00, the
-morning before it validates; new line 803, similar 801) and ``auckland`` (AT,
-2019-08-13 NZST; train 05:00–16:00, validation 16:00–17:00, test 17:00–20:00; new line
-07006, route 70's inbound variant, similar 07005). ``--spec FILE.json`` adds a dataset
+morning before it validates; new line 803) and ``auckland`` (AT, 2019-08-13 NZST; train
+05:00–16:00, validation 16:00–17:00, test 17:00–20:00; new line 07006, route 70's inbound
+variant). ``similar`` names the lines of the ``similar`` init, or ``["auto"]``
+(``similar:auto``: the known line that drives most of the new line's path the same way,
+found in the static feed). ``--spec FILE.json`` adds a dataset
 (the fields of :class:`Spec`; ``store`` may name an already matched store, with no
 ``inputs``).
 
@@ -68,7 +70,7 @@ DATASETS = {
         val="2017-03-21T00:00..2017-03-21T06:30",
         test="2017-03-21T06:30..2017-03-22T00:00",
         new_lines=["803"],
-        similar=["801"],
+        similar=["auto"],
         levels=["trips:3", "until:07:00", "all"],
         feed_id="capmetro",
         inputs=[str(ATX / "vehicle_positions" / f"2017-03-{d}.csv") for d in (16, 21)],
@@ -82,7 +84,7 @@ DATASETS = {
         val="2019-08-13T16:00..2019-08-13T17:00",
         test="2019-08-13T17:00..2019-08-13T20:00",
         new_lines=["07006"],
-        similar=["07005"],
+        similar=["auto"],
         levels=["trips:3", "until:09:30", "all"],
         feed_id="akl",
         inputs=[str(AKL / "vehicle_positions.tar.xz")],

@@ -32,6 +32,7 @@ from transitnet.extend_holdout import (
     held_out_windows,
     wants_early_stopping,
 )
+from transitnet.extend_inits import resolve_inits
 from transitnet.metrics import compute_mae, summarise_by_horizon
 from transitnet.models.forecaster import ForecastNet, add_lines
 from transitnet.models.routed import RoutedForecastNet
@@ -59,6 +60,8 @@ class ExtensionReport:
     ``step_choice`` (with early stopping): the held-out trips and windows, the held-out
     MAE curve ``[[step, MAE m], …]``, the chosen steps and the first run's steps and wall
     seconds (``wall_seconds`` includes them; ``steps`` counts the final run's only).
+    ``similar_lines`` (``similar:auto``): per new line, the known line its row started
+    from, the share of its path that line drives the same way, and the top five.
     """
 
     lines_added: list[str]
@@ -71,6 +74,7 @@ class ExtensionReport:
     replay_windows: int
     evaluation: dict[str, Any] = field(default_factory=dict)
     step_choice: dict[str, Any] = field(default_factory=dict)
+    similar_lines: dict[str, Any] = field(default_factory=dict)
 
 
 def find_new_lines(dm: TransitDataModule, windows: Windows, min_windows: int) -> list[str]:
@@ -259,6 +263,7 @@ def train_extension(
         ValueError: A training tier without any window of the new lines.
     """
     check_extendable(ckpt)
+    inits, similar = resolve_inits(cfg.init, dm, new_keys)
     train = dm.windows["train"]
     is_new = train.meta["line_key"].isin(new_keys).to_numpy()
     steps = 0 if cfg.tier == "zero-shot" else cfg.max_steps
@@ -269,7 +274,8 @@ def train_extension(
         fit, held = held_out_windows(train, is_new)
         curve = HeldOutCurve("val", every=math.ceil(steps / CURVE_POINTS))
         first = _fit_tier(ckpt, base, dm.with_windows({"train": fit, "val": held}), new_keys,
-                          cfg, steps, progress_bar=progress_bar, callbacks=[curve])  # fmt: skip
+                          cfg, steps, inits=inits, progress_bar=progress_bar,
+                          callbacks=[curve])  # fmt: skip
         steps = choose_steps(curve.curve)
         choice = {
             "held_trips": count_trips(held),
@@ -282,7 +288,7 @@ def train_extension(
         logger.info("early stopping on %d held-out trip(s): %d of %d steps (held-out MAE %.0f m)",
                     sum(choice["held_trips"].values()), steps, first.steps,
                     min(m for _, m in curve.curve))  # fmt: skip
-    run = _fit_tier(ckpt, base, dm, new_keys, cfg, steps, progress_bar=progress_bar)
+    run = _fit_tier(ckpt, base, dm, new_keys, cfg, steps, inits=inits, progress_bar=progress_bar)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         run.trainer.save_checkpoint(out_dir / "model.ckpt")
@@ -296,6 +302,7 @@ def train_extension(
         train_windows=int(is_new.sum()),
         replay_windows=run.n_replay,
         step_choice=choice,
+        similar_lines=similar,
     )
     return run.task, report
 
@@ -318,6 +325,7 @@ def _fit_tier(
     cfg: ExtensionConfig,
     steps: int,
     *,
+    inits: dict[str, str],
     progress_bar: bool,
     callbacks: list[pl.Callback] | None = None,
 ) -> _TierFit:
@@ -327,13 +335,9 @@ def _fit_tier(
     assert isinstance(task.net, ForecastNet)
     n_old = len(dm.vocab)
     state_before = {k: v.clone() for k, v in task.net.state_dict().items()}
-    add_lines(
-        task.net,
-        dm.vocab,
-        new_keys,
-        init=cfg.init,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for key in new_keys:  # in order: each line its own init (similar:auto)
+        add_lines(task.net, dm.vocab, [key], init=inits[key], generator=generator)
     task.line_keys = tuple(dm.vocab.keys)
     task.prepare_tier(n_old)
     train = dm.windows["train"]

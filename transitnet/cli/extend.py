@@ -10,7 +10,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-INITS = "unknown | mean | mean_cov | similar:<line,…> | random"
+INITS = (
+    "unknown | mean | mean_cov | similar:<line,…> | similar:auto (the known line driving most "
+    "of the new line's path the same way, from the static feed) | random"
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
