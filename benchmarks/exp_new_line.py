@@ -69,6 +69,7 @@ from transitnet.datamodules.transit import TransitDataModule
 from transitnet.datasets.windows import Windows, concat_windows
 from transitnet.evaluate import predict_windows
 from transitnet.extend import ExtensionConfig, train_extension
+from transitnet.extend_inits import resolve_inits
 
 __all__ = ["DATASETS", "INITS", "TIERS", "Data", "Experiment", "Settings", "Spec", "line_dim_for",
            "load_data", "main", "score"]  # fmt: skip
@@ -200,7 +201,7 @@ class Experiment:
         s, d = self.s, self.data
         cfg = ExtensionConfig(
             new_lines=list(d.spec.new_lines),
-            init=f"similar:{','.join(d.spec.similar)}" if init == "similar" else init,
+            init=self.similar_init() if init == "similar" else init,
             tier=tier,
             max_steps=steps,
             new_row_lr=s.new_row_lr,
@@ -216,6 +217,25 @@ class Experiment:
             seed=seed,
         )
         return replace(cfg, **self.chosen.get(tier, {}))
+
+    def similar_init(self) -> str:
+        """The ``similar`` init: the spec's lines, or ``similar:auto``'s choice (found once).
+
+        ``["auto"]`` is resolved here from the spec's static feed with the library's rule
+        (:func:`transitnet.extend_inits.resolve_inits`), because the experiment's own
+        DataModule runs without the static feed (no timetable inputs in this recipe).
+        """
+        spec = self.data.spec
+        if spec.similar != ["auto"]:
+            return f"similar:{','.join(spec.similar)}"
+        if "similar_lines" not in self.result:
+            if len(spec.new_lines) != 1 or not spec.static:
+                raise ValueError("similar: ['auto'] needs one new line and the spec's static feed")
+            probe = self.dms["base"].with_windows({})  # the base's vocabulary: candidates
+            probe.static = spec.static
+            _, self.result["similar_lines"] = resolve_inits("similar:auto", probe, spec.new_lines)
+        found = self.result["similar_lines"][spec.new_lines[0]]["similar"]
+        return f"similar:{','.join(found)}"
 
     def grow(
         self, tag: str, train: Windows, cfg: ExtensionConfig, test: Windows | None = None
