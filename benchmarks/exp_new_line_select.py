@@ -8,8 +8,9 @@ the old lines' windows of the validation period (forgetting against the base mod
 The chosen candidate is the one with the lowest validation new-line MAE among those
 that stay within the bar's compute budget (CPU seconds <= :data:`BUDGET` of joint
 retraining's) and whose validation forgetting stays within :data:`MARGIN` of the
-issue's bars (mean 1 %, worst line 3 %); when none does, the most conservative one
-within the budget (the first of :data:`GRID`). The
+issue's bars (mean 1 %, worst line 3 %); when none does, forgetting comes first: the
+lowest MAE among those within the forgetting margin whatever their compute, else the most
+conservative candidate (the first of :data:`GRID`). The
 test period is scored once, afterwards, with the chosen settings (init ``unknown``
 during the choice; the choice then applies to every init and k level).
 """
@@ -82,34 +83,41 @@ class Held:
     is_new_test: np.ndarray
 
 
+def within_budget(run: dict[str, Any]) -> bool:
+    """CPU seconds at most :data:`BUDGET` of joint retraining's (``run["cpu_ratio"]``)."""
+    return bool(run.get("cpu_ratio", 0.0) <= BUDGET)
+
+
+def within_margin(run: dict[str, Any]) -> bool:
+    """Validation forgetting within :data:`MARGIN` of the bars (NaN: no old line scored)."""
+    f = run["forgetting"]
+    if not math.isfinite(f["mean_rel"]):
+        return True
+    return bool(f["mean_rel"] <= MARGIN * BAR_MEAN and f["worst_rel"] <= MARGIN * BAR_WORST)
+
+
 def eligible(run: dict[str, Any]) -> bool:
     """Within the compute budget, and validation forgetting within :data:`MARGIN` of the bars.
 
     ``run["cpu_ratio"]`` is the run's CPU seconds over joint retraining's (row-only's
     forgetting is 0, never NaN; a NaN forgetting, no old line scored, counts as within).
     """
-    f = run["forgetting"]
-    if run.get("cpu_ratio", 0.0) > BUDGET:
-        return False
-    if not math.isfinite(f["mean_rel"]):
-        return True
-    return bool(f["mean_rel"] <= MARGIN * BAR_MEAN and f["worst_rel"] <= MARGIN * BAR_WORST)
+    return within_budget(run) and within_margin(run)
 
 
 def choose(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The chosen candidate among one tier's validation runs (see the module docstring).
 
-    The lowest validation new-line MAE among eligible runs; when none is, the most
-    conservative candidate within the compute budget (or overall): the first in
-    :data:`GRID`'s order, which lists each tier's strongest anchor first. Validation's
-    forgetting figures are what just failed to certify any candidate (a short period,
-    few windows per line), so they do not pick the fallback either.
+    The lowest validation new-line MAE among eligible runs. When none is, forgetting
+    comes before compute: the lowest MAE among the runs whose validation forgetting is
+    within the margin (over the budget: that tier then fails the compute bar, never the
+    forgetting one); when none is, the most conservative candidate (the first of
+    :data:`GRID`, which lists each tier's strongest anchor first).
     """
-    ok = [r for r in runs if eligible(r)]
-    if ok:
-        return min(ok, key=lambda r: r["new_mae_m"]["mean"])
-    cheap = [r for r in runs if r.get("cpu_ratio", 0.0) <= BUDGET] or runs
-    return cheap[0]
+    for pool in ([r for r in runs if eligible(r)], [r for r in runs if within_margin(r)]):
+        if pool:
+            return min(pool, key=lambda r: r["new_mae_m"]["mean"])
+    return runs[0]
 
 
 def label(overrides: dict[str, Any]) -> str:

@@ -28,8 +28,10 @@ def test_similar_auto_picks_each_new_lines_own_corridor_among_known_lines(
     dm = TransitDataModule(store=str(tmp_path), static=str(static))
     dm.vocab.add(["1", "3", "7", "10", "20", "300"])
     inits, found = resolve_inits("similar:auto", dm, ["801", "803"])
-    assert inits == {"801": "similar:1", "803": "similar:3"}
-    assert found["801"]["similar"] == ["1"] and 0.5 < found["801"]["overlap"] <= 1.0
+    # Every known line on the path, best first (route 1 shares N Lamar / S Congress with
+    # 801, route 3 Burnet / S Lamar with 803); the other new line is never a candidate.
+    assert inits == {"801": "similar:1,3,300,10,20,7", "803": "similar:3,1,10,20,7"}
+    assert found["801"]["similar"][0] == "1" and 0.5 < found["801"]["overlap"] <= 1.0
     assert next(k for k, _ in found["803"]["ranked"]) == "3" and len(found["803"]["ranked"]) == 5
     dm.vocab.add(["803"])  # a line being added is never its own (or another new line's) model
-    assert resolve_inits("similar:auto", dm, ["801", "803"])[0]["801"] == "similar:1"
+    assert resolve_inits("similar:auto", dm, ["801", "803"])[0] == inits

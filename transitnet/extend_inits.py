@@ -1,7 +1,7 @@
 """Per-line initialisations of an extension, with ``similar:auto`` resolved.
 
-``similar:auto`` gives each new line the row of the known line that drives most of its
-path the same way, found in the static feed (:mod:`transitnet.gtfs.similar_lines`), so
+``similar:auto`` gives each new line the mean row of the known lines that drive part of
+its path the same way, found in the static feed (:mod:`transitnet.gtfs.similar_lines`), so
 it needs no recorded fix of the new line; every other init applies to all new lines as is.
 """
 
@@ -30,8 +30,8 @@ def resolve_inits(
         new_keys: The lines being added.
 
     Returns:
-        ``({line_key: init}, {line_key: {"similar": [key], "overlap": share, "ranked":
-        [[key, share], … top 5]}})``; the second is empty unless ``similar:auto``.
+        ``({line_key: init}, {line_key: {"similar": [key, …], "overlap": best share,
+        "ranked": [[key, share], … top 5]}})``; the second is empty unless ``similar:auto``.
 
     Raises:
         ValueError: ``similar:auto`` without a static feed, for a line without a shape,
@@ -61,6 +61,7 @@ def resolve_inits(
                 for k, v in zip(top["line_key"], top["overlap"], strict=True)
             ],
         }
-        logger.info("similar:auto: line %s starts from line %s (%.0f %% of its path, same way)",
-                    key, chosen[0], 100 * found[key]["overlap"])  # fmt: skip
+        logger.info("similar:auto: line %s starts from the mean row of %d line(s) on its path "
+                    "(best: %s, %.0f %% of it, same way)", key, len(chosen), chosen[0],
+                    100 * found[key]["overlap"])  # fmt: skip
     return inits, found

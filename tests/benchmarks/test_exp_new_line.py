@@ -287,15 +287,17 @@ def test_choice_is_the_best_validation_mae_within_the_forgetting_margin() -> Non
         run(370, 0.02, 0.05),
     )
     assert sel.choose([safe, better_but_forgets, worst_forgets]) is safe
-    # None eligible: the most conservative (first) candidate.
+    # None eligible nor within the margin: the most conservative (first) candidate.
     assert sel.choose([better_but_forgets, worst_forgets]) is better_but_forgets
     assert sel.choose([worst_forgets, better_but_forgets]) is worst_forgets
     # Over the compute budget (CPU vs joint retraining's): never eligible.
     assert sel.choose([safe, better_but_forgets | {"cpu_ratio": 0.2}]) is safe
     costly = run(300, 0.0, 0.0) | {"cpu_ratio": 0.11}
     assert sel.choose([costly, safe | {"cpu_ratio": 0.05}]) is not costly
-    # None eligible: the first candidate within the budget.
-    assert sel.choose([costly, worst_forgets]) is worst_forgets
+    # None eligible: forgetting before compute (within the margin, over the budget) ...
+    assert sel.choose([worst_forgets, costly]) is costly
+    # ... and when nothing is within the margin, the most conservative (first) candidate.
+    assert sel.choose([worst_forgets, better_but_forgets | {"cpu_ratio": 0.05}]) is worst_forgets
     # Row-only has no old line that changes (NaN-free zero forgetting): lowest MAE wins.
     assert sel.choose([run(300, 0.0, 0.0), run(290, 0.0, 0.0)])["new_mae_m"]["mean"] == 290
 
