@@ -175,7 +175,8 @@ def test_fork_routes_new_line_to_a_trained_copy_and_old_lines_stay_bit_identical
     report = extend_lines(
         ckpt,
         out,
-        ExtensionConfig(tier="fork", max_steps=15, min_windows=5),
+        # C has 2 trips that day: not a few-trip line with few_trips=2 (the fork tunes layers)
+        ExtensionConfig(tier="fork", max_steps=15, min_windows=5, few_trips=2),
         data_overrides={"train_dates": ["2024-05-07"]},
     )
     assert report.tier == "fork" and report.steps == 15 and report.replay_windows == 0
@@ -214,6 +215,19 @@ def test_fork_routes_new_line_to_a_trained_copy_and_old_lines_stay_bit_identical
         preds.append(predict_windows(ForecastingTask.load_from_checkpoint(path), dm, "test"))
     assert np.isfinite(preds[1]).all()
     assert np.abs(preds[0] - preds[1]).max() > 1e-3
+
+
+def test_a_fork_on_a_few_trip_line_tunes_its_new_rows_only(base) -> None:
+    ckpt, store, tmp = base
+    out = tmp / "fork_few"
+    cfg = ExtensionConfig(tier="fork", max_steps=6, min_windows=5, early_stopping="off")
+    report = extend_lines(ckpt, out, cfg, data_overrides={"train_dates": ["2024-05-07"]})
+    assert report.steps == 6  # 2 trips of C < few_trips (10)
+    fork = {t for t in report.tensors_touched if t.startswith("fork.")}
+    assert fork == {"fork.line_embedding.table.rows", "fork.line_embedding.row_count"}
+    saved = torch.load(out / "model.ckpt", weights_only=False)
+    assert saved["hyper_parameters"]["tune_layers"] == []
+    assert torch.equal(_old_outputs(ckpt, store), _old_outputs(out / "model.ckpt", store))
 
 
 def test_a_fork_checkpoint_is_not_grown_further(base) -> None:

@@ -12,7 +12,7 @@ import inspect
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from transitnet.extend_holdout import (
     choose_steps,
     count_trips,
     held_out_windows,
+    is_few_trip,
     wants_early_stopping,
 )
 from transitnet.extend_inits import resolve_inits
@@ -109,7 +110,7 @@ def build_extension_task(
         distill_weight=cfg.distill_weight,
         anchor_weight=cfg.anchor_weight,
         lr_decay=cfg.lr_decay,
-        tune_layers=list(cfg.tune_layers) if cfg.tune_layers else None,
+        tune_layers=None if cfg.tune_layers is None else list(cfg.tune_layers),
         **hp,
     )
     meta = check_extendable(base_ckpt)
@@ -270,7 +271,11 @@ def train_extension(
     if steps and not is_new.any():
         raise ValueError(f"tier {cfg.tier!r} trains on the new lines' windows: none for {new_keys}")
     choice: dict[str, Any] = {}
-    if steps and wants_early_stopping(cfg.early_stopping, cfg.early_stopping_trips, train, is_new):
+    if steps and cfg.tier == "fork" and is_few_trip(cfg.few_trips, train, is_new):
+        logger.info("fewer than %d trips of a new line: the fork tunes its new rows only",
+                    cfg.few_trips)  # fmt: skip
+        cfg = replace(cfg, tune_layers=[])
+    if steps and wants_early_stopping(cfg.early_stopping, cfg.few_trips, train, is_new):
         fit, held = held_out_windows(train, is_new)
         curve = HeldOutCurve("val", every=math.ceil(steps / CURVE_POINTS))
         first = _fit_tier(ckpt, base, dm.with_windows({"train": fit, "val": held}), new_keys,

@@ -35,18 +35,23 @@ class ExtensionConfig:
             own inputs too (0: distil on the new lines' inputs only).
         lr_decay: Decay the learning rates to 0 along a cosine over ``max_steps``.
         tune_layers: ``ForecastNet`` submodules ``partial``/``replay``/``fork`` fine-tune
-            (``None``: ``trunk`` and ``head``; for ``fork`` every layer).
+            (``None``: ``trunk`` and ``head``; for ``fork`` every layer, ``[]`` its new
+            rows only).
         min_windows: ``auto`` only adds lines with at least this many training windows.
         batch_size: Windows per step.
         seed: Seed for initialisation, sampling and training.
         early_stopping: Choose the number of steps on the new lines' own last trips
-            (:mod:`transitnet.extend_holdout`): ``on``, ``off``, or ``auto`` (on when a new
-            line has fewer than ``early_stopping_trips`` trips in the training windows and
-            at least two). A first run trains on the earlier trips, scoring the held-out
-            trips at step 0 and every few steps; the extension then trains on every trip
-            for the step count with the lowest held-out MAE (0 keeps the initialisation).
-            Costs up to one more run; both runs' steps and time are in the report.
-        early_stopping_trips: ``auto``'s threshold.
+            (:mod:`transitnet.extend_holdout`): ``on``, ``off``, or ``auto`` (on for a
+            few-trip line, see ``few_trips``, with at least two trips). A first run trains
+            on the earlier trips, scoring the held-out trips at step 0 and every few
+            steps; the extension then trains on every trip for the step count with the
+            lowest held-out MAE (0 keeps the initialisation). Costs up to one more run;
+            both runs' steps and time are in the report.
+        few_trips: A new line with fewer trips than this in the training windows is a
+            few-trip line: ``auto`` early stopping turns on, and ``fork`` tunes its new
+            rows only (its layers are trained on the new line alone, with no anchor: from
+            a few trips, of one part of the day, they learn that part of the day; the
+            validation-chosen layer settings are for a day of data).
     """
 
     new_lines: str | list[str] = "auto"
@@ -66,7 +71,7 @@ class ExtensionConfig:
     batch_size: int = 256
     seed: int = 0
     early_stopping: str = "auto"
-    early_stopping_trips: int = 10
+    few_trips: int = 10
 
 
 #: Per-tier settings chosen on validation by ``benchmarks/exp_new_line.py`` (candidates of

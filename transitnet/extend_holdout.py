@@ -163,6 +163,11 @@ def wants_early_stopping(mode: str, below_trips: int, train: Windows, is_new: np
     return 2 <= few and few < below_trips
 
 
+def is_few_trip(below_trips: int, train: Windows, is_new: np.ndarray) -> bool:
+    """Whether some new line has fewer than ``below_trips`` trips in ``train``."""
+    return min(count_trips(train.subset(is_new)).values(), default=0) < below_trips
+
+
 def held_out_windows(train: Windows, is_new: np.ndarray) -> tuple[Windows, Windows]:
     """``(fit, held)``: every old-line window plus the new lines' earlier trips, and the held.
 

@@ -52,7 +52,8 @@ def test_partial_with_distillation_options_writes_model_and_report(base) -> None
 def test_fork_tier_writes_a_routed_checkpoint(base) -> None:
     ckpt, _, tmp = base
     out = tmp / "fork"
-    assert main(_argv(ckpt, out, "--tier", "fork", "--tune-layers", "trunk", "head")) == 0
+    argv = _argv(ckpt, out, "--tier", "fork", "--tune-layers", "trunk", "head", "--few-trips", "2")
+    assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["tier"] == "fork" and report["steps"] == 3 and report["lines_added"] == ["C"]
     saved = torch.load(out / "model.ckpt", weights_only=False)
@@ -76,6 +77,8 @@ def test_help_names_every_extension_option(capsys) -> None:
     for opt in (
         "--distill-weight",
         "--anchor-weight",
+        "--early-stopping",
+        "--few-trips",
         "--replay-new-share",
         "--new-row-lr",
         "--distill-per-line",

@@ -119,12 +119,13 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         help="Choose the number of steps on the new lines' own last trips (held out of a "
         "first run, scored at step 0 and every few steps; the final run trains on every "
         "trip for the best step count, 0 keeping the initialisation). auto: on when a new "
-        "line has at least 2 and fewer than --early-stopping-trips trips (default: auto).",
+        "line has at least 2 and fewer than --few-trips trips (default: auto).",
     )
     p.add_argument(
-        "--early-stopping-trips",
+        "--few-trips",
         type=int,
-        help="auto early stopping's trip threshold (default 10).",
+        help="A new line with fewer trips is a few-trip line: auto early stopping turns on "
+        "and the fork tier tunes its new rows only (default 10).",
     )
 
 
@@ -132,7 +133,7 @@ def training_options(args: argparse.Namespace) -> dict[str, Any]:
     """``ExtensionConfig`` fields given on the command line (the rest keep their defaults)."""
     names = ["new_row_lr", "layer_lr", "lr_decay", "distill_weight", "anchor_weight"]
     names += ["distill_per_line", "replay_per_line", "replay_new_share", "tune_layers"]
-    names += ["early_stopping", "early_stopping_trips"]
+    names += ["early_stopping", "few_trips"]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -59,7 +59,8 @@ class LineExtensionTask(ForecastingTask):
         layer_lr: Learning rate of fine-tuned layers (``partial``/``replay``/``naive``).
         tune_layers: Attribute names of ``ForecastNet`` submodules fine-tuned by
             ``partial`` and ``replay`` (default ``trunk``, ``head``) and by ``fork``
-            (default every parameter outside the line embedding).
+            (default every parameter outside the line embedding; ``[]``: its new rows
+            only).
         distill_weight: Weight of the distillation loss towards the frozen base model.
         anchor_weight: Weight of the L2 anchor to the base weights of fine-tuned layers.
         lr_decay: Cosine decay of every learning rate to 0 over the trainer's ``max_steps``.
@@ -119,7 +120,7 @@ class LineExtensionTask(ForecastingTask):
         routed = fork_network(net, range(n_old_rows, net.line_embedding.num_lines))
         new_rows = routed.fork.freeze_except_new_rows()
         names = self.hparams.get("tune_layers")
-        if names:
+        if names is not None:  # [] tunes the fork's new rows only
             tuned = [p for name in names for p in getattr(routed.fork, name).parameters()]
         else:
             tuned = [
