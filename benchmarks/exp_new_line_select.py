@@ -6,13 +6,13 @@ minus its last trips, with the step rule and budget of the real runs, and scored
 time-ordered validation windows: the new line's held-out last trips (new-line MAE) and
 the old lines' windows of the validation period (forgetting against the base model).
 The chosen candidate is the one with the lowest validation new-line MAE among those
-that stay within the bar's compute budget (CPU seconds <= :data:`BUDGET` of joint
-retraining's) and whose validation forgetting stays within :data:`MARGIN` of the
-issue's bars (mean 1 %, worst line 3 %); when none does, forgetting comes first: the
-lowest MAE among those within the forgetting margin whatever their compute, else the most
-conservative candidate (the first of :data:`GRID`). The
-test period is scored once, afterwards, with the chosen settings (init ``unknown``
-during the choice; the choice then applies to every init and k level).
+that stay within the bar's compute budget with a margin (CPU seconds at most
+:data:`MARGIN_CPU` × :data:`BUDGET` of joint retraining's) and whose validation
+forgetting stays within :data:`MARGIN` of the issue's bars (mean 1 %, worst line 3 %);
+when none does, forgetting comes first: the lowest MAE among those within the forgetting
+margin whatever their compute, else the most conservative candidate (the first of
+:data:`GRID`). The test period is scored once, afterwards, with the chosen settings
+(init ``unknown`` during the choice; the choice then applies to every init and k level).
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ MARGIN = 0.5
 BAR_MEAN, BAR_WORST = 0.01, 0.03
 #: The bar's compute budget: CPU seconds at most this share of joint retraining's.
 BUDGET = 0.10
+#: ... and a candidate must measure at most this share of it on validation: CPU seconds
+#: move by 10-30 % between runs on a shared machine (an all-layer fork at the step cap
+#: measured 7.4-13.0 % of joint's on Austin 801), so, as for forgetting, the choice keeps
+#: a margin to the bar.
+MARGIN_CPU = 0.8
 #: Old lines with fewer validation windows are left out of validation forgetting.
 VAL_MIN_WINDOWS = 30
 
@@ -84,8 +89,11 @@ class Held:
 
 
 def within_budget(run: dict[str, Any]) -> bool:
-    """CPU seconds at most :data:`BUDGET` of joint retraining's (``run["cpu_ratio"]``)."""
-    return bool(run.get("cpu_ratio", 0.0) <= BUDGET)
+    """CPU seconds at most :data:`MARGIN_CPU` × :data:`BUDGET` of joint retraining's.
+
+    ``run["cpu_ratio"]`` is the run's CPU seconds over joint retraining's.
+    """
+    return bool(run.get("cpu_ratio", 0.0) <= MARGIN_CPU * BUDGET)
 
 
 def within_margin(run: dict[str, Any]) -> bool:

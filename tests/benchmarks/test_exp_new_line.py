@@ -294,6 +294,8 @@ def test_choice_is_the_best_validation_mae_within_the_forgetting_margin() -> Non
     assert sel.choose([safe, better_but_forgets | {"cpu_ratio": 0.2}]) is safe
     costly = run(300, 0.0, 0.0) | {"cpu_ratio": 0.11}
     assert sel.choose([costly, safe | {"cpu_ratio": 0.05}]) is not costly
+    # The choice keeps a margin to the compute bar: 9 % of joint's CPU is too close.
+    assert sel.choose([run(300, 0.0, 0.0) | {"cpu_ratio": 0.09}, safe]) is safe
     # None eligible: forgetting before compute (within the margin, over the budget) ...
     assert sel.choose([worst_forgets, costly]) is costly
     # ... and when nothing is within the margin, the most conservative (first) candidate.
