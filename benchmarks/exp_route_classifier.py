@@ -114,6 +114,11 @@ class Settings:
     aux_weight: float = 0.5
     aux_path: bool = False
     margin: float = 0.0
+    #: Fixed window descriptor appended to the features (0: none; see WindowDescriptor).
+    geo_dim: int = 0
+    geo_length: float = 0.05
+    geo_heading: float = 0.5
+    geo_weight: float = 1.0
     #: Target claim rate of statistical WA (cosine head); one offset per new class or shared.
     #: 0.001: the largest rate of the validation grid (0.01, 0.003, 0.001, 0.0003) with an
     #: old-class drop ≤ 1 pp on both datasets at every n (exp_route_classifier_select.py).
@@ -207,6 +212,10 @@ def train(dm: RouteClassDataModule, s: Settings) -> tuple[ClassificationTask, fl
         aux_weight=s.aux_weight,
         aux_path=s.aux_path,
         margin=s.margin,
+        geo_dim=s.geo_dim,
+        geo_length=s.geo_length,
+        geo_heading=s.geo_heading,
+        geo_weight=s.geo_weight,
     )
     trainer = pl.Trainer(
         max_epochs=s.epochs,

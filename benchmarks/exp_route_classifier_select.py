@@ -50,6 +50,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "path": {"aux_cells": 512, "aux_weight": 0.5, "aux_path": True},
     "margin0.1": {"margin": 0.1},
     "path+margin0.1": {"aux_cells": 512, "aux_weight": 0.5, "aux_path": True, "margin": 0.1},
+    "geo": {"geo_dim": 128},
+    "geo-fine": {"geo_dim": 128, "geo_length": 0.02},
+    "geo-coarse": {"geo_dim": 128, "geo_length": 0.1},
+    "geo-w2": {"geo_dim": 128, "geo_weight": 2.0},
+    "geo-w0.5": {"geo_dim": 128, "geo_weight": 0.5},
 }
 
 
