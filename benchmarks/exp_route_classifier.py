@@ -688,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="Training epochs (ablation).")
     parser.add_argument("--window-fixes", type=int, help="Fixes per window, K (ablation).")
     parser.add_argument(
+        "--geo-dim", type=int, help="Window-descriptor size (0: none; ablation of the default)."
+    )
+    parser.add_argument(
         "--from-json", action="store_true", help="Re-render OUT/report.md and plots from JSON."
     )
     args = parser.parse_args(argv)
@@ -705,6 +708,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # 2 shared cores: more threads only spin
     s = replace(QUICK if args.quick else Settings(), seed=args.seed)
     s = replace(s, hidden_dim=args.hidden_dim or s.hidden_dim, epochs=args.epochs or s.epochs)
+    s = s if args.geo_dim is None else replace(s, geo_dim=args.geo_dim)
     command = " ".join([".venv/bin/python benchmarks/exp_route_classifier.py", *sys.argv[1:]])
     facts = machine_facts()
     logger.info("machine: %s", facts)

@@ -58,3 +58,24 @@ def test_grids_add_the_claim_rate_sweep_with_labels():
     assert "frozen+wa@0.01/full" in labels and "frozen+pseudo+wa@0.01" in labels
     assert labels[-2:] == ["prototype", "frozen+old-data"]
     assert "frozen+old-data" not in [sel.label(c) for c in sel.extension_grid(s, [0.01], 1)]
+
+
+def test_best_table_keeps_no_old_data_wa_methods_within_1pp_everywhere():
+    def res(drop_small, new_small):
+        runs = [
+            {"n": n, "method": m, "old_drop_pp": d, "new_acc": a}
+            for n in (1, 20)
+            for m, d, a in (
+                ("frozen+wa@0.01", 2.0 if n == 1 else 0.5, 0.9),
+                ("frozen+wa@0.001", drop_small, new_small),
+                ("frozen", 0.0, 0.95),
+            )
+        ]
+        runs.append({"n": 20, "method": "frozen+old-data", "old_drop_pp": 0.1, "new_acc": 0.9})
+        return {"runs": runs, "joint_n_max": {"new": 0.8}}
+
+    results = {"a": {"v": res(0.4, 0.6)}, "b": {"v": res(0.9, 0.4), "w": res(1.5, 0.9)}}
+    table = sel.best_table(results).splitlines()
+    assert table[2].startswith("| v | frozen+wa@0.001 | a: 0.40 / 60.0 % (75 %); b: 0.90")
+    assert "a: +0.1 pp / 90.0 %" in table[2]
+    assert table[3].startswith("| w | none |")  # every WA method loses > 1 pp somewhere
