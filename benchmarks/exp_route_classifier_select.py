@@ -55,6 +55,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "geo-coarse": {"geo_dim": 128, "geo_length": 0.1},
     "geo-w2": {"geo_dim": 128, "geo_weight": 2.0},
     "geo-w0.5": {"geo_dim": 128, "geo_weight": 0.5},
+    "geo-coarse-w2": {"geo_dim": 128, "geo_length": 0.1, "geo_weight": 2.0},
+    "geo256-coarse": {"geo_dim": 256, "geo_length": 0.1},
+    "geo-coarser": {"geo_dim": 128, "geo_length": 0.2},
 }
 
 
