@@ -115,17 +115,20 @@ class Settings:
     aux_path: bool = False
     margin: float = 0.0
     #: Fixed window descriptor appended to the features (0: none; see WindowDescriptor).
-    geo_dim: int = 0
-    geo_length: float = 0.05
+    #: 256 random Fourier features, width 0.1 of the city's spread: chosen on validation
+    #: (exp_route_classifier_select.py, variant geo256-coarse; NOTES-route-classifier-ceiling.md).
+    geo_dim: int = 256
+    geo_length: float = 0.1
     geo_heading: float = 0.5
     geo_weight: float = 1.0
     #: Target claim rate of statistical WA (cosine head); one offset per new class or shared.
-    #: 0.001: the largest rate of the validation grid (0.01, 0.003, 0.001, 0.0003) with an
-    #: old-class drop ≤ 1 pp on both datasets at every n (exp_route_classifier_select.py).
-    wa_claim_rate: float = 0.001
+    #: 0.0005: with the descriptor, the rate of the validation grid (0.003, 0.002, 0.001,
+    #: 0.0005) with the best new-line accuracy at n = 20 while the old-class drop stays
+    #: ≤ 1 pp on both datasets at every n (exp_route_classifier_select.py).
+    wa_claim_rate: float = 0.0005
     wa_per_class: bool = False
     #: More claim rates for imprint · frozen(+pseudo)+wa (cosine): the trade-off curve.
-    wa_sweep: tuple[float, ...] = (0.03, 0.01, 0.003, 0.0003)
+    wa_sweep: tuple[float, ...] = (0.03, 0.01, 0.003, 0.001)
     inits: tuple[str, ...] = ("imprint", "mean", "low_bias", "random")
     #: (mode, align, pseudo_ratio): frozen with pseudo_ratio 0 is the plain no-old-data mode.
     modes: tuple[tuple[str, str, float], ...] = (
