@@ -210,6 +210,7 @@ def test_geo_descriptor_trains_extends_and_round_trips(trained, tmp_path):
     assert torch.equal(feats[:, 16:], task.geo(batch.features, batch.lengths))
     assert task.class_chol["A"].shape == (24, 24)
     trainer.save_checkpoint(tmp_path / "geo.ckpt")
+    assert isinstance(torch.load(tmp_path / "geo.ckpt")[CKPT_KEY]["class_chol"]["A"], torch.Tensor)
     loaded = ClassificationTask.load_from_checkpoint(tmp_path / "geo.ckpt").eval()
     assert torch.equal(loaded.geo.freqs, task.geo.freqs)
     with torch.no_grad():
@@ -232,8 +233,10 @@ def test_geo_descriptor_trains_extends_and_round_trips(trained, tmp_path):
     old = torch.load(ckpt, weights_only=False)
     for key in [k for k in old["hyper_parameters"] if k.startswith("geo_")]:
         del old["hyper_parameters"][key]
+    old[CKPT_KEY]["class_chol"] = {k: v.tolist() for k, v in old[CKPT_KEY]["class_chol"].items()}
     torch.save(old, tmp_path / "old.ckpt")
     legacy = ClassificationTask.load_from_checkpoint(tmp_path / "old.ckpt").eval()
     assert legacy.geo is None and legacy.feature_dim == 16
+    assert torch.equal(legacy.class_chol["A"], trained[0].class_chol["A"])  # lists load too
     with torch.no_grad():
         assert torch.equal(legacy(batch), trained[0](batch))

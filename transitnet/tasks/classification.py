@@ -197,7 +197,8 @@ class ClassificationTask(BaseTask):
             "n_features": encoder.n_features,
             "correction": self.correction,
             "class_stats": {k: [m.tolist(), s.tolist()] for k, (m, s) in self.class_stats.items()},
-            "class_chol": {k: v.tolist() for k, v in self.class_chol.items()},
+            # tensors, not lists: H² numbers per class (lists in checkpoints before geo_dim)
+            "class_chol": {k: v.detach().cpu().clone() for k, v in self.class_chol.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -216,7 +217,8 @@ class ClassificationTask(BaseTask):
             k: (torch.tensor(m), torch.tensor(s))
             for k, (m, s) in meta.get("class_stats", {}).items()
         }
-        self.class_chol = {k: torch.tensor(v) for k, v in meta.get("class_chol", {}).items()}
+        chol = meta.get("class_chol", {})
+        self.class_chol = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in chol.items()}
         saved = tuple(meta["class_names"])
         if self.head is None:
             self.build_net(saved, int(meta["n_features"]))
