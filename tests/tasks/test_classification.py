@@ -198,11 +198,13 @@ def test_cosine_margin_raises_the_training_loss(trained):
 def test_geo_descriptor_trains_extends_and_round_trips(trained, tmp_path):
     _, dm, ckpt = trained
     pl.seed_everything(0)
-    task = ClassificationTask(hidden_dim=16, lr=1e-2, geo_dim=8, geo_weight=2.0)
+    geo = {"geo_dim": 8, "geo_weight": 2.0, "aux_cells": 4}
+    task = ClassificationTask(hidden_dim=16, lr=1e-2, **geo)
     trainer = _trainer(tmp_path, max_epochs=2)
     with one_torch_thread():
         trainer.fit(task, dm)
     assert task.feature_dim == 24 and task.head.in_dim == 24
+    assert task.aux_head.in_features == 16  # the place objective shapes the encoder only
     assert bool(task.geo.std.ne(1).any())  # fitted on the training windows
     batch = _old_batch(dm)
     feats = task.eval().encode(batch)
@@ -216,7 +218,7 @@ def test_geo_descriptor_trains_extends_and_round_trips(trained, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(batch), task(batch))
     for mode in ("frozen", "replay"):
-        ext = ClassExtensionTask(mode=mode, hidden_dim=16, geo_dim=8, geo_weight=2.0)
+        ext = ClassExtensionTask(mode=mode, hidden_dim=16, **geo)
         ext.build_net(task.class_names, task.encoder.n_features)
         ext.load_state_dict(task.state_dict())
         ext.class_stats, ext.class_chol = dict(task.class_stats), dict(task.class_chol)

@@ -168,7 +168,7 @@ class ClassificationTask(BaseTask):
         columns = (cols[0], cols[1], cols[2], cols[3])
         if hp.aux_cells > 0:
             self.places = PlaceTargets(hp.aux_cells, columns, path=hp.aux_path)
-            self.aux_head = nn.Linear(dim, hp.aux_cells)
+            self.aux_head = nn.Linear(hp.hidden_dim, hp.aux_cells)  # encoder's part only
         if hp.get("geo_dim", 0) > 0:
             weight = hp.geo_weight * (hp.hidden_dim / hp.geo_dim) ** 0.5
             self.geo = WindowDescriptor(
@@ -354,7 +354,8 @@ class ClassificationTask(BaseTask):
         )
         if self.places is not None and self.aux_head is not None:
             aux = nn.functional.cross_entropy(
-                self.aux_head(feats), self.places(batch.features, batch.lengths)
+                self.aux_head(feats[:, : int(self.hparams["hidden_dim"])]),
+                self.places(batch.features, batch.lengths),
             )
             self.log("train_aux_loss", aux, batch_size=len(batch))
             loss = loss + float(self.hparams["aux_weight"]) * aux
