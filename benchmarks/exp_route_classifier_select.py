@@ -40,24 +40,30 @@ from transitnet.store.atomic import write_text_atomic
 
 logger = logging.getLogger("exp_route_classifier_select")
 
+#: Without the window descriptor (the experiment's default now has one).
+PLAIN: dict[str, Any] = {"geo_dim": 0}
+#: Descriptor settings of the geo variants (128 features, width 0.05, weight 1) unless named.
+GEO: dict[str, Any] = {"geo_dim": 128, "geo_length": 0.05, "geo_heading": 0.5, "geo_weight": 1.0}
+VARIANT_PATH: dict[str, Any] = {**PLAIN, "aux_cells": 512, "aux_weight": 0.5, "aux_path": True}
+
 #: Backbone variants: overrides of :class:`exp_route_classifier.Settings`.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": {},
-    "aux": {"aux_cells": 256, "aux_weight": 0.5},
-    "aux1": {"aux_cells": 256, "aux_weight": 1.0},
-    "margin": {"margin": 0.2},
-    "aux+margin": {"aux_cells": 256, "aux_weight": 0.5, "margin": 0.2},
-    "path": {"aux_cells": 512, "aux_weight": 0.5, "aux_path": True},
-    "margin0.1": {"margin": 0.1},
-    "path+margin0.1": {"aux_cells": 512, "aux_weight": 0.5, "aux_path": True, "margin": 0.1},
-    "geo": {"geo_dim": 128},
-    "geo-fine": {"geo_dim": 128, "geo_length": 0.02},
-    "geo-coarse": {"geo_dim": 128, "geo_length": 0.1},
-    "geo-w2": {"geo_dim": 128, "geo_weight": 2.0},
-    "geo-w0.5": {"geo_dim": 128, "geo_weight": 0.5},
-    "geo-coarse-w2": {"geo_dim": 128, "geo_length": 0.1, "geo_weight": 2.0},
-    "geo256-coarse": {"geo_dim": 256, "geo_length": 0.1},
-    "geo-coarser": {"geo_dim": 128, "geo_length": 0.2},
+    "plain": PLAIN,
+    "aux": {**PLAIN, "aux_cells": 256, "aux_weight": 0.5},
+    "aux1": {**PLAIN, "aux_cells": 256, "aux_weight": 1.0},
+    "margin": {**PLAIN, "margin": 0.2},
+    "aux+margin": {**PLAIN, "aux_cells": 256, "aux_weight": 0.5, "margin": 0.2},
+    "path": VARIANT_PATH,
+    "margin0.1": {**PLAIN, "margin": 0.1},
+    "path+margin0.1": {**VARIANT_PATH, "margin": 0.1},
+    "geo": GEO,
+    "geo-fine": {**GEO, "geo_length": 0.02},
+    "geo-coarse": {**GEO, "geo_length": 0.1},
+    "geo-w2": {**GEO, "geo_weight": 2.0},
+    "geo-w0.5": {**GEO, "geo_weight": 0.5},
+    "geo-coarse-w2": {**GEO, "geo_length": 0.1, "geo_weight": 2.0},
+    "geo256-coarse": {**GEO, "geo_dim": 256, "geo_length": 0.1},
+    "geo-coarser": {**GEO, "geo_length": 0.2},
 }
 
 

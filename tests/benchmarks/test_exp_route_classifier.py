@@ -79,3 +79,14 @@ def test_best_table_keeps_no_old_data_wa_methods_within_1pp_everywhere():
     assert table[2].startswith("| v | frozen+wa@0.001 | a: 0.40 / 60.0 % (75 %); b: 0.90")
     assert "a: +0.1 pp / 90.0 %" in table[2]
     assert table[3].startswith("| w | none |")  # every WA method loses > 1 pp somewhere
+
+
+def test_select_variants_spell_out_the_descriptor():
+    from dataclasses import replace
+
+    s = exp.Settings()
+    assert s.geo_dim == 256 and s.geo_length == 0.1  # the shipped choice
+    assert replace(s, **sel.VARIANTS["plain"]).geo_dim == 0
+    geo = replace(s, **sel.VARIANTS["geo"])
+    assert (geo.geo_dim, geo.geo_length, geo.geo_weight) == (128, 0.05, 1.0)
+    assert replace(s, **sel.VARIANTS["aux"]).geo_dim == 0
