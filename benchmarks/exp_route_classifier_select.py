@@ -40,16 +40,30 @@ from transitnet.store.atomic import write_text_atomic
 
 logger = logging.getLogger("exp_route_classifier_select")
 
+#: Without the window descriptor (the experiment's default now has one).
+PLAIN: dict[str, Any] = {"geo_dim": 0}
+#: Descriptor settings of the geo variants (128 features, width 0.05, weight 1) unless named.
+GEO: dict[str, Any] = {"geo_dim": 128, "geo_length": 0.05, "geo_heading": 0.5, "geo_weight": 1.0}
+VARIANT_PATH: dict[str, Any] = {**PLAIN, "aux_cells": 512, "aux_weight": 0.5, "aux_path": True}
+
 #: Backbone variants: overrides of :class:`exp_route_classifier.Settings`.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": {},
-    "aux": {"aux_cells": 256, "aux_weight": 0.5},
-    "aux1": {"aux_cells": 256, "aux_weight": 1.0},
-    "margin": {"margin": 0.2},
-    "aux+margin": {"aux_cells": 256, "aux_weight": 0.5, "margin": 0.2},
-    "path": {"aux_cells": 512, "aux_weight": 0.5, "aux_path": True},
-    "margin0.1": {"margin": 0.1},
-    "path+margin0.1": {"aux_cells": 512, "aux_weight": 0.5, "aux_path": True, "margin": 0.1},
+    "plain": PLAIN,
+    "aux": {**PLAIN, "aux_cells": 256, "aux_weight": 0.5},
+    "aux1": {**PLAIN, "aux_cells": 256, "aux_weight": 1.0},
+    "margin": {**PLAIN, "margin": 0.2},
+    "aux+margin": {**PLAIN, "aux_cells": 256, "aux_weight": 0.5, "margin": 0.2},
+    "path": VARIANT_PATH,
+    "margin0.1": {**PLAIN, "margin": 0.1},
+    "path+margin0.1": {**VARIANT_PATH, "margin": 0.1},
+    "geo": GEO,
+    "geo-fine": {**GEO, "geo_length": 0.02},
+    "geo-coarse": {**GEO, "geo_length": 0.1},
+    "geo-w2": {**GEO, "geo_weight": 2.0},
+    "geo-w0.5": {**GEO, "geo_weight": 0.5},
+    "geo-coarse-w2": {**GEO, "geo_length": 0.1, "geo_weight": 2.0},
+    "geo256-coarse": {**GEO, "geo_dim": 256, "geo_length": 0.1},
+    "geo-coarser": {**GEO, "geo_length": 0.2},
 }
 
 
@@ -167,6 +181,53 @@ def summary_table(results: dict[str, Any], n: int) -> str:
     return "\n".join(lines)
 
 
+def score_method(per: dict[str, Any], method: str) -> tuple[float, str]:
+    """Worst share of joint's new accuracy at max n over datasets (-1 if any drop > 1 pp).
+
+    ``per``: dataset → one variant's results. Also returns the per-dataset figures.
+    """
+    cells, worst = [], 1.0
+    for ds, res in per.items():
+        rows = [r for r in res["runs"] if r["method"] == method]
+        n_max = max(r["n"] for r in rows)
+        drop = max(r["old_drop_pp"] for r in rows)
+        new = next(r["new_acc"] or 0.0 for r in rows if r["n"] == n_max)
+        ratio = new / max(res["joint_n_max"]["new"] or 0.0, 1e-9)
+        worst = min(worst, ratio) if drop <= 1.0 else -1.0
+        cells.append(f"{ds}: {drop:.2f} / {100 * new:.1f} % ({100 * ratio:.0f} %)")
+    return worst, "; ".join(cells)
+
+
+def best_table(results: dict[str, Any]) -> str:
+    """Markdown: per variant, the best imprint + WA method (no old data) with drop ≤ 1 pp.
+
+    The drop must stay ≤ 1 pp at every n on every dataset.
+
+    Ranked by the worst (over datasets) new-class accuracy at the largest n as a share of
+    joint retraining's; also lists the frozen + old-data ceiling per dataset.
+    """
+    lines = [
+        "| variant | best method (≤ 1 pp at every n, every dataset) | max drop over n (pp) / "
+        "new acc at max n (% of joint) | frozen+old-data ceiling: drop / new |",
+        "|" + " --- |" * 4,
+    ]
+    for var in sorted({v for per in results.values() for v in per}):
+        per = {ds: res[var] for ds, res in results.items() if var in res}
+        runs = [r for res in per.values() for r in res["runs"]]
+        methods = sorted({r["method"] for r in runs if "+wa" in r["method"]})
+        scores = {m: score_method(per, m) for m in methods}
+        best = max(methods, key=lambda m: scores[m][0])
+        ceiling = "; ".join(
+            f"{ds}: {r['old_drop_pp']:+.1f} pp / {100 * (r['new_acc'] or 0):.1f} %"
+            for ds, res in per.items()
+            for r in res["runs"]
+            if r["method"] == "frozen+old-data"
+        )
+        name = best if scores[best][0] >= 0 else "none"
+        lines.append(f"| {var} | {name} | {scores[best][1]} | {ceiling} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = erc.build_parser(__doc__.split("\n")[0])
     parser.add_argument(
@@ -203,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.out / "select.json",
                 json.dumps({"machine": facts, "argv": sys.argv[1:], "results": results}, indent=1),
             )
-    table = "\n\n".join(summary_table(results, n) for n in s0.shots)
+    table = "\n\n".join([best_table(results)] + [summary_table(results, n) for n in s0.shots])
     write_text_atomic(args.out / "select.md", f"# Validation selection\n\n{table}\n")
     print(table)
     return 0

@@ -74,7 +74,7 @@ class ClassExtensionConfig:
     replay_per_class: int = 20
     old_negatives: bool = False
     bic_per_class: int = 10
-    wa_claim_rate: float = 0.01
+    wa_claim_rate: float = 0.0005
     wa_per_class: bool = False
     min_windows: int = 10
     seed: int = 0

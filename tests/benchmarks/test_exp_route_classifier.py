@@ -58,3 +58,35 @@ def test_grids_add_the_claim_rate_sweep_with_labels():
     assert "frozen+wa@0.01/full" in labels and "frozen+pseudo+wa@0.01" in labels
     assert labels[-2:] == ["prototype", "frozen+old-data"]
     assert "frozen+old-data" not in [sel.label(c) for c in sel.extension_grid(s, [0.01], 1)]
+
+
+def test_best_table_keeps_no_old_data_wa_methods_within_1pp_everywhere():
+    def res(drop_small, new_small):
+        runs = [
+            {"n": n, "method": m, "old_drop_pp": d, "new_acc": a}
+            for n in (1, 20)
+            for m, d, a in (
+                ("frozen+wa@0.01", 2.0 if n == 1 else 0.5, 0.9),
+                ("frozen+wa@0.001", drop_small, new_small),
+                ("frozen", 0.0, 0.95),
+            )
+        ]
+        runs.append({"n": 20, "method": "frozen+old-data", "old_drop_pp": 0.1, "new_acc": 0.9})
+        return {"runs": runs, "joint_n_max": {"new": 0.8}}
+
+    results = {"a": {"v": res(0.4, 0.6)}, "b": {"v": res(0.9, 0.4), "w": res(1.5, 0.9)}}
+    table = sel.best_table(results).splitlines()
+    assert table[2].startswith("| v | frozen+wa@0.001 | a: 0.40 / 60.0 % (75 %); b: 0.90")
+    assert "a: +0.1 pp / 90.0 %" in table[2]
+    assert table[3].startswith("| w | none |")  # every WA method loses > 1 pp somewhere
+
+
+def test_select_variants_spell_out_the_descriptor():
+    from dataclasses import replace
+
+    s = exp.Settings()
+    assert s.geo_dim == 256 and s.geo_length == 0.1  # the shipped choice
+    assert replace(s, **sel.VARIANTS["plain"]).geo_dim == 0
+    geo = replace(s, **sel.VARIANTS["geo"])
+    assert (geo.geo_dim, geo.geo_length, geo.geo_weight) == (128, 0.05, 1.0)
+    assert replace(s, **sel.VARIANTS["aux"]).geo_dim == 0

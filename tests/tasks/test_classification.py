@@ -193,3 +193,52 @@ def test_cosine_margin_raises_the_training_loss(trained):
         with torch.no_grad():
             losses.append(float(t.training_step(batch, 0)))
     assert losses[1] > losses[0]
+
+
+def test_geo_descriptor_trains_extends_and_round_trips(trained, tmp_path):
+    _, dm, ckpt = trained
+    pl.seed_everything(0)
+    geo = {"geo_dim": 8, "geo_weight": 2.0, "aux_cells": 4}
+    task = ClassificationTask(hidden_dim=16, lr=1e-2, **geo)
+    trainer = _trainer(tmp_path, max_epochs=2)
+    with one_torch_thread():
+        trainer.fit(task, dm)
+    assert task.feature_dim == 24 and task.head.in_dim == 24
+    assert task.aux_head.in_features == 16  # the place objective shapes the encoder only
+    assert bool(task.geo.std.ne(1).any())  # fitted on the training windows
+    batch = _old_batch(dm)
+    feats = task.eval().encode(batch)
+    assert feats.shape == (len(batch), 24)
+    assert torch.equal(feats[:, 16:], task.geo(batch.features, batch.lengths))
+    assert task.class_chol["A"].shape == (24, 24)
+    trainer.save_checkpoint(tmp_path / "geo.ckpt")
+    assert isinstance(torch.load(tmp_path / "geo.ckpt")[CKPT_KEY]["class_chol"]["A"], torch.Tensor)
+    loaded = ClassificationTask.load_from_checkpoint(tmp_path / "geo.ckpt").eval()
+    assert torch.equal(loaded.geo.freqs, task.geo.freqs)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), task(batch))
+    for mode in ("frozen", "replay"):
+        ext = ClassExtensionTask(mode=mode, hidden_dim=16, **geo)
+        ext.build_net(task.class_names, task.encoder.n_features)
+        ext.load_state_dict(task.state_dict())
+        ext.class_stats, ext.class_chol = dict(task.class_stats), dict(task.class_chol)
+        ext.head.add_classes(["E"], init="imprint", features={"E": feats[:3]})
+        ext.prepare_mode(4)
+        ext.eval()
+        logits = ext.head(ext.encode(batch))
+        assert logits.shape == (len(batch), 5)
+        if mode == "replay":
+            assert ext.distill(batch, logits).item() == pytest.approx(0.0, abs=1e-5)
+        else:
+            assert ext.align_by_claim_rate(0.01, n_samples=500) >= 0.0
+    # a checkpoint written before the descriptor existed loads without one
+    old = torch.load(ckpt, weights_only=False)
+    for key in [k for k in old["hyper_parameters"] if k.startswith("geo_")]:
+        del old["hyper_parameters"][key]
+    old[CKPT_KEY]["class_chol"] = {k: v.tolist() for k, v in old[CKPT_KEY]["class_chol"].items()}
+    torch.save(old, tmp_path / "old.ckpt")
+    legacy = ClassificationTask.load_from_checkpoint(tmp_path / "old.ckpt").eval()
+    assert legacy.geo is None and legacy.feature_dim == 16
+    assert torch.equal(legacy.class_chol["A"], trained[0].class_chol["A"])  # lists load too
+    with torch.no_grad():
+        assert torch.equal(legacy(batch), trained[0](batch))

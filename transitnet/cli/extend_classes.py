@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "scalars on new logits fitted on held-out windows; mode replay only) or none.",
     )
     p.add_argument(
-        "--wa-claim-rate", type=float, default=0.01, help="Statistical WA target (cosine head)."
+        "--wa-claim-rate", type=float, default=0.0005, help="Statistical WA target (cosine head)."
     )
     p.add_argument("--shots", type=int, help="Example trajectories per new class (default all).")
     p.add_argument("--mask", action="store_true", help="Add the new classes masked until trained.")

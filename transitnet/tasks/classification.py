@@ -24,6 +24,7 @@ from torch import nn
 from transitnet.datasets.class_batches import ClassBatch, ClassWindowDataset
 from transitnet.datasets.class_windows import CLASS_FEATURES
 from transitnet.models.classifier import MASKED_LOGIT, ExtensibleClassifier
+from transitnet.models.descriptor import WindowDescriptor
 from transitnet.models.encoder import TrajectoryEncoder
 from transitnet.models.place_targets import PlaceTargets
 from transitnet.models.prototype import PrototypeHead, compute_covariance_factor
@@ -68,6 +69,15 @@ class ClassificationTask(BaseTask):
         aux_path: The cells also tell where the window started (the stretch covered).
         margin: Additive cosine margin (CosFace) subtracted from the true class's cosine
             in training (cosine head only): tighter classes.
+        geo_dim: When > 0, the heads see the encoder's features concatenated with a
+            fixed :class:`~transitnet.models.descriptor.WindowDescriptor` of this size
+            (random Fourier features of the fixes' positions and headings, never
+            trained): geography the line-trained encoder may discard, kept for lines
+            added later.
+        geo_length: Its kernel width on the scaled position (relative to the city's spread).
+        geo_heading: Its kernel width on the scaled heading.
+        geo_weight: Its norm relative to the encoder features' (both ~unit variance a dim).
+        geo_seed: Seed of its random frequencies.
     """
 
     feature_mean: torch.Tensor
@@ -92,6 +102,11 @@ class ClassificationTask(BaseTask):
         aux_weight: float = 0.5,
         aux_path: bool = False,
         margin: float = 0.0,
+        geo_dim: int = 0,
+        geo_length: float = 0.05,
+        geo_heading: float = 0.5,
+        geo_weight: float = 1.0,
+        geo_seed: int = 0,
     ) -> None:
         super().__init__()
         if head not in HEADS or predict_with not in ANSWERS or neck not in NECKS:
@@ -106,6 +121,7 @@ class ClassificationTask(BaseTask):
         self.prototypes: PrototypeHead | None = None
         self.places: PlaceTargets | None = None
         self.aux_head: nn.Module | None = None
+        self.geo: WindowDescriptor | None = None
         self.correction: dict[str, Any] | None = None
         self.class_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.class_chol: dict[str, torch.Tensor] = {}
@@ -117,6 +133,11 @@ class ClassificationTask(BaseTask):
     def class_names(self) -> tuple[str, ...]:
         """Class names in row order."""
         return self.net()[1].class_names
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the features the heads see: encoder output plus any descriptor."""
+        return int(self.hparams["hidden_dim"]) + int(self.hparams.get("geo_dim", 0))
 
     def net(self) -> tuple[TrajectoryEncoder, ExtensibleClassifier, PrototypeHead]:
         """Encoder, classifier and prototype head (RuntimeError before they are built)."""
@@ -137,17 +158,23 @@ class ClassificationTask(BaseTask):
         )
         if hp.neck == "batchnorm":
             self.neck = nn.BatchNorm1d(hp.hidden_dim, affine=False)
+        dim = self.feature_dim
         self.head = ExtensibleClassifier(
-            hp.hidden_dim, list(class_names), cosine=hp.head == "cosine", scale=hp.scale
+            dim, list(class_names), cosine=hp.head == "cosine", scale=hp.scale
         )
-        self.prototypes = PrototypeHead(hp.hidden_dim)
-        self.register_buffer("feature_mean", torch.zeros(hp.hidden_dim))
+        self.prototypes = PrototypeHead(dim)
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        cols = [CLASS_FEATURES.index(c) for c in ("x_km", "y_km", "heading_sin", "heading_cos")]
+        columns = (cols[0], cols[1], cols[2], cols[3])
         if hp.aux_cells > 0:
-            cols = [CLASS_FEATURES.index(c) for c in ("x_km", "y_km", "heading_sin", "heading_cos")]
-            self.places = PlaceTargets(
-                hp.aux_cells, (cols[0], cols[1], cols[2], cols[3]), path=hp.aux_path
-            )
-            self.aux_head = nn.Linear(hp.hidden_dim, hp.aux_cells)
+            self.places = PlaceTargets(hp.aux_cells, columns, path=hp.aux_path)
+            self.aux_head = nn.Linear(hp.hidden_dim, hp.aux_cells)  # encoder's part only
+        if hp.get("geo_dim", 0) > 0:
+            weight = hp.geo_weight * (hp.hidden_dim / hp.geo_dim) ** 0.5
+            self.geo = WindowDescriptor(
+                hp.geo_dim, columns, length=hp.geo_length, heading_length=hp.geo_heading,
+                weight=weight, seed=hp.geo_seed,
+            )  # fmt: skip
 
     def configure_model(self) -> None:
         """Build the network from the attached DataModule's classes (after its setup)."""
@@ -157,9 +184,10 @@ class ClassificationTask(BaseTask):
         if dm is None or not getattr(dm, "classes", None):
             raise RuntimeError("ClassificationTask needs a set-up RouteClassDataModule")
         self.build_net(tuple(dm.classes), dm.n_features)
-        if self.places is not None:
-            data = dm.dataset("train")
-            self.places.fit(data.features, data.lengths)
+        data = dm.dataset("train") if self.places is not None or self.geo is not None else None
+        for module in (self.places, self.geo):
+            if module is not None and data is not None:
+                module.fit(data.features, data.lengths)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the class names, feature count and any logit correction."""
@@ -169,7 +197,8 @@ class ClassificationTask(BaseTask):
             "n_features": encoder.n_features,
             "correction": self.correction,
             "class_stats": {k: [m.tolist(), s.tolist()] for k, (m, s) in self.class_stats.items()},
-            "class_chol": {k: v.tolist() for k, v in self.class_chol.items()},
+            # tensors, not lists: H² numbers per class (lists in checkpoints before geo_dim)
+            "class_chol": {k: v.detach().cpu().clone() for k, v in self.class_chol.items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -188,7 +217,8 @@ class ClassificationTask(BaseTask):
             k: (torch.tensor(m), torch.tensor(s))
             for k, (m, s) in meta.get("class_stats", {}).items()
         }
-        self.class_chol = {k: torch.tensor(v) for k, v in meta.get("class_chol", {}).items()}
+        chol = meta.get("class_chol", {})
+        self.class_chol = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in chol.items()}
         saved = tuple(meta["class_names"])
         if self.head is None:
             self.build_net(saved, int(meta["n_features"]))
@@ -208,9 +238,17 @@ class ClassificationTask(BaseTask):
 
     # -- inference -----------------------------------------------------------------
     def encode(self, batch: ClassBatch) -> torch.Tensor:
-        """Window features ``(B, hidden_dim)``: the encoder's output through the neck."""
-        out: torch.Tensor = self.neck(self.net()[0](batch.features, batch.lengths))
-        return out
+        """Window features ``(B, feature_dim)``: the encoder's output through the neck.
+
+        With ``geo_dim``, the window's fixed descriptor is appended.
+        """
+        return self.join_geo(self.neck(self.net()[0](batch.features, batch.lengths)), batch)
+
+    def join_geo(self, features: torch.Tensor, batch: ClassBatch) -> torch.Tensor:
+        """Append the batch's window descriptors to encoder features (when configured)."""
+        if self.geo is None:
+            return features
+        return torch.cat([features, self.geo(batch.features, batch.lengths)], dim=1)
 
     def center(self, features: torch.Tensor) -> torch.Tensor:
         """Features minus the mean training feature: what the prototype head compares.
@@ -251,7 +289,7 @@ class ClassificationTask(BaseTask):
 
     @torch.no_grad()
     def encode_dataset(self, dataset: ClassWindowDataset) -> torch.Tensor:
-        """Features ``(N, hidden_dim)`` of every window, in eval mode."""
+        """Features ``(N, feature_dim)`` of every window, in eval mode."""
         was_training = self.training
         self.eval()
         out = [
@@ -259,7 +297,7 @@ class ClassificationTask(BaseTask):
             for i in range(0, len(dataset), CHUNK)
         ]
         self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0, int(self.hparams["hidden_dim"]))
+        return torch.cat(out) if out else torch.zeros(0, self.feature_dim)
 
     def fit_prototypes(self, dataset: ClassWindowDataset, per_class: int | None = None) -> None:
         """Refit every class prototype from at most ``per_class`` labelled windows each."""
@@ -316,7 +354,8 @@ class ClassificationTask(BaseTask):
         )
         if self.places is not None and self.aux_head is not None:
             aux = nn.functional.cross_entropy(
-                self.aux_head(feats), self.places(batch.features, batch.lengths)
+                self.aux_head(feats[:, : int(self.hparams["hidden_dim"])]),
+                self.places(batch.features, batch.lengths),
             )
             self.log("train_aux_loss", aux, batch_size=len(batch))
             loss = loss + float(self.hparams["aux_weight"]) * aux
