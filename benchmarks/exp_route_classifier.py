@@ -116,7 +116,8 @@ class Settings:
     margin: float = 0.0
     #: Fixed window descriptor appended to the features (0: none; see WindowDescriptor).
     #: 256 random Fourier features, width 0.1 of the city's spread: chosen on validation
-    #: (exp_route_classifier_select.py, variant geo256-coarse; benchmarks/notes/route-classifier-ceiling.md).
+    #: (exp_route_classifier_select.py, variant geo256-coarse;
+    #: benchmarks/notes/route-classifier-ceiling.md).
     geo_dim: int = 256
     geo_length: float = 0.1
     geo_heading: float = 0.5
