@@ -88,7 +88,8 @@ TIER_DEFAULTS: dict[str, dict[str, Any]] = {
         "distill_per_line": 64,
     },
     "replay": {"anchor_weight": 10.0, "layer_lr": 1e-3, "replay_per_line": 64, "tune_layers": None},
-    # fork: Austin 803 and Auckland 07005 chose this; 801 all layers at 3e-3, 07006 at 1e-3.
+    # fork: Austin 803 and 801 and Auckland 07005 chose this (runs j_nl_*, README); 07006 all
+    # layers at 1e-3 (new rows 3e-2).
     "fork": {"new_row_lr": 1e-2, "layer_lr": 3e-3, "tune_layers": ["trunk", "head"]},
 }
 
