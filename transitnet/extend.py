@@ -61,8 +61,9 @@ class ExtensionReport:
     ``step_choice`` (with early stopping): the held-out trips and windows, the held-out
     MAE curve ``[[step, MAE m], …]``, the chosen steps and the first run's steps and wall
     seconds (``wall_seconds`` includes them; ``steps`` counts the final run's only).
-    ``similar_lines`` (``similar:auto``): per new line, the known line its row started
-    from, the share of its path that line drives the same way, and the top five.
+    ``similar_lines`` (``similar:auto``): per new line, the known lines whose mean row it
+    started from (best first), the share of its path the best drives the same way, and
+    the top five with their shares.
     """
 
     lines_added: list[str]

@@ -17,7 +17,9 @@ class ExtensionConfig:
 
     Attributes:
         new_lines: ``"auto"`` (line keys in the new data that the vocabulary lacks) or keys.
-        init: Row init: ``unknown``, ``mean``, ``mean_cov``, ``similar:<key,…>``, ``random``.
+        init: Row init: ``unknown``, ``mean``, ``mean_cov``, ``similar:<key,…>``,
+            ``similar:auto`` (the known lines on the new line's path, from the static feed:
+            :mod:`transitnet.extend_inits`), ``random``.
         tier: ``zero-shot``, ``row-only``, ``partial``, ``replay``, ``fork`` or ``naive``.
         max_steps: Optimizer steps (ignored for ``zero-shot``).
         new_row_lr: Learning rate of the new rows.
