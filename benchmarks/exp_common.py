@@ -30,6 +30,7 @@ import torch
 
 from transitnet.datamodules.transit import TransitDataModule
 from transitnet.datasets.windows import Windows
+from transitnet.extend_holdout import trip_keys
 from transitnet.metrics import compute_mae
 from transitnet.report import save_figure
 from transitnet.store.atomic import write_text_atomic
@@ -135,8 +136,7 @@ def select_level(new: Windows, level: str, timezone: str, train_start: pd.Timest
     if kind == "all" and not arg:
         return new
     if kind == "trips" and arg.isdigit() and int(arg) > 0:
-        trip = meta["vehicle_id"].astype(str) + "|" + meta["trip_id"].astype(str)
-        trip = trip + "|" + meta["service_date"].astype(str)
+        trip = trip_keys(meta)
         first = meta["anchor_time"].groupby(trip).min().sort_values()
         return new.subset(trip.isin(first.index[: int(arg)]).to_numpy())
     hour, _, minute = arg.partition(":")

@@ -62,18 +62,20 @@ def test_a_line_with_a_single_trip_cannot_be_held_out(base) -> None:
 def test_auto_turns_on_below_the_trip_threshold_only(base) -> None:
     train = _dm(base[0], ["2024-05-07"]).windows["train"]
     is_new = (train.meta["line_key"] == "C").to_numpy()
-    n = count_trips(train.subset(is_new))["C"]
+    trips = count_trips(train.subset(is_new))
+    n = trips["C"]
     assert n >= 2
-    assert wants_early_stopping("auto", n + 1, train, is_new)
-    assert not wants_early_stopping("auto", n, train, is_new)
-    assert not wants_early_stopping("off", 100, train, is_new)
-    assert wants_early_stopping("on", 0, train, is_new)
+    assert wants_early_stopping("auto", n + 1, trips)
+    assert not wants_early_stopping("auto", n, trips)
+    assert not wants_early_stopping("off", 100, trips)
+    assert wants_early_stopping("on", 0, trips)
     one = is_new & (train.meta["trip_id"] == train.meta["trip_id"][is_new].iloc[0]).to_numpy()
-    assert not wants_early_stopping("auto", 100, train, one)  # one trip: nothing to hold out
+    single = count_trips(train.subset(one))
+    assert not wants_early_stopping("auto", 100, single)  # one trip: nothing to hold out
     with pytest.raises(ValueError, match="holds out a trip"):
-        wants_early_stopping("on", 100, train, one)
+        wants_early_stopping("on", 100, single)
     with pytest.raises(ValueError, match="early_stopping must be one of"):
-        wants_early_stopping("sometimes", 10, train, is_new)
+        wants_early_stopping("sometimes", 10, trips)
 
 
 def test_choose_steps_takes_the_lowest_held_out_mae_earliest_on_ties() -> None:

@@ -272,11 +272,12 @@ def train_extension(
     if steps and not is_new.any():
         raise ValueError(f"tier {cfg.tier!r} trains on the new lines' windows: none for {new_keys}")
     choice: dict[str, Any] = {}
-    if steps and cfg.tier == "fork" and is_few_trip(cfg.few_trips, train, is_new):
+    trips = count_trips(train.subset(is_new))
+    if steps and cfg.tier == "fork" and is_few_trip(cfg.few_trips, trips):
         logger.info("fewer than %d trips of a new line: the fork tunes its new rows only",
                     cfg.few_trips)  # fmt: skip
         cfg = replace(cfg, tune_layers=[])
-    if steps and wants_early_stopping(cfg.early_stopping, cfg.few_trips, train, is_new):
+    if steps and wants_early_stopping(cfg.early_stopping, cfg.few_trips, trips):
         fit, held = held_out_windows(train, is_new)
         curve = HeldOutCurve("val", every=math.ceil(steps / CURVE_POINTS))
         first = _fit_tier(ckpt, base, dm.with_windows({"train": fit, "val": held}), new_keys,

@@ -22,6 +22,7 @@ import torch
 
 from transitnet.datamodules.transit import TransitDataModule
 from transitnet.datasets.windows import Windows, concat_windows
+from transitnet.evaluate import predict_windows
 from transitnet.metrics import compute_mae
 
 logger = logging.getLogger(__name__)
@@ -80,18 +81,17 @@ def split_last_trips(windows: Windows, share: float = HELD_SHARE) -> tuple[Windo
 
 
 def compute_held_mae(task: Any, dm: TransitDataModule, split: str) -> float:
-    """Mean over horizons of the median forecast's MAE (m) on ``dm.windows[split]``."""
+    """Mean over horizons of the median forecast's MAE (m) on ``dm.windows[split]``.
+
+    The task's training mode is restored afterwards (this runs inside training).
+    """
     was_training = task.training
-    task.eval()
-    dataset, mid = dm.dataset(split), len(task.quantiles) // 2
-    preds = []
     with torch.no_grad():
-        for start in range(0, len(dataset), 4096):
-            batch = dataset.__getitems__(range(start, min(start + 4096, len(dataset))))
-            preds.append(task(batch, calibrated=False)[..., mid].numpy())
+        pred = predict_windows(task, dm, split, calibrated=False)
     task.train(was_training)
     w = dm.windows[split]
-    return float(np.nanmean(compute_mae(np.concatenate(preds), w.targets, w.target_mask)))
+    median = pred[..., len(task.quantiles) // 2]
+    return float(np.nanmean(compute_mae(median, w.targets, w.target_mask)))
 
 
 class HeldOutCurve(pl.Callback):
@@ -135,37 +135,33 @@ def choose_steps(curve: list[tuple[int, float]]) -> int:
 EARLY_STOPPING = ("auto", "on", "off")
 
 
-def wants_early_stopping(mode: str, below_trips: int, train: Windows, is_new: np.ndarray) -> bool:
+def wants_early_stopping(mode: str, below_trips: int, trips: dict[str, int]) -> bool:
     """Whether an extension chooses its steps on held-out trips (see ``ExtensionConfig``).
 
     Args:
         mode: ``on``, ``off`` or ``auto`` (on when every new line has at least two trips
-            and some new line fewer than ``below_trips``).
+            and some new line fewer than ``below_trips``: :func:`is_few_trip`).
         below_trips: ``auto``'s threshold.
-        train: The extension's training windows (``meta``: ``line_key`` and trip columns).
-        is_new: ``(N,)`` mask of the new lines' windows in ``train``.
+        trips: Trips per new line in the training windows (:func:`count_trips`).
 
     Raises:
         ValueError: an unknown mode, or ``on`` with a new line of a single trip.
     """
     if mode not in EARLY_STOPPING:
         raise ValueError(f"early_stopping must be one of {', '.join(EARLY_STOPPING)}, got {mode!r}")
-    if mode == "off":
-        return False
-    trips = count_trips(train.subset(is_new))
-    if mode == "on":
-        if min(trips.values(), default=0) < 2:
-            raise ValueError(f"early stopping holds out a trip per new line; trips: {trips}")
-        return True
-    few = min(trips.values(), default=0)
-    if few < 2 and trips:
+    fewest = min(trips.values(), default=0)
+    if mode == "on" and fewest < 2:
+        raise ValueError(f"early stopping holds out a trip per new line; trips: {trips}")
+    if mode != "auto":
+        return mode == "on"
+    if fewest < 2 and trips:
         logger.warning("early stopping off: a new line has a single trip (%s)", trips)
-    return 2 <= few and few < below_trips
+    return fewest >= 2 and is_few_trip(below_trips, trips)
 
 
-def is_few_trip(below_trips: int, train: Windows, is_new: np.ndarray) -> bool:
-    """Whether some new line has fewer than ``below_trips`` trips in ``train``."""
-    return min(count_trips(train.subset(is_new)).values(), default=0) < below_trips
+def is_few_trip(below_trips: int, trips: dict[str, int]) -> bool:
+    """Whether some new line has fewer than ``below_trips`` trips (``trips``: per line)."""
+    return min(trips.values(), default=0) < below_trips
 
 
 def held_out_windows(train: Windows, is_new: np.ndarray) -> tuple[Windows, Windows]:

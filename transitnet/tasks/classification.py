@@ -184,9 +184,10 @@ class ClassificationTask(BaseTask):
         if dm is None or not getattr(dm, "classes", None):
             raise RuntimeError("ClassificationTask needs a set-up RouteClassDataModule")
         self.build_net(tuple(dm.classes), dm.n_features)
-        data = dm.dataset("train") if self.places is not None or self.geo is not None else None
-        for module in (self.places, self.geo):
-            if module is not None and data is not None:
+        fitted = [m for m in (self.places, self.geo) if m is not None]
+        if fitted:
+            data = dm.dataset("train")
+            for module in fitted:
                 module.fit(data.features, data.lengths)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
