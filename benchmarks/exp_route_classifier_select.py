@@ -67,10 +67,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def extension_grid(s: erc.Settings, rates: list[float], n: int) -> list[ClassExtensionConfig]:
+#: Old-class statistics pseudo-features and statistical WA draw from: config overrides.
+SOURCES: dict[str, dict[str, bool]] = {
+    "stds": {"full_covariance": False, "mixture": False},
+    "full": {"full_covariance": True, "mixture": False},
+    "mix": {"full_covariance": True, "mixture": True},
+}
+
+
+def extension_grid(
+    s: erc.Settings, rates: list[float], n: int, sources: tuple[str, ...] = ("stds", "full")
+) -> list[ClassExtensionConfig]:
     """Frozen imprint, statistical WA per rate (+pseudo), the prototype head, old-data at max n.
 
-    Pseudo-features come from per-dimension stds or (``/full``) full covariances.
+    Pseudo-features come from each of ``sources``: per-dimension stds, (``/full``) full
+    covariances or (``/mix``) sub-centres.
     """
     base = ClassExtensionConfig(
         init="imprint", mode="frozen", max_steps=s.max_steps, seed=s.seed, batch_size=64
@@ -78,9 +89,9 @@ def extension_grid(s: erc.Settings, rates: list[float], n: int) -> list[ClassExt
     grid = [replace(base, align="none", pseudo_ratio=0.0)]
     for pseudo in (0.0, 1.0):
         grid += [
-            replace(base, align="wa", pseudo_ratio=pseudo, wa_claim_rate=r, full_covariance=f)
+            replace(base, align="wa", pseudo_ratio=pseudo, wa_claim_rate=r, **SOURCES[src])
             for r in rates
-            for f in (False, True)
+            for src in sources
         ]
     grid.append(replace(base, mode="prototype", align="none"))
     if n == max(s.shots):
@@ -97,12 +108,17 @@ def label(cfg: ClassExtensionConfig) -> str:
     name = "frozen" + ("+pseudo" if cfg.pseudo_ratio > 0 else "")
     name += "+old-data" if cfg.old_negatives else ""
     wa = f"+wa{'/class' if cfg.wa_per_class else ''}@{cfg.wa_claim_rate:g}"
-    full = "/full" if cfg.full_covariance and (cfg.align == "wa" or cfg.pseudo_ratio > 0) else ""
-    return name + (wa if cfg.align == "wa" else "") + full
+    drawn = cfg.align == "wa" or cfg.pseudo_ratio > 0
+    source = "/mix" if cfg.mixture else "/full" if cfg.full_covariance else ""
+    return name + (wa if cfg.align == "wa" else "") + (source if drawn else "")
 
 
 def run_variant(
-    spec: erc.DatasetSpec, s: erc.Settings, prep: dict[str, Any], rates: list[float]
+    spec: erc.DatasetSpec,
+    s: erc.Settings,
+    prep: dict[str, Any],
+    rates: list[float],
+    sources: tuple[str, ...] = ("stds", "full"),
 ) -> dict[str, Any]:
     """Base, joint at max n and the extension grid of one backbone variant, on validation."""
     started = time.perf_counter()
@@ -120,7 +136,7 @@ def run_variant(
     for n in s.shots:
         examples = sample_trajectories(new_train, new, n, s.seed)
         data = ExtensionData(concat_class_windows([old_train, examples]), val, base_dm.scale)
-        for cfg in extension_grid(s, rates, n):
+        for cfg in extension_grid(s, rates, n, sources):
             _, report = run_class_extension(base, data, new, cfg)
             ev = report.evaluation["after"]
             rows.append(
@@ -244,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[0.03, 0.01, 0.003],
         help="Statistical-WA claim rates to compare on validation.",
     )
+    parser.add_argument(
+        "--sources",
+        nargs="+",
+        default=["stds", "full"],
+        choices=SOURCES,
+        help="Old-class statistics the pseudo-features and statistical WA draw from: "
+        "stds, full (covariance) or mix (sub-centres).",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "transitnet"):
@@ -259,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         results[ds] = {}
         for var in args.variants:
             s = replace(s0, **VARIANTS[var])
-            results[ds][var] = {"settings": asdict(s), **run_variant(spec, s, prep, args.rates)}
+            results[ds][var] = {
+                "settings": asdict(s),
+                **run_variant(spec, s, prep, args.rates, tuple(args.sources)),
+            }
             write_text_atomic(
                 args.out / "select.json",
                 json.dumps({"machine": facts, "argv": sys.argv[1:], "results": results}, indent=1),

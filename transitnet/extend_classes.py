@@ -87,6 +87,7 @@ def build_extension_task(base: ClassificationTask, cfg: ClassExtensionConfig) ->
         train_new_bias=cfg.train_new_bias,
         pseudo_ratio=cfg.pseudo_ratio,
         full_covariance=cfg.full_covariance,
+        mixture=cfg.mixture,
         **hp,
     )
     encoder, head, _ = base.net()
@@ -95,6 +96,7 @@ def build_extension_task(base: ClassificationTask, cfg: ClassExtensionConfig) ->
     task.correction = base.correction
     task.class_stats = dict(base.class_stats)
     task.class_chol = dict(base.class_chol)
+    task.class_mix = dict(base.class_mix)
     return task
 
 

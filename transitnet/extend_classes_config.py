@@ -44,6 +44,8 @@ class ClassExtensionConfig:
         pseudo_ratio: Pseudo-features of old classes per new window (``frozen``; 0: none).
         full_covariance: Pseudo-features (and statistical WA) draw from each old class's
             full covariance when stored, not only its per-dimension stds.
+        mixture: They draw from each old class's stored sub-centres instead (takes
+            precedence over ``full_covariance``).
         replay_per_class: Old windows per old class in the replay buffer.
         old_negatives: ``frozen`` mode trains the new rows on the replay buffer too (old
             data needed; the encoder and old rows still stay frozen).
@@ -71,6 +73,7 @@ class ClassExtensionConfig:
     train_new_bias: bool = True
     pseudo_ratio: float = 1.0
     full_covariance: bool = True
+    mixture: bool = False
     replay_per_class: int = 20
     old_negatives: bool = False
     bic_per_class: int = 10

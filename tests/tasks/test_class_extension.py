@@ -67,3 +67,24 @@ def test_pseudo_features_follow_the_stored_covariance(trained):  # noqa: F811
         assert torch.allclose(torch.cov(mine.T), want, atol=0.15 * float(want.diag().max()))
     ext.hparams["full_covariance"] = False
     assert ext._pseudo_source(ext.class_names[:4], always=True)[2].shape == (4, 16)
+
+
+def test_pseudo_features_from_sub_centres_keep_classes_equally_likely(trained):  # noqa: F811
+    task, _, ckpt = trained
+    saved = torch.load(ckpt, weights_only=False)["transitnet_classifier"]
+    assert set(saved["class_mix"]) == {"A", "B", "C", "D"}  # stat_components=8 by default
+    ext = _grow(task, "frozen", mixture=True)
+    ext.class_chol, ext.class_mix = dict(task.class_chol), dict(task.class_mix)
+    source = ext._pseudo_source(ext.class_names[:4], always=True)
+    assert source is not None and source[3] is not None
+    assert len(source[0]) == sum(len(task.class_mix[n][2]) for n in "ABCD")
+    fake, rows = ext.pseudo_features(8000, source, torch.Generator().manual_seed(0))
+    shares = torch.bincount(rows, minlength=4).float() / len(rows)
+    assert torch.allclose(shares, torch.full((4,), 0.25), atol=0.03)
+    for c, name in enumerate("ABCD"):  # the draws' mean is the class mean
+        centres, _, weights = task.class_mix[name]
+        spread = float(task.class_stats[name][1].max())
+        assert torch.allclose(fake[rows == c].mean(0), weights @ centres, atol=0.15 * spread)
+    assert ext.align_by_claim_rate(0.05, n_samples=2000) is not None
+    ext.class_mix = {}  # a checkpoint without sub-centres falls back to the covariance
+    assert ext._pseudo_source(ext.class_names[:4], always=True)[2].ndim == 3

@@ -66,6 +66,8 @@ def test_fit_learns_and_the_checkpoint_round_trips(trained):
         assert torch.equal(loaded(batch), logits)
         protos = loaded.logits(loaded.encode(batch), "prototype")
     assert loaded.prototypes.class_names == ("A", "B", "C", "D")
+    for name, parts in task.class_mix.items():  # sub-centres, their stds and weights
+        assert all(torch.equal(a, b) for a, b in zip(loaded.class_mix[name], parts, strict=True))
     assert (protos.argmax(1) == batch.labels).float().mean() > 0.5
 
 

@@ -56,6 +56,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--wa-claim-rate", type=float, default=0.0005, help="Statistical WA target (cosine head)."
     )
+    p.add_argument(
+        "--old-stats",
+        default="covariance",
+        choices=["mixture", "covariance", "stds"],
+        help="Which stored statistics of the old classes their pseudo-features (frozen mode) "
+        "and statistical WA draw from: mixture (each class's sub-centres), covariance (one "
+        "Gaussian per class, full covariance) or stds (one Gaussian, per-dimension stds).",
+    )
     p.add_argument("--shots", type=int, help="Example trajectories per new class (default all).")
     p.add_argument("--mask", action="store_true", help="Add the new classes masked until trained.")
     p.add_argument("--max-steps", type=int, default=200, help="Optimizer steps (default 200).")
@@ -99,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         replay_per_class=args.replay_per_class,
         bic_per_class=args.bic_per_class,
         wa_claim_rate=args.wa_claim_rate,
+        mixture=args.old_stats == "mixture",
+        full_covariance=args.old_stats != "stds",
         min_windows=args.min_windows,
         seed=args.seed,
         progress=True,

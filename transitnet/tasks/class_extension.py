@@ -37,6 +37,8 @@ from transitnet.datasets.class_batches import ClassBatch
 from transitnet.tasks.classification import ClassificationTask
 
 MODES = ("none", "frozen", "replay", "naive")
+#: Rows, means, stds or Cholesky factors, and draw weights (None: uniform) of pseudo-features.
+PseudoSource = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 logger = logging.getLogger(__name__)
 
 
@@ -55,6 +57,9 @@ class ClassExtensionTask(ClassificationTask):
             ``frozen`` mode (1: class-balanced batches; 0 turns them off).
         full_covariance: Draw pseudo-features from each old class's full (shrunk)
             covariance when the checkpoint stores it; else from the per-dimension stds.
+        mixture: Draw them from each old class's sub-centres (a diagonal Gaussian
+            mixture, :mod:`~transitnet.models.feature_mixture`) when the checkpoint
+            stores them; takes precedence over ``full_covariance``.
         **kwargs: Passed to :class:`ClassificationTask`.
     """
 
@@ -68,6 +73,7 @@ class ClassExtensionTask(ClassificationTask):
         train_new_bias: bool = True,
         pseudo_ratio: float = 1.0,
         full_covariance: bool = True,
+        mixture: bool = False,
         **kwargs: Any,
     ) -> None:
         if mode not in MODES:
@@ -76,7 +82,7 @@ class ClassExtensionTask(ClassificationTask):
         self.save_hyperparameters()
         self.mode = mode
         self.teacher: tuple[nn.Module, ...] | None = None
-        self.pseudo: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.pseudo: PseudoSource | None = None
         self.n_old = 0
 
     def prepare_mode(self, n_old: int) -> None:
@@ -107,36 +113,53 @@ class ClassExtensionTask(ClassificationTask):
 
     def _pseudo_source(
         self, old_names: tuple[str, ...], *, always: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Rows, means and stds of the old classes that have feature statistics.
+    ) -> PseudoSource | None:
+        """Where pseudo-features of the old classes that have feature statistics come from.
 
-        None without statistics, or when ``pseudo_ratio`` is 0 unless ``always``.
+        ``(rows, means, scales, weights)``: one entry per class (its mean with its stds
+        ``(C, H)`` or Cholesky factor ``(C, H, H)``; ``weights`` None, uniform) or, with
+        ``mixture``, one per sub-centre (its centre and stds; ``weights`` = the
+        sub-centre's share of its class over the number of classes, so classes stay
+        equally likely). None without statistics, or when ``pseudo_ratio`` is 0 unless
+        ``always``.
         """
         have = [(i, n) for i, n in enumerate(old_names) if n in self.class_stats]
         if not have or (float(self.hparams["pseudo_ratio"]) <= 0 and not always):
             return None
+        if bool(self.hparams.get("mixture")) and all(n in self.class_mix for _, n in have):
+            parts = [(i, *self.class_mix[n]) for i, n in have]
+            rows = torch.cat([torch.full((len(w),), i, dtype=torch.long) for i, _, _, w in parts])
+            centres = torch.cat([c for _, c, _, _ in parts])
+            stds = torch.cat([s for _, _, s, _ in parts])
+            weights = torch.cat([w / len(parts) for _, _, _, w in parts])
+            return rows, centres, stds, weights
         rows = torch.tensor([i for i, _ in have], dtype=torch.long)
         means = torch.stack([self.class_stats[n][0] for _, n in have])
         if bool(self.hparams["full_covariance"]) and all(n in self.class_chol for _, n in have):
-            return rows, means, torch.stack([self.class_chol[n] for _, n in have])
-        return rows, means, torch.stack([self.class_stats[n][1] for _, n in have])
+            return rows, means, torch.stack([self.class_chol[n] for _, n in have]), None
+        return rows, means, torch.stack([self.class_stats[n][1] for _, n in have]), None
 
     def pseudo_features(
         self,
         n: int,
-        source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        source: PseudoSource | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` pseudo-features of old classes (uniform over classes) and their rows.
 
-        ``source`` (default: the one :meth:`prepare_mode` chose) holds rows, means and
-        either stds ``(C, H)`` or Cholesky factors ``(C, H, H)``.
+        ``source`` (default: the one :meth:`prepare_mode` chose) is a
+        :meth:`_pseudo_source` answer.
         """
         source = source if source is not None else self.pseudo
         if source is None:
             raise RuntimeError("no old-class statistics to sample from")
-        rows, means, scales = source
-        pick = torch.randint(len(rows), (n,), generator=generator).sort().values
+        rows, means, scales, weights = source
+        if weights is None:
+            pick = torch.randint(len(rows), (n,), generator=generator).sort().values
+        else:
+            pick = (
+                torch.multinomial(weights, n, replacement=True, generator=generator).sort().values
+            )
         noise = torch.randn(n, means.shape[1], generator=generator)
         if scales.ndim == 2:
             fake = means[pick] + scales[pick] * noise
@@ -155,7 +178,8 @@ class ClassExtensionTask(ClassificationTask):
 
         Draws ``n_samples`` pseudo-features of the old classes from the per-class feature
         statistics stored at base training (Gaussian with the class's mean and full
-        covariance, or per-dimension stds; see ``full_covariance``; uniform over classes) and
+        covariance, or per-dimension stds, or its sub-centres; see ``full_covariance``
+        and ``mixture``; uniform over classes) and
         lowers every new class's bias by the same offset ``δ ≥ 0``, the smallest for which
         at most a fraction ``claim_rate`` of them have a new class as their argmax. Like
         WA it is one scalar applied to the new classes only, and old rows, biases and
@@ -224,7 +248,7 @@ class ClassExtensionTask(ClassificationTask):
             if self.pseudo is not None:
                 n_new = max(len(self.net()[1].class_names) - self.n_old, 1)
                 per_class = float(self.hparams["pseudo_ratio"]) * len(batch) / n_new
-                n = max(1, round(per_class * len(self.pseudo[0])))
+                n = max(1, round(per_class * len(set(self.pseudo[0].tolist()))))
                 fake, rows = self.pseudo_features(n)
                 feats, labels = torch.cat([feats, fake]), torch.cat([labels, rows])
         else:

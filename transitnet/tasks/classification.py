@@ -26,6 +26,7 @@ from transitnet.datasets.class_windows import CLASS_FEATURES
 from transitnet.models.classifier import MASKED_LOGIT, ExtensibleClassifier
 from transitnet.models.descriptor import WindowDescriptor
 from transitnet.models.encoder import TrajectoryEncoder
+from transitnet.models.feature_mixture import fit_feature_mixture
 from transitnet.models.place_targets import PlaceTargets
 from transitnet.models.prototype import PrototypeHead, compute_covariance_factor
 from transitnet.tasks.base import BaseTask
@@ -78,6 +79,8 @@ class ClassificationTask(BaseTask):
         geo_heading: Its kernel width on the scaled heading.
         geo_weight: Its norm relative to the encoder features' (both ~unit variance a dim).
         geo_seed: Seed of its random frequencies.
+        stat_components: Sub-centres of each class's stored feature statistics
+            (:func:`~transitnet.models.feature_mixture.fit_feature_mixture`; 0: none).
     """
 
     feature_mean: torch.Tensor
@@ -107,6 +110,7 @@ class ClassificationTask(BaseTask):
         geo_heading: float = 0.5,
         geo_weight: float = 1.0,
         geo_seed: int = 0,
+        stat_components: int = 8,
     ) -> None:
         super().__init__()
         if head not in HEADS or predict_with not in ANSWERS or neck not in NECKS:
@@ -125,6 +129,7 @@ class ClassificationTask(BaseTask):
         self.correction: dict[str, Any] | None = None
         self.class_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.class_chol: dict[str, torch.Tensor] = {}
+        self.class_mix: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.trainable: list[nn.Parameter] | None = None
         self._counts: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -200,6 +205,9 @@ class ClassificationTask(BaseTask):
             "class_stats": {k: [m.tolist(), s.tolist()] for k, (m, s) in self.class_stats.items()},
             # tensors, not lists: H² numbers per class (lists in checkpoints before geo_dim)
             "class_chol": {k: v.detach().cpu().clone() for k, v in self.class_chol.items()},
+            "class_mix": {
+                k: [t.detach().cpu().clone() for t in v] for k, v in self.class_mix.items()
+            },
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -220,6 +228,8 @@ class ClassificationTask(BaseTask):
         }
         chol = meta.get("class_chol", {})
         self.class_chol = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in chol.items()}
+        mix = meta.get("class_mix", {})  # absent before stat_components
+        self.class_mix = {k: (v[0].float(), v[1].float(), v[2].float()) for k, v in mix.items()}
         saved = tuple(meta["class_names"])
         if self.head is None:
             self.build_net(saved, int(meta["n_features"]))
@@ -324,8 +334,9 @@ class ClassificationTask(BaseTask):
     ) -> None:
         """Record a class's prototype and feature statistics from its features ``(n, H)``.
 
-        The statistics (per-dimension mean and std, ``2·H`` numbers per class, and the
-        Cholesky factor of the shrunk covariance, ``H²``) travel in the checkpoint;
+        The statistics (per-dimension mean and std, ``2·H`` numbers per class, the
+        Cholesky factor of the shrunk covariance, ``H²``, and ``stat_components``
+        sub-centres with their stds and weights) travel in the checkpoint;
         frozen-encoder extension samples pseudo-features of old classes from them
         instead of needing old data.
         """
@@ -335,6 +346,10 @@ class ClassificationTask(BaseTask):
         )
         self.class_stats[name] = (features.mean(0).detach(), std.detach())
         self.class_chol[name] = compute_covariance_factor(features)
+        if int(self.hparams.get("stat_components", 0)) > 0:
+            self.class_mix[name] = fit_feature_mixture(
+                features, int(self.hparams["stat_components"])
+            )
 
     # -- steps ---------------------------------------------------------------------
     def training_step(self, batch: ClassBatch, batch_idx: int) -> torch.Tensor:
