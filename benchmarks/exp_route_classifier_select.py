@@ -76,12 +76,17 @@ SOURCES: dict[str, dict[str, bool]] = {
 
 
 def extension_grid(
-    s: erc.Settings, rates: list[float], n: int, sources: tuple[str, ...] = ("stds", "full")
+    s: erc.Settings,
+    rates: list[float],
+    n: int,
+    sources: tuple[str, ...] = ("stds", "full"),
+    gates: tuple[float, ...] = (),
 ) -> list[ClassExtensionConfig]:
     """Frozen imprint, statistical WA per rate (+pseudo), the prototype head, old-data at max n.
 
     Pseudo-features come from each of ``sources``: per-dimension stds, (``/full``) full
-    covariances or (``/mix``) sub-centres.
+    covariances or (``/mix``) sub-centres. Each claim gate of ``gates`` adds frozen +
+    pseudo-features with no WA and with WA at every rate (full covariance), gated.
     """
     base = ClassExtensionConfig(
         init="imprint", mode="frozen", max_steps=s.max_steps, seed=s.seed, batch_size=64
@@ -93,6 +98,9 @@ def extension_grid(
             for r in rates
             for src in sources
         ]
+    for q in gates:
+        pseudo = replace(base, align="none", pseudo_ratio=1.0, claim_gate=q)
+        grid += [pseudo] + [replace(pseudo, align="wa", wa_claim_rate=r) for r in rates]
     grid.append(replace(base, mode="prototype", align="none"))
     if n == max(s.shots):
         grid.append(
@@ -110,7 +118,8 @@ def label(cfg: ClassExtensionConfig) -> str:
     wa = f"+wa{'/class' if cfg.wa_per_class else ''}@{cfg.wa_claim_rate:g}"
     drawn = cfg.align == "wa" or cfg.pseudo_ratio > 0
     source = "/mix" if cfg.mixture else "/full" if cfg.full_covariance else ""
-    return name + (wa if cfg.align == "wa" else "") + (source if drawn else "")
+    gate = f"+gate@{cfg.claim_gate:g}" if cfg.claim_gate > 0 else ""
+    return name + (wa if cfg.align == "wa" else "") + (source if drawn else "") + gate
 
 
 def run_variant(
@@ -119,6 +128,7 @@ def run_variant(
     prep: dict[str, Any],
     rates: list[float],
     sources: tuple[str, ...] = ("stds", "full"),
+    gates: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """Base, joint at max n and the extension grid of one backbone variant, on validation."""
     started = time.perf_counter()
@@ -136,7 +146,7 @@ def run_variant(
     for n in s.shots:
         examples = sample_trajectories(new_train, new, n, s.seed)
         data = ExtensionData(concat_class_windows([old_train, examples]), val, base_dm.scale)
-        for cfg in extension_grid(s, rates, n, sources):
+        for cfg in extension_grid(s, rates, n, sources, gates):
             _, report = run_class_extension(base, data, new, cfg)
             ev = report.evaluation["after"]
             rows.append(
@@ -230,7 +240,7 @@ def best_table(results: dict[str, Any]) -> str:
     for var in sorted({v for per in results.values() for v in per}):
         per = {ds: res[var] for ds, res in results.items() if var in res}
         runs = [r for res in per.values() for r in res["runs"]]
-        methods = sorted({r["method"] for r in runs if "+wa" in r["method"]})
+        methods = sorted({r["method"] for r in runs if "+wa" in r["method"]})  # bar 1: WA
         scores = {m: score_method(per, m) for m in methods}
         best = max(methods, key=lambda m: scores[m][0])
         ceiling = "; ".join(
@@ -268,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         help="Old-class statistics the pseudo-features and statistical WA draw from: "
         "stds, full (covariance) or mix (sub-centres).",
     )
+    parser.add_argument(
+        "--gates",
+        nargs="+",
+        type=float,
+        default=[],
+        help="Claim-gate quantiles to add to the grid (frozen + pseudo-features, gated).",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "transitnet"):
@@ -285,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             s = replace(s0, **VARIANTS[var])
             results[ds][var] = {
                 "settings": asdict(s),
-                **run_variant(spec, s, prep, args.rates, tuple(args.sources)),
+                **run_variant(spec, s, prep, args.rates, tuple(args.sources), tuple(args.gates)),
             }
             write_text_atomic(
                 args.out / "select.json",

@@ -38,6 +38,7 @@ class ClassExtensionReport:
     wa_factor: float | None = None
     wa_offset: float | None = None
     bic: dict[str, float] | None = None
+    claim_gate: dict[str, float] | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, float | bool | None] = field(default_factory=dict)
 

@@ -13,6 +13,7 @@ grown class registry), ``DIR/report.json`` and ``DIR/report.md``.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import logging
@@ -44,6 +45,7 @@ from transitnet.evaluate_classes import (
     write_reports,
 )
 from transitnet.extend_classes_config import ClassExtensionConfig
+from transitnet.models.claim_gate import gate_threshold
 from transitnet.models.heads import fit_bic
 from transitnet.store.atomic import write_bytes_atomic
 from transitnet.tasks.class_extension import MODES, ClassExtensionTask
@@ -97,6 +99,8 @@ def build_extension_task(base: ClassificationTask, cfg: ClassExtensionConfig) ->
     task.class_stats = dict(base.class_stats)
     task.class_chol = dict(base.class_chol)
     task.class_mix = dict(base.class_mix)
+    task.confidence_grid = list(base.confidence_grid)
+    task.claim_gate = copy.deepcopy(base.claim_gate)
     return task
 
 
@@ -241,6 +245,7 @@ def run_class_extension(
     )  # same encoder
     steps = train_task(task, windows, new_classes, cfg, data.scale)
     wa, offset, bic = _align(task, cfg, windows, data.scale, new_classes)
+    gate = set_claim_gate(task, new_classes, cfg.claim_gate)
     wall = time.perf_counter() - started
     frozen = cfg.mode in ("none", "frozen", "prototype")  # encoder and neck untouched
     after, _, _ = evaluate_windows(
@@ -261,10 +266,34 @@ def run_class_extension(
         wa_factor=wa,
         wa_offset=offset,
         bic=bic,
+        claim_gate=gate,
         evaluation={"before": before, "after_add": after_add, "after": after} if before else {},
     )
     report.summary = summarise(report.evaluation, base_pred, add_pred, data.evaluation, old)
     return task, report
+
+
+def set_claim_gate(
+    task: ClassificationTask, new_classes: list[str], q: float
+) -> dict[str, float] | None:
+    """Gate the new classes (and any gated before) at the base model's confidence ``q``-quantile.
+
+    See :mod:`transitnet.models.claim_gate`. ``q`` = 0 leaves the task as it is.
+
+    Returns:
+        ``{"q", "threshold"}``, or None when off or (with a warning) when the checkpoint
+        recorded no confidences (written before the gate existed).
+    """
+    if q <= 0.0:
+        return None
+    if not task.confidence_grid:
+        logger.warning("the checkpoint recorded no confidences: claim gate skipped")
+        return None
+    threshold = gate_threshold(task.confidence_grid, q)
+    before = task.claim_gate["classes"] if task.claim_gate else []
+    classes = list(before) + [n for n in new_classes if n not in before]
+    task.claim_gate = {"classes": classes, "q": q, "threshold": threshold}
+    return {"q": q, "threshold": round(threshold, 6)}
 
 
 def _align(

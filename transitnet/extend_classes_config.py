@@ -53,6 +53,10 @@ class ClassExtensionConfig:
         wa_claim_rate: Target claim rate of statistical WA (cosine head).
         wa_per_class: Statistical WA gives each new class its own offset (a share
             ``wa_claim_rate / k`` each) instead of one shared offset.
+        claim_gate: After aligning, the new classes may only take windows where the old
+            classes' largest softmax probability is below its ``claim_gate``-quantile over
+            the base model's correctly classified training windows
+            (:mod:`~transitnet.models.claim_gate`; 0: off, at most 0.5).
         min_windows: ``auto`` only adds lines with at least this many windows.
         seed: Seed for sampling, init and training.
         progress: Show a progress bar while training.
@@ -79,6 +83,7 @@ class ClassExtensionConfig:
     bic_per_class: int = 10
     wa_claim_rate: float = 0.0005
     wa_per_class: bool = False
+    claim_gate: float = 0.0
     min_windows: int = 10
     seed: int = 0
     progress: bool = False
@@ -94,5 +99,7 @@ class ClassExtensionConfig:
             raise ValueError("BiC is fitted on held-out old and new windows: use mode 'replay'")
         if self.shots is not None and self.shots < 1:
             raise ValueError(f"shots must be ≥ 1, got {self.shots}")
+        if not 0.0 <= self.claim_gate <= 0.5:
+            raise ValueError(f"claim_gate must be in [0, 0.5], got {self.claim_gate}")
         if not 0.0 <= self.wa_claim_rate <= 1.0:
             raise ValueError(f"wa_claim_rate must be in [0, 1], got {self.wa_claim_rate}")

@@ -57,6 +57,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--wa-claim-rate", type=float, default=0.0005, help="Statistical WA target (cosine head)."
     )
     p.add_argument(
+        "--claim-gate",
+        type=float,
+        default=0.0,
+        metavar="Q",
+        help="After aligning, the new classes only take windows where the old classes' "
+        "largest probability is below its Q-quantile over the base model's correct training "
+        "windows (e.g. 0.1; 0 = off, at most 0.5): old predictions the base model was sure of "
+        "never change.",
+    )
+    p.add_argument(
         "--old-stats",
         default="covariance",
         choices=["mixture", "covariance", "stds"],
@@ -108,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         bic_per_class=args.bic_per_class,
         wa_claim_rate=args.wa_claim_rate,
         mixture=args.old_stats == "mixture",
+        claim_gate=args.claim_gate,
         full_covariance=args.old_stats != "stds",
         min_windows=args.min_windows,
         seed=args.seed,

@@ -23,6 +23,7 @@ from torch import nn
 
 from transitnet.datasets.class_batches import ClassBatch, ClassWindowDataset
 from transitnet.datasets.class_windows import CLASS_FEATURES
+from transitnet.models.claim_gate import apply_gate, confidence_quantiles
 from transitnet.models.classifier import MASKED_LOGIT, ExtensibleClassifier
 from transitnet.models.descriptor import WindowDescriptor
 from transitnet.models.encoder import TrajectoryEncoder
@@ -130,6 +131,10 @@ class ClassificationTask(BaseTask):
         self.class_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.class_chol: dict[str, torch.Tensor] = {}
         self.class_mix: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        #: Base model's confidence on its correct training windows, at claim_gate.QUANTILE_GRID.
+        self.confidence_grid: list[float] = []
+        #: ``{"classes", "q", "threshold"}``: classes that only take unsure windows.
+        self.claim_gate: dict[str, Any] | None = None
         self.trainable: list[nn.Parameter] | None = None
         self._counts: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -222,6 +227,8 @@ class ClassificationTask(BaseTask):
         if meta is None:
             raise ValueError("this checkpoint was not written by transitnet's ClassificationTask")
         self.correction = meta.get("correction")
+        self.confidence_grid = list(meta.get("confidence_grid", []))  # absent before the gate
+        self.claim_gate = meta.get("claim_gate")
         self.class_stats = {
             k: (torch.tensor(m), torch.tensor(s))
             for k, (m, s) in meta.get("class_stats", {}).items()
@@ -285,14 +292,18 @@ class ClassificationTask(BaseTask):
         return self.apply_correction(z)
 
     def apply_correction(self, logits: torch.Tensor) -> torch.Tensor:
-        """Apply a recorded BiC correction ``alpha·z + beta`` to its classes' logits."""
-        if not self.correction:
-            return logits
+        """Apply a recorded BiC correction ``alpha·z + beta``, then any claim gate."""
         head = self.net()[1]
-        mask = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-        mask[[head.index(n) for n in self.correction["classes"]]] = True
-        alpha, beta = float(self.correction["alpha"]), float(self.correction["beta"])
-        return torch.where(mask, alpha * logits + beta, logits)
+        if self.correction:
+            mask = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+            mask[[head.index(n) for n in self.correction["classes"]]] = True
+            alpha, beta = float(self.correction["alpha"]), float(self.correction["beta"])
+            logits = torch.where(mask, alpha * logits + beta, logits)
+        if self.claim_gate:
+            gated = torch.zeros(logits.shape[1], dtype=torch.bool)
+            gated[[head.index(n) for n in self.claim_gate["classes"]]] = True
+            logits = apply_gate(logits, gated, float(self.claim_gate["threshold"]))
+        return logits
 
     def forward(self, batch: ClassBatch) -> torch.Tensor:
         """Logits ``(B, C)`` from the head chosen by ``predict_with``."""
@@ -322,6 +333,9 @@ class ClassificationTask(BaseTask):
         feats = self.encode_dataset(_subset(dataset, chosen))
         if len(feats):
             self.feature_mean = feats.mean(0)
+            with torch.no_grad():
+                raw = head(feats)
+            self.confidence_grid = confidence_quantiles(raw, dataset.labels[chosen])
         protos = PrototypeHead(feats.shape[1]).to(feats.device)
         for c, name in enumerate(head.class_names):
             rows = dataset.labels[chosen] == c
