@@ -74,6 +74,24 @@ def test_frozen_imprint_wa_writes_a_grown_checkpoint_and_reports(base):
     assert saved["datamodule_hyper_parameters"]["train_dates"] == NEW_DATA["train_dates"]
 
 
+def test_claim_gate_only_takes_windows_the_old_classes_are_unsure_of(base):
+    settings = {"init": "imprint", "mode": "frozen", "align": "none"}
+    free, _ = _extend(base, "ungated", **settings)
+    gated, out = _extend(base, "gated", **settings, claim_gate=0.5)
+    assert free.claim_gate is None and gated.claim_gate["q"] == 0.5
+    old = ClassificationTask.load_from_checkpoint(base[0])
+    assert 0.0 < gated.claim_gate["threshold"] <= 1.0 and len(old.confidence_grid) == 101
+    # the same trained rows, gated after training: old windows can only come back
+    after_free, after_gated = free.evaluation["after"], gated.evaluation["after"]
+    assert after_gated["old"]["acc"] >= after_free["old"]["acc"]
+    assert after_gated["new"]["acc"] <= after_free["new"]["acc"]
+    grown = ClassificationTask.load_from_checkpoint(out / "model.ckpt")
+    assert grown.claim_gate["classes"] == ["E"]
+    assert json.loads((out / "report.json").read_text())["claim_gate"]["q"] == 0.5
+    sure = torch.tensor([[9.0, 0.0, 0.0, 0.0, 20.0], [0.0, 0.0, 0.0, 0.0, 20.0]])
+    assert grown.apply_correction(sure).argmax(1).tolist() == [0, 4]
+
+
 @pytest.mark.parametrize(("init", "mask"), [("low_bias", False), ("mean", True)])
 def test_zero_shot_low_bias_or_masked_keeps_every_old_prediction(base, init, mask):
     report, _ = _extend(base, f"none-{init}", init=init, mode="none", align="none", mask=mask)
@@ -149,13 +167,23 @@ def test_real_austin_line_added_to_a_real_classifier(shared_data: Path, tmp_path
     runs = {}
     with one_torch_thread():
         ckpt = _fit(dm, tmp_path, 4, hidden_dim=32)
-        for pseudo, align in ((1.0, "none"), (0.0, "none"), (0.0, "wa")):
+        for pseudo, align, gate in (
+            (1.0, "none", 0.0),
+            (0.0, "none", 0.0),
+            (0.0, "wa", 0.0),
+            (1.0, "none", 0.1),
+        ):
             cfg = ClassExtensionConfig(
-                new_classes=["3"], shots=5, max_steps=30, pseudo_ratio=pseudo, align=align
+                new_classes=["3"],
+                shots=5,
+                max_steps=30,
+                pseudo_ratio=pseudo,
+                align=align,
+                claim_gate=gate,
             )
-            out = tmp_path / f"p{pseudo}{align}"
+            out = tmp_path / f"p{pseudo}{align}{gate}"
             report = extend_classes(ckpt, out, cfg, data_overrides=new_data, eval_dates=evaluation)
-            runs[pseudo, align] = report.evaluation
+            runs[pseudo, align if gate == 0 else "gate"] = report.evaluation
     before = runs[1.0, "none"]["before"]
     assert before["old"]["n"] > 1000 and before["new"]["n"] > 100
     assert before["old"]["acc"] > 0.6  # 6 real lines from 4 hours of one morning
@@ -167,3 +195,5 @@ def test_real_austin_line_added_to_a_real_classifier(shared_data: Path, tmp_path
     assert new[plain] > 0.4
     # Statistical WA (cosine head) trades new-line accuracy for the old lines'.
     assert drop[wa] <= drop[plain] and new[wa] <= new[plain]
+    # The claim gate keeps every old window the base model was sure of.
+    assert drop[1.0, "gate"] <= drop[pseudo] and 0.0 < new[1.0, "gate"] <= new[pseudo]

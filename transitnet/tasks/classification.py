@@ -213,6 +213,8 @@ class ClassificationTask(BaseTask):
             "class_mix": {
                 k: [t.detach().cpu().clone() for t in v] for k, v in self.class_mix.items()
             },
+            "confidence_grid": self.confidence_grid,
+            "claim_gate": self.claim_gate,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
