@@ -130,6 +130,9 @@ class Settings:
     wa_per_class: bool = False
     #: More claim rates for imprint · frozen(+pseudo)+wa (cosine): the trade-off curve.
     wa_sweep: tuple[float, ...] = (0.03, 0.01, 0.003, 0.001)
+    #: Claim gates (quantile of the base model's confidence on its correct training windows)
+    #: on imprint · frozen+pseudo, with and without statistical WA.
+    gate_sweep: tuple[float, ...] = (0.05, 0.1, 0.2)
     inits: tuple[str, ...] = ("imprint", "mean", "low_bias", "random")
     #: (mode, align, pseudo_ratio): frozen with pseudo_ratio 0 is the plain no-old-data mode.
     modes: tuple[tuple[str, str, float], ...] = (
@@ -351,6 +354,11 @@ def method_grid(s: Settings, linear: bool = False) -> list[ClassExtensionConfig]
         for p in (0.0, 1.0)
         for r in s.wa_sweep
     ]
+    grid += [
+        replace(base, init="imprint", mode="frozen", align=a, pseudo_ratio=1.0, claim_gate=q)
+        for a in ("wa", "none")
+        for q in s.gate_sweep
+    ]
     return grid
 
 
@@ -365,6 +373,7 @@ def method_row(
     pseudo += "+old-data" if cfg.mode == "frozen" and cfg.old_negatives else ""
     label = f"{prefix}{cfg.mode}{pseudo}{'+' + cfg.align if cfg.align != 'none' else ''}"
     label += f"@{cfg.wa_claim_rate:g}" if sweep else ""
+    label += f"+gate@{cfg.claim_gate:g}" if cfg.claim_gate > 0 else ""
     label += " (masked)" if cfg.mask else ""
     ev = report.evaluation
     return {
@@ -383,8 +392,9 @@ def method_row(
         "wa_factor": report.wa_factor,
         "wa_offset": report.wa_offset,
         "wa_claim_rate": cfg.wa_claim_rate
-        if cfg.align == "wa" and cfg.mode == "frozen" and not prefix
+        if cfg.align == "wa" and cfg.mode == "frozen" and not prefix and cfg.claim_gate == 0
         else None,
+        "claim_gate": report.claim_gate,
         "bic": report.bic,
     }
 
@@ -535,7 +545,10 @@ HOW_TO_READ = (
     "the old lines' feature statistics stored at base training (per-dimension mean and std): "
     "the new biases are lowered by the smallest offset for which at most a target share "
     "(the claim rate; *+wa@r* rows sweep it) of pseudo-features drawn from those statistics "
-    "are claimed by a new line. Joint retraining "
+    "are claimed by a new line. *+gate@q*: afterwards a new line may only take a window where "
+    "the old lines' largest probability is below its q-quantile over the base model's "
+    "correctly classified training windows (recorded at base training; no old data). Joint "
+    "retraining "
     "starts from scratch on the old lines' data plus the same n example trajectories. Old-"
     "class drop = base accuracy on old lines minus the grown model's (pp); accuracies are "
     "class-incremental (every window is classified among all lines)."
@@ -571,6 +584,15 @@ def plot_tradeoff(result: dict[str, Any], n: int) -> Any:
         name = f"imprint · frozen{'+pseudo' if pseudo else ''}+wa, claim rate swept"
         ax.plot([r["old_acc_drop_pp"] for r in curve], [100 * r["new_acc"] for r in curve], "-",
                 label=name)  # fmt: skip
+    for align in ("wa", "none"):
+        gated = sorted(
+            (r for r in rows if r.get("claim_gate") and r["init"] == "imprint"
+             and r["align"] == align),
+            key=lambda r: r["claim_gate"]["q"],
+        )  # fmt: skip
+        name = f"imprint · frozen+pseudo{'+wa' if align == 'wa' else ''}, claim gate swept"
+        ax.plot([r["old_acc_drop_pp"] for r in gated], [100 * r["new_acc"] for r in gated], "--",
+                marker="o", label=name)  # fmt: skip
     drop, new = joint_point(result, n)
     ax.scatter([drop], [100 * new], marker="*", s=250, c="k", label=f"joint retraining (n={n})")
     ax.axvline(1.0, color="r", ls=":", label="bar: 1 pp")

@@ -58,6 +58,14 @@ def test_grids_add_the_claim_rate_sweep_with_labels():
     assert "frozen+wa@0.01/full" in labels and "frozen+pseudo+wa@0.01" in labels
     assert labels[-2:] == ["prototype", "frozen+old-data"]
     assert "frozen+old-data" not in [sel.label(c) for c in sel.extension_grid(s, [0.01], 1)]
+    gated = [c for c in exp.method_grid(exp.Settings(gate_sweep=(0.1,))) if c.claim_gate]
+    assert {(c.align, c.pseudo_ratio, c.claim_gate) for c in gated} == {
+        ("wa", 1.0, 0.1),
+        ("none", 1.0, 0.1),
+    }
+    labels = [sel.label(c) for c in sel.extension_grid(s, [0.01], 5, ("full", "mix"), (0.1,))]
+    assert "frozen+pseudo+wa@0.01/mix" in labels and "frozen+pseudo/full+gate@0.1" in labels
+    assert "frozen+pseudo+wa@0.01/full+gate@0.1" in labels
 
 
 def test_best_table_keeps_no_old_data_wa_methods_within_1pp_everywhere():
