@@ -89,7 +89,12 @@ def extension_grid(
     pseudo-features with no WA and with WA at every rate (full covariance), gated.
     """
     base = ClassExtensionConfig(
-        init="imprint", mode="frozen", max_steps=s.max_steps, seed=s.seed, batch_size=64
+        init="imprint",
+        mode="frozen",
+        max_steps=s.max_steps,
+        seed=s.seed,
+        batch_size=64,
+        claim_gate=0.0,
     )
     grid = [replace(base, align="none", pseudo_ratio=0.0)]
     for pseudo in (0.0, 1.0):
