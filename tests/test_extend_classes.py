@@ -76,7 +76,7 @@ def test_frozen_imprint_wa_writes_a_grown_checkpoint_and_reports(base):
 
 def test_claim_gate_only_takes_windows_the_old_classes_are_unsure_of(base):
     settings = {"init": "imprint", "mode": "frozen", "align": "none"}
-    free, _ = _extend(base, "ungated", **settings)
+    free, _ = _extend(base, "ungated", **settings, claim_gate=0.0)
     gated, out = _extend(base, "gated", **settings, claim_gate=0.5)
     assert free.claim_gate is None and gated.claim_gate["q"] == 0.5
     old = ClassificationTask.load_from_checkpoint(base[0])

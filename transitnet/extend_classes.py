@@ -245,7 +245,7 @@ def run_class_extension(
     )  # same encoder
     steps = train_task(task, windows, new_classes, cfg, data.scale)
     wa, offset, bic = _align(task, cfg, windows, data.scale, new_classes)
-    gate = set_claim_gate(task, new_classes, cfg.claim_gate)
+    gate = set_claim_gate(task, new_classes, 0.0 if cfg.mode == "prototype" else cfg.claim_gate)
     wall = time.perf_counter() - started
     frozen = cfg.mode in ("none", "frozen", "prototype")  # encoder and neck untouched
     after, _, _ = evaluate_windows(

@@ -291,17 +291,21 @@ class ClassificationTask(BaseTask):
         """Class logits ``(B, C)`` of features, by the chosen head, with any correction."""
         answer = answer or str(self.hparams["predict_with"])
         z = self.prototype_logits(features) if answer == "prototype" else self.net()[1](features)
-        return self.apply_correction(z)
+        return self.apply_correction(z, gate=answer == "classifier")
 
-    def apply_correction(self, logits: torch.Tensor) -> torch.Tensor:
-        """Apply a recorded BiC correction ``alpha·z + beta``, then any claim gate."""
+    def apply_correction(self, logits: torch.Tensor, gate: bool = True) -> torch.Tensor:
+        """Apply a recorded BiC correction ``alpha·z + beta``, then any claim gate.
+
+        ``gate``: apply the claim gate (its threshold is a confidence of the classifier
+        head, so prototype answers are not gated).
+        """
         head = self.net()[1]
         if self.correction:
             mask = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
             mask[[head.index(n) for n in self.correction["classes"]]] = True
             alpha, beta = float(self.correction["alpha"]), float(self.correction["beta"])
             logits = torch.where(mask, alpha * logits + beta, logits)
-        if self.claim_gate:
+        if self.claim_gate and gate:
             gated = torch.zeros(logits.shape[1], dtype=torch.bool)
             gated[[head.index(n) for n in self.claim_gate["classes"]]] = True
             logits = apply_gate(logits, gated, float(self.claim_gate["threshold"]))
