@@ -31,6 +31,7 @@ from transitnet.models.feature_mixture import fit_feature_mixture
 from transitnet.models.place_targets import PlaceTargets
 from transitnet.models.prototype import PrototypeHead, compute_covariance_factor
 from transitnet.tasks.base import BaseTask
+from transitnet.tasks.class_counts import ClassCountsMixin
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ ANSWERS = ("classifier", "prototype")
 CHUNK = 4096
 
 
-class ClassificationTask(BaseTask):
+class ClassificationTask(ClassCountsMixin, BaseTask):
     """Route classification on a shared trajectory encoder with a growable head.
 
     Args:
@@ -136,7 +137,6 @@ class ClassificationTask(BaseTask):
         #: ``{"classes", "q", "threshold"}``: classes that only take unsure windows.
         self.claim_gate: dict[str, Any] | None = None
         self.trainable: list[nn.Parameter] | None = None
-        self._counts: dict[str, dict[str, torch.Tensor]] = {}
 
     # -- building ------------------------------------------------------------------
     @property
@@ -423,32 +423,6 @@ class ClassificationTask(BaseTask):
         best = prob.max(dim=1)
         return {"index": batch.index, "pred": best.indices, "prob": best.values}
 
-    # -- metrics -------------------------------------------------------------------
-    def update_counts(
-        self, split: str, logits: torch.Tensor, labels: torch.Tensor, prefix: str
-    ) -> None:
-        """Accumulate per-class window and hit counts (labels -1 are skipped)."""
-        n_classes = logits.shape[1]
-        known = labels >= 0
-        hits = (logits.argmax(dim=1) == labels) & known
-        sums = self._counts.setdefault(split, {})
-        for name, rows in ((prefix + "n", labels[known]), (prefix + "hit", labels[hits])):
-            counts = torch.bincount(rows, minlength=n_classes).double()
-            sums[name] = sums.get(name, torch.zeros_like(counts)) + counts
-
-    def log_counts(self, split: str) -> None:
-        """Log ``{split}_acc``, ``_bacc`` (mean per-class recall) and the prototype ones."""
-        sums = self._counts.pop(split, {})
-        for prefix in ("", "proto_"):
-            if prefix + "n" not in sums:
-                continue
-            n, hit = sums[prefix + "n"], sums[prefix + "hit"]
-            seen = n > 0
-            acc = hit.sum() / n.sum().clamp(min=1)
-            bacc = (hit[seen] / n[seen]).mean() if bool(seen.any()) else acc * 0
-            self.log(f"{split}_{prefix}acc", acc.float(), prog_bar=not prefix, sync_dist=True)
-            self.log(f"{split}_{prefix}bacc", bacc.float(), sync_dist=True)
-
     def on_validation_epoch_start(self) -> None:
         """Refit the prototypes from the training split, so they follow the encoder."""
         if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
@@ -460,14 +434,6 @@ class ClassificationTask(BaseTask):
     def on_train_end(self) -> None:
         """Refit the prototypes on the final encoder."""
         self.on_validation_epoch_start()
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the validation metrics of the epoch."""
-        self.log_counts("val")
-
-    def on_test_epoch_end(self) -> None:
-        """Log the test metrics."""
-        self.log_counts("test")
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """One AdamW group of every trainable parameter (or :attr:`trainable` when set)."""
