@@ -244,3 +244,14 @@ def test_geo_descriptor_trains_extends_and_round_trips(trained, tmp_path):
     assert torch.equal(legacy.class_chol["A"], trained[0].class_chol["A"])  # lists load too
     with torch.no_grad():
         assert torch.equal(legacy(batch), trained[0](batch))
+
+
+def test_a_fit_lifts_the_claim_gate_and_records_fresh_confidences(trained, tmp_path):
+    _, dm, ckpt = trained
+    task = ClassificationTask.load_from_checkpoint(ckpt)
+    assert len(task.confidence_grid) == 101 and task.confidence_grid[0] > 0
+    task.claim_gate = {"classes": ["D"], "q": 0.1, "threshold": 0.5}
+    with one_torch_thread():
+        _trainer(tmp_path, max_epochs=1).fit(task, dm)
+    assert task.claim_gate is None  # every class was trained: none needs a gate
+    assert task.confidence_grid == sorted(task.confidence_grid)

@@ -274,5 +274,8 @@ class ClassExtensionTask(ClassificationTask):
         teacher = nn.functional.softmax(target[:, : self.n_old] / t, dim=1)
         return nn.functional.kl_div(student, teacher, reduction="batchmean") * t * t
 
+    def on_train_end(self) -> None:
+        """Keep the prototypes and any claim gate (extension sets them itself)."""
+
     def on_validation_epoch_start(self) -> None:
         """Keep the prototypes: extension adds them from the new examples instead."""

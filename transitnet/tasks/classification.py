@@ -432,8 +432,13 @@ class ClassificationTask(ClassCountsMixin, BaseTask):
             self.fit_prototypes(dm.dataset("train"))
 
     def on_train_end(self) -> None:
-        """Refit the prototypes on the final encoder."""
+        """Refit the prototypes on the final encoder; a fit trains every class: no gate."""
         self.on_validation_epoch_start()
+        if self.claim_gate:
+            logger.info(
+                "every class was trained: claim gate of %s lifted", self.claim_gate["classes"]
+            )
+            self.claim_gate = None
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """One AdamW group of every trainable parameter (or :attr:`trainable` when set)."""
