@@ -122,6 +122,8 @@ class Settings:
     geo_length: float = 0.1
     geo_heading: float = 0.5
     geo_weight: float = 1.0
+    #: Per-fix features the encoder does not see (e.g. the time of day).
+    blind_features: tuple[str, ...] = ()
     #: Target claim rate of statistical WA (cosine head); one offset per new class or shared.
     #: 0.001 with the claim gate 0.1: on validation (seeds 0 and 1, both datasets), the
     #: gated WA method with the best worst-case share of joint's new-line accuracy at n = 20
@@ -224,6 +226,7 @@ def train(dm: RouteClassDataModule, s: Settings) -> tuple[ClassificationTask, fl
         geo_length=s.geo_length,
         geo_heading=s.geo_heading,
         geo_weight=s.geo_weight,
+        blind_features=list(s.blind_features) or None,
     )
     trainer = pl.Trainer(
         max_epochs=s.epochs,

@@ -64,6 +64,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "geo-coarse-w2": {**GEO, "geo_length": 0.1, "geo_weight": 2.0},
     "geo256-coarse": {**GEO, "geo_dim": 256, "geo_length": 0.1},
     "geo-coarser": {**GEO, "geo_length": 0.2},
+    "geo256-coarse-notod": {
+        **GEO,
+        "geo_dim": 256,
+        "geo_length": 0.1,
+        "blind_features": ("tod_sin", "tod_cos"),
+    },
 }
 
 

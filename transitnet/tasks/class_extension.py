@@ -269,7 +269,9 @@ class ClassExtensionTask(ClassificationTask):
         t = float(self.hparams["temperature"])
         with torch.no_grad():
             encoder, neck, head = self.teacher
-            target = head(self.join_geo(neck(encoder(batch.features, batch.lengths)), batch))
+            target = head(
+                self.join_geo(neck(encoder(self.encoder_input(batch), batch.lengths)), batch)
+            )
         student = nn.functional.log_softmax(logits[:, : self.n_old] / t, dim=1)
         teacher = nn.functional.softmax(target[:, : self.n_old] / t, dim=1)
         return nn.functional.kl_div(student, teacher, reduction="batchmean") * t * t

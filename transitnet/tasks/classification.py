@@ -83,6 +83,9 @@ class ClassificationTask(ClassCountsMixin, BaseTask):
         geo_seed: Seed of its random frequencies.
         stat_components: Sub-centres of each class's stored feature statistics
             (:func:`~transitnet.models.feature_mixture.fit_feature_mixture`; 0: none).
+        blind_features: Per-fix features (of ``CLASS_FEATURES``) the encoder does not see
+            (set to their training mean), e.g. ``[tod_sin, tod_cos]``: a classifier that
+            must not lean on the hours it was trained on.
     """
 
     feature_mean: torch.Tensor
@@ -113,8 +116,12 @@ class ClassificationTask(ClassCountsMixin, BaseTask):
         geo_weight: float = 1.0,
         geo_seed: int = 0,
         stat_components: int = 8,
+        blind_features: list[str] | None = None,
     ) -> None:
         super().__init__()
+        unknown = sorted(set(blind_features or []) - set(CLASS_FEATURES))
+        if unknown:
+            raise ValueError(f"blind_features {unknown} are not among {CLASS_FEATURES}")
         if head not in HEADS or predict_with not in ANSWERS or neck not in NECKS:
             raise ValueError(
                 f"head must be one of {HEADS}, neck one of {NECKS} and predict_with one of "
@@ -262,7 +269,18 @@ class ClassificationTask(ClassCountsMixin, BaseTask):
 
         With ``geo_dim``, the window's fixed descriptor is appended.
         """
-        return self.join_geo(self.neck(self.net()[0](batch.features, batch.lengths)), batch)
+        return self.join_geo(
+            self.neck(self.net()[0](self.encoder_input(batch), batch.lengths)), batch
+        )
+
+    def encoder_input(self, batch: ClassBatch) -> torch.Tensor:
+        """The batch's scaled per-fix features, ``blind_features`` set to 0 (their mean)."""
+        blind = self.hparams.get("blind_features") or []
+        if not blind:
+            return batch.features
+        features = batch.features.clone()
+        features[..., [CLASS_FEATURES.index(n) for n in blind]] = 0.0
+        return features
 
     def join_geo(self, features: torch.Tensor, batch: ClassBatch) -> torch.Tensor:
         """Append the batch's window descriptors to encoder features (when configured)."""
