@@ -6,6 +6,7 @@ import torch
 
 from tests.class_fixtures import make_store, one_torch_thread
 from transitnet.datamodules.classification import RouteClassDataModule
+from transitnet.datasets.class_windows import CLASS_FEATURES
 from transitnet.tasks.class_extension import ClassExtensionTask
 from transitnet.tasks.classification import CKPT_KEY, ClassificationTask
 
@@ -255,3 +256,19 @@ def test_a_fit_lifts_the_claim_gate_and_records_fresh_confidences(trained, tmp_p
         _trainer(tmp_path, max_epochs=1).fit(task, dm)
     assert task.claim_gate is None  # every class was trained: none needs a gate
     assert task.confidence_grid == sorted(task.confidence_grid)
+
+
+def test_blind_features_are_invisible_to_the_encoder(trained):
+    task, dm, _ = trained
+    blind = ClassificationTask(hidden_dim=16, blind_features=["tod_sin", "tod_cos"])
+    blind.build_net(task.class_names, task.encoder.n_features)
+    blind.load_state_dict(task.state_dict(), strict=False)
+    blind.eval()
+    batch = _old_batch(dm)
+    shifted = copy.deepcopy(batch)
+    shifted.features[..., CLASS_FEATURES.index("tod_sin")] += 3.0
+    with torch.no_grad():
+        assert torch.equal(blind.encode(batch), blind.encode(shifted))
+        assert not torch.equal(task.eval().encode(batch), task.encode(shifted))
+    with pytest.raises(ValueError, match="blind_features"):
+        ClassificationTask(blind_features=["hour"])
