@@ -41,9 +41,15 @@ from transitnet.store.atomic import write_text_atomic
 logger = logging.getLogger("exp_route_classifier_select")
 
 #: Without the window descriptor (the experiment's default now has one).
-PLAIN: dict[str, Any] = {"geo_dim": 0}
+PLAIN: dict[str, Any] = {"geo_dim": 0, "blind_features": ()}
 #: Descriptor settings of the geo variants (128 features, width 0.05, weight 1) unless named.
-GEO: dict[str, Any] = {"geo_dim": 128, "geo_length": 0.05, "geo_heading": 0.5, "geo_weight": 1.0}
+GEO: dict[str, Any] = {
+    "geo_dim": 128,
+    "geo_length": 0.05,
+    "geo_heading": 0.5,
+    "geo_weight": 1.0,
+    "blind_features": (),
+}
 VARIANT_PATH: dict[str, Any] = {**PLAIN, "aux_cells": 512, "aux_weight": 0.5, "aux_path": True}
 
 #: Backbone variants: overrides of :class:`exp_route_classifier.Settings`.

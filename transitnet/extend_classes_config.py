@@ -58,7 +58,7 @@ class ClassExtensionConfig:
             the base model's correctly classified training windows
             (:mod:`~transitnet.models.claim_gate`; 0: off, at most 0.5; not in
             ``prototype`` mode, which answers by class mean). The default
-            0.1 with ``wa_claim_rate`` 0.001 was chosen on validation (two seeds, Austin
+            0.2 with ``wa_claim_rate`` 0.0005 was chosen on validation (two seeds, Austin
             and Auckland; ``benchmarks/notes/route-classifier-gate.md``).
         min_windows: ``auto`` only adds lines with at least this many windows.
         seed: Seed for sampling, init and training.
@@ -84,9 +84,9 @@ class ClassExtensionConfig:
     replay_per_class: int = 20
     old_negatives: bool = False
     bic_per_class: int = 10
-    wa_claim_rate: float = 0.001
+    wa_claim_rate: float = 0.0005
     wa_per_class: bool = False
-    claim_gate: float = 0.1
+    claim_gate: float = 0.2
     min_windows: int = 10
     seed: int = 0
     progress: bool = False

@@ -54,16 +54,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "scalars on new logits fitted on held-out windows; mode replay only) or none.",
     )
     p.add_argument(
-        "--wa-claim-rate", type=float, default=0.001, help="Statistical WA target (cosine head)."
+        "--wa-claim-rate", type=float, default=0.0005, help="Statistical WA target (cosine head)."
     )
     p.add_argument(
         "--claim-gate",
         type=float,
-        default=0.1,
+        default=0.2,
         metavar="Q",
         help="After aligning, the new classes only take windows where the old classes' "
         "largest probability is below its Q-quantile over the base model's correct training "
-        "windows (default 0.1; 0 = off, at most 0.5): old predictions the base model was sure "
+        "windows (default 0.2; 0 = off, at most 0.5): old predictions the base model was sure "
         "of never change.",
     )
     p.add_argument(
