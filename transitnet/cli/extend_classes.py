@@ -72,7 +72,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=["mixture", "covariance", "stds"],
         help="Which stored statistics of the old classes their pseudo-features (frozen mode) "
         "and statistical WA draw from: mixture (each class's sub-centres), covariance (one "
-        "Gaussian per class, full covariance) or stds (one Gaussian, per-dimension stds).",
+        "Gaussian per class, full covariance; the default, chosen on validation) or stds (one "
+        "Gaussian, per-dimension stds).",
     )
     p.add_argument("--shots", type=int, help="Example trajectories per new class (default all).")
     p.add_argument("--mask", action="store_true", help="Add the new classes masked until trained.")

@@ -9,6 +9,12 @@ its own per-dimension spread, place samples along the route instead (the
 prototype-augmentation idea of PASS/FeTrIL with several prototypes per class, as in
 sub-centre ArcFace). Stored per class: ``k`` centres, ``k`` std vectors and ``k``
 weights, ``k·(2H + 1)`` numbers, against ``H²`` for a full covariance.
+
+Measured, the idea did not hold: on validation (two seeds, Austin and Auckland) new rows
+trained against sub-centre samples avoided them and still took real old windows, and the
+old-class drop grew (``benchmarks/notes/route-classifier-gate.md``). The statistics are
+still recorded (``stat_components``) and usable (``--old-stats mixture``); the default
+draws from one Gaussian per class.
 """
 
 from __future__ import annotations
