@@ -4,7 +4,8 @@
 never seen": it loads the base checkpoint, finds (or is told) the new line keys, picks
 ``shots`` example trajectories of each from the new data, grows the head by name with
 the chosen init, trains under the chosen mode (see :mod:`transitnet.tasks.class_extension`;
-``prototype`` adds class means and trains nothing), aligns (WA or BiC), and writes
+``prototype`` adds class means and trains nothing), aligns (WA or BiC), gates the new
+classes to windows the old ones are unsure of (:mod:`transitnet.models.claim_gate`), and writes
 ``DIR/model.ckpt`` (loadable by ``ClassificationTask.load_from_checkpoint``, with the
 grown class registry), ``DIR/report.json`` and ``DIR/report.md``.
 
