@@ -114,13 +114,6 @@ def prepare_store(
     return out
 
 
-def clone_datamodule(
-    dm: TransitDataModule, windows: Mapping[str, Windows], *, keep_state: bool = True
-) -> TransitDataModule:
-    """:meth:`TransitDataModule.with_windows` (a copy of ``dm`` holding ``windows``)."""
-    return dm.with_windows(windows, keep_state=keep_state)
-
-
 def select_level(new: Windows, level: str, timezone: str, train_start: pd.Timestamp) -> Windows:
     """Windows of a few-shot level: ``trips:N``, ``until:HH:MM`` or ``all``.
 

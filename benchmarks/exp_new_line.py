@@ -98,7 +98,7 @@ class Experiment:
     ) -> ec.Fit:
         """Train a fresh forecaster (own vocabulary and scalers), early-stopped on ``val``."""
         windows = {"train": train, "val": val, "test": self.data.test}
-        dm = ec.clone_datamodule(self.data.dm, windows, keep_state=False)
+        dm = self.data.dm.with_windows(windows, keep_state=False)
         ckpt = self.work / f"{name}.ckpt"
         fit = ec.fit_forecaster(
             dm,
@@ -245,7 +245,7 @@ class Experiment:
         The returned DataModule's ``test`` windows are ``test`` (default: the test period).
         """
         test = self.data.test if test is None else test
-        dm = ec.clone_datamodule(self.dms["base" + tag], {"train": train, "test": test})
+        dm = self.dms["base" + tag].with_windows({"train": train, "test": test})
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         with ec.Stopwatch() as sw:
             task, rep = train_extension(
@@ -312,7 +312,7 @@ class Experiment:
             concat_windows([old_val, held_new]),
             np.arange(len(old_val) + len(held_new)) >= len(old_val),
         )
-        dm = ec.clone_datamodule(self.dms["base"], {"train": d.train_old, "test": held.test})
+        dm = self.dms["base"].with_windows({"train": d.train_old, "test": held.test})
         base_pred = predict_windows(self.base.task, dm, "test")
         per_epoch = ec.batches_per_epoch(len(fit), s.batch_size)
         steps = min(self.ext_steps, s.ext_epochs * per_epoch)

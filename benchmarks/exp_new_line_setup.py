@@ -4,8 +4,8 @@ Datasets: ``austin`` (CapMetro; train 2017-03-16, test 2017-03-21 06:30–24:00,
 morning before it validates; new line 803) and ``auckland`` (AT, 2019-08-13 NZST; train
 05:00–16:00, validation 16:00–17:00, test 17:00–20:00; new line 07006, route 70's inbound
 variant). ``similar`` names the lines of the ``similar`` init, or ``["auto"]``
-(``similar:auto``: the known line that drives most of the new line's path the same way,
-found in the static feed). ``--spec FILE.json`` adds a dataset
+(``similar:auto``: the mean row of every known line that drives part of the new line's
+path the same way, found in the static feed). ``--spec FILE.json`` adds a dataset
 (the fields of :class:`Spec`; ``store`` may name an already matched store, with no
 ``inputs``).
 

@@ -42,7 +42,7 @@ SPECS = Path(__file__).resolve().parent / "specs"
 def score_rules(name: str, spec: Spec, work: Path, split: str) -> dict[str, Any]:
     """Zero-shot new-line MAE (mean over horizons, m) of every rule on ``split``."""
     data = load_data(spec, Settings(), work / name)
-    base_dm = ec.clone_datamodule(data.dm, {"train": data.train_old}, keep_state=False)
+    base_dm = data.dm.with_windows({"train": data.train_old}, keep_state=False)
     base_dm.setup("fit")  # the base's vocabulary and scalers, as exp_new_line fitted them
     path = work / name / "base.ckpt"
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -52,7 +52,7 @@ def score_rules(name: str, spec: Spec, work: Path, split: str) -> dict[str, Any]
     key = spec.new_lines[0]
 
     def mae(init: str, seed: int = 0) -> float:
-        dm = ec.clone_datamodule(base_dm, {"train": data.train_old, "test": new})
+        dm = base_dm.with_windows({"train": data.train_old, "test": new})
         cfg = ExtensionConfig(init=init, tier="zero-shot", seed=seed)
         task, _ = train_extension(ckpt, base, dm, [key], cfg, progress_bar=False)
         pred = predict_windows(task, dm, "test")[..., len(task.quantiles) // 2]

@@ -11,8 +11,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 INITS = (
-    "unknown | mean | mean_cov | similar:<line,…> | similar:auto (the known line driving most "
-    "of the new line's path the same way, from the static feed) | random"
+    "unknown | mean | mean_cov | similar:<line,…> | similar:auto (the mean row of every known "
+    "line driving part of the new line's path the same way, from the static feed) | random"
 )
 
 

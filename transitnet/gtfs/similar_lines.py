@@ -2,11 +2,11 @@
 
 A new line's embedding row can start from the mean row of the lines it shares its path
 with (``similar:<key,…>``). :func:`rank_similar_lines` finds them from the static feed alone,
-so it works before the new line has a single recorded fix: it samples the new line's main
-shape every ``step_m`` metres and scores each known line by the share of those points that
-lie within ``radius_m`` of the known line's main shape **and** travel the same way (the
-shapes' bearings there within ``max_angle_deg``). The same road driven in the opposite
-direction (a route's other direction) does not count.
+so it works before the new line has a single recorded fix: it samples the new line's shapes
+(each used by at least 10 % of its trips) every ``step_m`` metres and scores each known line
+by the share of those points that lie within ``radius_m`` of one of its own such shapes
+**and** travel the same way (the shapes' bearings there within ``max_angle_deg``). The same
+road driven in the opposite direction (a route's other direction) does not count.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def choose_similar_lines(ranked: pd.DataFrame, new_key: str) -> list[str]:
 
     Their rows are averaged: one line's row carries that line's own habits (a local
     route on a rapid line's corridor stops more often), and the mean over every line on
-    the path was the rule that beat random rows on all three validation splits of
+    the path was the rule that beat random rows on all four validation splits of
     ``benchmarks/exp_similar_init.py`` (the single best-overlapping line did not).
 
     Args:
